@@ -1,0 +1,38 @@
+//! The maps shared by every program. Layouts and roles: netcontrol_common::abi and
+//! docs/architecture.md. Capacities are defaults; userspace may resize them at load.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use netcontrol_common::abi::{
+    ALLOW_V4_MAX, ALLOW_V6_MAX, AllowValue, EVENTS_BYTES, GLOBAL_LEN, SANDBOXES_MAX, STATS_MAX,
+    SandboxValue, StatsKey, V4Key, V6Key,
+};
+
+/// Sandbox cgroup id -> its policy and mode. Written by userspace on attach/detach.
+#[map]
+pub static SANDBOXES: HashMap<u64, SandboxValue> = HashMap::with_max_entries(SANDBOXES_MAX, 0);
+
+/// (policy id, IPv4 prefix) -> allowed protocols/ports.
+#[map]
+pub static ALLOW_V4: LpmTrie<V4Key, AllowValue> = LpmTrie::with_max_entries(ALLOW_V4_MAX, 0);
+
+/// (policy id, IPv6 prefix) -> allowed protocols/ports.
+#[map]
+pub static ALLOW_V6: LpmTrie<V6Key, AllowValue> = LpmTrie::with_max_entries(ALLOW_V6_MAX, 0);
+
+/// Per-CPU attempt counters by sandbox, hook, family, protocol, verdict and reason. Not
+/// preallocated: per-CPU values times CPUs times capacity would be large on big nodes.
+#[map]
+pub static STATS: PerCpuHashMap<StatsKey, u64> =
+    PerCpuHashMap::with_max_entries(STATS_MAX, BPF_F_NO_PREALLOC);
+
+/// Per-CPU global counters (`GLOBAL_*`): lost events, stats-map overflow.
+#[map]
+pub static GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_LEN, 0);
+
+/// Denied and audit-would-deny attempts, one `Event` each.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -1,0 +1,128 @@
+//! Typed access to the maps: the sandbox table, the allow tries (applied add-before-remove),
+//! and the counters.
+
+use aya::{
+    Ebpf,
+    maps::{
+        HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
+    },
+};
+use netcontrol_common::abi::{
+    self, AllowValue, GLOBAL_LEN, POLICY_ID_BITS, SandboxValue, StatsKey, V4Key, V6Key, v4_key,
+    v6_key,
+};
+
+use crate::{
+    error::{Error, Result},
+    policy::Entries,
+};
+
+pub struct Maps {
+    sandboxes: HashMap<MapData, u64, SandboxValue>,
+    allow_v4: LpmTrie<MapData, V4Key, AllowValue>,
+    allow_v6: LpmTrie<MapData, V6Key, AllowValue>,
+    stats: PerCpuHashMap<MapData, StatsKey, u64>,
+    global: PerCpuArray<MapData, u64>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
+    ebpf.take_map(name).ok_or(Error::MissingMap(name))
+}
+
+fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { op, map, source }
+}
+
+impl Maps {
+    /// Take the maps out of a loaded object (the programs keep referring to them). Returns the
+    /// event ring buffer separately: it is read by its own task.
+    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, RingBuf<MapData>)> {
+        use abi::map::*;
+        let maps = Self {
+            sandboxes: HashMap::try_from(take(ebpf, SANDBOXES)?)
+                .map_err(map_err("opening", SANDBOXES))?,
+            allow_v4: LpmTrie::try_from(take(ebpf, ALLOW_V4)?)
+                .map_err(map_err("opening", ALLOW_V4))?,
+            allow_v6: LpmTrie::try_from(take(ebpf, ALLOW_V6)?)
+                .map_err(map_err("opening", ALLOW_V6))?,
+            stats: PerCpuHashMap::try_from(take(ebpf, STATS)?)
+                .map_err(map_err("opening", STATS))?,
+            global: PerCpuArray::try_from(take(ebpf, GLOBAL)?)
+                .map_err(map_err("opening", GLOBAL))?,
+        };
+        let events = RingBuf::try_from(take(ebpf, EVENTS)?).map_err(map_err("opening", EVENTS))?;
+        Ok((maps, events))
+    }
+
+    pub fn set_sandbox(&mut self, cgroup_id: u64, value: SandboxValue) -> Result<()> {
+        self.sandboxes.insert(cgroup_id, value, 0).map_err(map_err("updating", abi::map::SANDBOXES))
+    }
+
+    pub fn remove_sandbox(&mut self, cgroup_id: u64) -> Result<()> {
+        match self.sandboxes.remove(&cgroup_id) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(map_err("removing from", abi::map::SANDBOXES)(e)),
+        }
+    }
+
+    /// Move a policy's entries from `old` to `new`: first insert and update, then delete what
+    /// is gone, so that traffic both allow is never interrupted.
+    pub fn apply_entries(&mut self, policy_id: u32, old: &Entries, new: &Entries) -> Result<()> {
+        for (&(len, addr), v) in &new.v4 {
+            if old.v4.get(&(len, addr)) != Some(v) {
+                let key = Key::new(POLICY_ID_BITS + u32::from(len), v4_key(policy_id, addr));
+                self.allow_v4
+                    .insert(&key, v, 0)
+                    .map_err(map_err("updating", abi::map::ALLOW_V4))?;
+            }
+        }
+        for (&(len, addr), v) in &new.v6 {
+            if old.v6.get(&(len, addr)) != Some(v) {
+                let key = Key::new(POLICY_ID_BITS + u32::from(len), v6_key(policy_id, addr));
+                self.allow_v6
+                    .insert(&key, v, 0)
+                    .map_err(map_err("updating", abi::map::ALLOW_V6))?;
+            }
+        }
+        for &(len, addr) in old.v4.keys().filter(|k| !new.v4.contains_key(k)) {
+            let key = Key::new(POLICY_ID_BITS + u32::from(len), v4_key(policy_id, addr));
+            ignore_missing(self.allow_v4.remove(&key))
+                .map_err(map_err("removing from", abi::map::ALLOW_V4))?;
+        }
+        for &(len, addr) in old.v6.keys().filter(|k| !new.v6.contains_key(k)) {
+            let key = Key::new(POLICY_ID_BITS + u32::from(len), v6_key(policy_id, addr));
+            ignore_missing(self.allow_v6.remove(&key))
+                .map_err(map_err("removing from", abi::map::ALLOW_V6))?;
+        }
+        Ok(())
+    }
+
+    /// All attempt/lost counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<(StatsKey, u64)>> {
+        let mut out = Vec::new();
+        for item in self.stats.iter() {
+            let (k, per_cpu) = item.map_err(map_err("reading", abi::map::STATS))?;
+            out.push((k, per_cpu.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// The global counters (`GLOBAL_*`), summed over CPUs.
+    pub fn global(&self) -> Result<[u64; GLOBAL_LEN as usize]> {
+        let mut out = [0; GLOBAL_LEN as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu =
+                self.global.get(&(i as u32), 0).map_err(map_err("reading", abi::map::GLOBAL))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        r => r,
+    }
+}

@@ -1,0 +1,195 @@
+//! The bpffs pin root: `<root>/v<ABI>/`, default root /sys/fs/bpf/netcontrol.
+//!
+//! Pinning a link keeps the program attached (and its maps alive) after netcontrol exits or
+//! is killed: a sandbox fails closed instead of open. Detaching is removing the pin.
+//!
+//! Layout (see docs/architecture.md):
+//! - `standalone/<cgroup id>-<pid>-<start time>/<hook>`: links of a `run` / `attach` process.
+//!   The owner is in the name, so a later netcontrol can tell live owners from dead ones.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use netcontrol_common::abi::PIN_ABI_VERSION;
+
+use crate::{
+    cgroup,
+    error::{Error, Result},
+};
+
+pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/netcontrol";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Clone, Debug)]
+pub struct PinRoot {
+    /// `<root>/v<ABI>`
+    pub path: PathBuf,
+}
+
+/// A process's identity that survives pid reuse: pid plus its start time (clock ticks since
+/// boot, field 22 of /proc/PID/stat).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl Owner {
+    pub fn current() -> Self {
+        let pid = std::process::id();
+        Self { pid, start: start_time(pid).unwrap_or(0) }
+    }
+
+    pub fn is_alive(self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// Pins of a `run` / `attach` process whose owner is gone.
+#[derive(Clone, Debug)]
+pub struct Orphan {
+    pub dir: PathBuf,
+    pub cgroup_id: u64,
+    pub owner: Owner,
+}
+
+impl PinRoot {
+    /// Open (creating it if needed) the versioned pin directory under `root`. The default
+    /// root's bpffs is mounted at /sys/fs/bpf if nothing is mounted there yet.
+    pub fn open(root: &Path) -> Result<Self> {
+        ensure_bpffs(root)?;
+        let path = root.join(format!("v{PIN_ABI_VERSION}"));
+        fs::create_dir_all(&path).map_err(|source| Error::Pin {
+            op: "creating",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path })
+    }
+
+    fn standalone(&self) -> PathBuf {
+        self.path.join("standalone")
+    }
+
+    /// Where a `run` / `attach` process pins its links for a cgroup.
+    pub fn standalone_dir(&self, cgroup_id: u64, owner: Owner) -> PathBuf {
+        self.standalone().join(format!("{cgroup_id}-{}-{}", owner.pid, owner.start))
+    }
+
+    /// Standalone pin sets whose owning process has exited.
+    pub fn standalone_orphans(&self) -> Vec<Orphan> {
+        let Ok(entries) = fs::read_dir(self.standalone()) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let mut parts = name.split('-');
+                let cgroup_id = parts.next()?.parse().ok()?;
+                let owner =
+                    Owner { pid: parts.next()?.parse().ok()?, start: parts.next()?.parse().ok()? };
+                (!owner.is_alive()).then(|| Orphan { dir: e.path(), cgroup_id, owner })
+            })
+            .collect()
+    }
+}
+
+/// Remove a pin directory: each link pin removed detaches that link once no process holds
+/// it open any more.
+pub fn remove_dir(dir: &Path) -> Result<()> {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            fs::remove_file(e.path()).map_err(|source| Error::Pin {
+                op: "removing",
+                path: e.path(),
+                source,
+            })?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Pin { op: "removing", path: dir.to_owned(), source }),
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+fn ensure_bpffs(root: &Path) -> Result<()> {
+    // The nearest existing ancestor decides which filesystem the root will be on.
+    let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    let default_mount = Path::new("/sys/fs/bpf");
+    if root.starts_with(default_mount) && existing.starts_with("/sys/fs") {
+        fs::create_dir_all(default_mount).map_err(|source| Error::Pin {
+            op: "creating",
+            path: default_mount.to_owned(),
+            source,
+        })?;
+        nix::mount::mount(
+            Some("bpf"),
+            default_mount,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| Error::NoBpffs(format!("mounting bpffs at /sys/fs/bpf failed: {e}")))?;
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+        return Ok(());
+    }
+    Err(Error::NoBpffs(format!(
+        "{} is not on a bpf filesystem; mount one there (`mount -t bpf bpf DIR`) or choose \
+         another --pin-root",
+        root.display()
+    )))
+}
+
+/// Clean up after standalone processes that died without detaching (kill -9, crash):
+/// - pins of cgroups that are gone or empty are removed (an empty `run` cgroup too);
+/// - a cgroup that still has processes stays enforced (fail closed) and is reported, unless it
+///   is `adopting`, which the caller is about to take over.
+///
+/// Returns the orphans of `adopting`, for the caller to remove after attaching its own links
+/// (make before break).
+pub fn collect_garbage(root: &PinRoot, mount: &Path, adopting: Option<u64>) -> Vec<Orphan> {
+    let mut adopted = Vec::new();
+    for orphan in root.standalone_orphans() {
+        if Some(orphan.cgroup_id) == adopting {
+            adopted.push(orphan);
+            continue;
+        }
+        let path = cgroup::path_by_id(mount, orphan.cgroup_id);
+        let busy = path.as_deref().is_some_and(|p| cgroup::populated(p).unwrap_or(false));
+        if busy {
+            tracing::warn!(
+                "cgroup {} is still enforced by the pins of netcontrol pid {}, which is gone; \
+                 nobody reads its events. End its processes or take it over with \
+                 `netcontrol attach --cgroup {0}`",
+                path.as_deref().unwrap_or(Path::new("?")).display(),
+                orphan.owner.pid
+            );
+            continue;
+        }
+        if let Err(e) = remove_dir(&orphan.dir) {
+            tracing::warn!("{e}");
+            continue;
+        }
+        if let Some(p) = path.filter(|p| crate::enforcer::is_run_cgroup(p)) {
+            let _ = cgroup::remove(&p);
+        }
+        tracing::debug!("removed stale pins {}", orphan.dir.display());
+    }
+    adopted
+}

@@ -1,0 +1,231 @@
+//! The command line: `netcontrol run` and `netcontrol attach`.
+
+pub mod attach;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    bpf::{LoadOptions, pins::DEFAULT_ROOT},
+    enforcer::{Counts, Options},
+    events::Sink,
+    policy::{Mode, Policy, Rule},
+};
+
+const ABOUT: &str = "Kernel-enforced egress allowlists for untrusted code";
+
+const LONG_ABOUT: &str = "\
+netcontrol decides, in the kernel, every outbound connection attempt of the processes in a
+sandbox cgroup: TCP and UDP connect(), unconnected UDP sendto()/sendmsg()/sendmmsg(), TCP Fast
+Open, IPv4-mapped IPv6, raw and ICMP sockets. Everything not allowed fails at once with EPERM
+(\"Operation not permitted\"), whatever the language or library, and every blocked attempt is
+reported.
+
+Rules (--allow RULE, repeatable):
+  10.0.0.0/8                  every port and protocol in a network
+  127.0.0.11:8080             one address and port (TCP or UDP)
+  10.0.0.0/8:8000-8100/tcp    a port range, TCP only
+  [::1]:443  2001:db8::/32    IPv6 (brackets when a port is given)
+  10.0.0.0/8/udp              every port, UDP only
+Cloud metadata addresses (169.254.169.254, fd00:ec2::254, ...) stay blocked under broad rules
+such as 0.0.0.0/0; only a rule naming the exact address opens them.";
+
+#[derive(Debug, Parser)]
+#[command(name = "netcontrol", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter for netcontrol's own diagnostics (error, warn, info, debug, trace, or a
+    /// tracing-subscriber directive).
+    #[arg(
+        long,
+        global = true,
+        env = "NETCONTROL_LOG",
+        default_value = "warn",
+        value_name = "FILTER"
+    )]
+    pub log_level: String,
+
+    /// Format of netcontrol's own diagnostics on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a new sandbox cgroup: it and all its descendants can reach only what
+    /// the rules allow, from their first instruction.
+    ///
+    /// Exits with the command's exit status (128+N if a signal N killed it, 127 if it was not
+    /// found, 126 if it could not be executed, 125 if netcontrol itself failed). Processes the
+    /// command leaves behind are killed when it exits: they would otherwise outlive the sandbox.
+    #[command(
+        after_help = "Example:\n  netcontrol run --allow 127.0.0.11:8080 -- curl -sS http://127.0.0.10:8080/"
+    )]
+    Run(RunArgs),
+
+    /// Enforce on an existing cgroup v2 directory until SIGINT or SIGTERM, then detach.
+    ///
+    /// Every process in the cgroup and its descendants is covered, including processes already
+    /// running (their sockets created before attaching too).
+    #[command(
+        after_help = "Example:\n  netcontrol attach --cgroup /sys/fs/cgroup/my-sandbox --allow 10.0.0.0/8:443 --events -"
+    )]
+    Attach(AttachArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Allow a destination (repeatable). See `netcontrol --help` for the syntax.
+    #[arg(short = 'a', long = "allow", value_name = "RULE")]
+    pub allow: Vec<Rule>,
+
+    /// Audit mode: block nothing, but report every attempt that would be blocked.
+    #[arg(long)]
+    pub audit: bool,
+
+    /// Allow raw (SOCK_RAW) sockets. They bypass every address rule: only for trusted code.
+    #[arg(long)]
+    pub allow_raw_sockets: bool,
+
+    /// Allow ICMP "ping" sockets. connect() on them is judged by the rules; unconnected
+    /// sendto() on them cannot be (no cgroup hook sees it).
+    #[arg(long)]
+    pub allow_ping: bool,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            mode: if self.audit { Mode::Audit } else { Mode::Enforce },
+            allow: self.allow.clone(),
+            allow_raw_sockets: self.allow_raw_sockets,
+            allow_icmp: self.allow_ping,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Append one JSON object per blocked attempt to PATH (`-` for stdout). Without it, each
+    /// blocked attempt is described in one line on stderr.
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
+
+    /// Do not describe blocked attempts on stderr (the summary line is still printed).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl OutputArgs {
+    pub fn sink(&self) -> crate::Result<Sink> {
+        Sink::new(self.events.as_deref(), self.events.is_none() && !self.quiet)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    /// bpffs directory for pins: links pinned there keep enforcing if netcontrol is killed.
+    /// Mounted at /sys/fs/bpf if needed.
+    #[arg(long, env = "NETCONTROL_PIN_ROOT", default_value = DEFAULT_ROOT, value_name = "DIR")]
+    pub pin_root: PathBuf,
+
+    /// Do not pin: if netcontrol dies, its programs detach and the sandbox is open.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Kernel-side diagnostics through aya-log, forwarded to netcontrol's log (off: the
+    /// programs carry no logging cost).
+    #[arg(long, env = "NETCONTROL_BPF_LOG", value_enum, default_value_t = BpfLog::Off)]
+    pub bpf_log: BpfLog,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BpfLog {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl KernelArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            load: LoadOptions { bpf_log_level: self.bpf_log as u8, ..LoadOptions::default() },
+            pin_root: (!self.no_pin).then(|| self.pin_root.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    /// Create the sandbox cgroup under this cgroup v2 directory (default: `netcontrol` under
+    /// the cgroup2 mount).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_parent: Option<PathBuf>,
+
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The cgroup v2 directory to enforce on.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: PathBuf,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// The line printed at the end, if anything was blocked.
+pub fn summary(counts: &Counts, sink: &Sink) -> Option<String> {
+    let see = match sink.json_path() {
+        Some(p) if p.as_os_str() == "-" => " (see events)".to_owned(),
+        Some(p) => format!(" (see events in {})", p.display()),
+        None => String::new(),
+    };
+    let lost = if counts.events_lost > 0 {
+        format!("; {} events lost because the ring buffer was full", counts.events_lost)
+    } else {
+        String::new()
+    };
+    let plural = |n: u64| if n == 1 { "attempt" } else { "attempts" };
+    if counts.blocked > 0 {
+        Some(format!(
+            "netcontrol: {} connection {} blocked{see}{lost}",
+            counts.blocked,
+            plural(counts.blocked)
+        ))
+    } else if counts.would_block > 0 {
+        Some(format!(
+            "netcontrol: audit mode: {} connection {} would have been blocked{see}{lost}",
+            counts.would_block,
+            plural(counts.would_block)
+        ))
+    } else {
+        None
+    }
+}

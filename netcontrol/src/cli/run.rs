@@ -1,0 +1,195 @@
+//! `netcontrol run -- CMD`: a sandbox for one command.
+
+use std::{
+    ffi::OsString,
+    io,
+    os::{fd::AsRawFd, unix::process::ExitStatusExt},
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{RunArgs, summary};
+use crate::{
+    cgroup,
+    enforcer::{Enforcer, RUN_CGROUP_PREFIX},
+    error::{Error, Result},
+    privileges,
+};
+
+/// Exit codes of a shell for a command that was not found / could not be executed.
+const NOT_FOUND: i32 = 127;
+const NOT_EXECUTABLE: i32 = 126;
+
+pub async fn main(args: RunArgs) -> Result<i32> {
+    let policy = args.policy.policy();
+    // Reject a bad policy before creating anything.
+    policy.entries()?;
+    privileges::check()?;
+    let parent = match &args.cgroup_parent {
+        Some(p) => p.clone(),
+        None => cgroup::mount_point()?.join("netcontrol"),
+    };
+    let signals = Signals::new()?;
+    let sandbox = RunCgroup::create(&parent)?;
+    let sink = args.output.sink()?;
+    let enforcer = Enforcer::start(&sandbox.path, &policy, sink, &args.kernel.options())?;
+
+    let outcome = run_command(&sandbox.path, &args.command, signals).await;
+
+    // Whatever happened, end the sandbox: no process may outlive its enforcement.
+    let emptied = cgroup::kill_all(&sandbox.path, Duration::from_secs(10));
+    let stopped = enforcer.stop().await;
+    drop(sandbox);
+    emptied?;
+    let (counts, sink) = stopped?;
+    if let Some(line) = summary(&counts, &sink) {
+        eprintln!("{line}");
+    }
+    outcome
+}
+
+/// Spawn CMD inside the sandbox cgroup and wait for it, forwarding signals.
+async fn run_command(cgroup_path: &Path, argv: &[OsString], mut signals: Signals) -> Result<i32> {
+    let procs_path = cgroup_path.join("cgroup.procs");
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .map_err(|source| Error::Cgroup { op: "opening", path: procs_path.clone(), source })?;
+    let procs_fd = procs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    // SAFETY: runs in the forked child before exec; write(2) is async-signal-safe and the fd
+    // stays open until spawn returns. Moving itself into the cgroup before exec means CMD is
+    // enforced from its first instruction.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let name = argv[0].to_string_lossy();
+            return Ok(match e.kind() {
+                io::ErrorKind::NotFound => {
+                    eprintln!("netcontrol: {name}: command not found");
+                    NOT_FOUND
+                }
+                io::ErrorKind::PermissionDenied => {
+                    eprintln!("netcontrol: {name}: {e}");
+                    NOT_EXECUTABLE
+                }
+                _ => return Err(Error::io(format!("starting {name}"), e)),
+            });
+        }
+    };
+    drop(procs);
+    let pid = child.id().map(|p| Pid::from_raw(p as i32));
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.map_err(|e| Error::io("waiting for the command", e))?,
+            sig = signals.next() => if let Some(pid) = pid { signals.forward(pid, sig) },
+        }
+    };
+    Ok(exit_code(status))
+}
+
+/// The shell convention: the exit code, or 128 + the signal that killed it.
+fn exit_code(status: ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// The signals netcontrol relays to CMD instead of dying from them (it must clean up).
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        let s = |k| signal(k).map_err(|e| Error::io("installing signal handlers", e));
+        Ok(Self {
+            int: s(SignalKind::interrupt())?,
+            term: s(SignalKind::terminate())?,
+            hup: s(SignalKind::hangup())?,
+            quit: s(SignalKind::quit())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.term.recv() => Signal::SIGTERM,
+            _ = self.hup.recv() => Signal::SIGHUP,
+            _ = self.quit.recv() => Signal::SIGQUIT,
+        }
+    }
+
+    fn forward(&self, pid: Pid, sig: Signal) {
+        // Ctrl-C / Ctrl-\ on our terminal already reached CMD (same foreground process group);
+        // relaying would deliver it twice.
+        let from_terminal = matches!(sig, Signal::SIGINT | Signal::SIGQUIT) && in_foreground();
+        if !from_terminal {
+            let _ = nix::sys::signal::kill(pid, sig);
+        }
+    }
+}
+
+fn in_foreground() -> bool {
+    nix::unistd::tcgetpgrp(io::stdin()).is_ok_and(|fg| fg == nix::unistd::getpgrp())
+}
+
+/// The sandbox cgroup of this run; removed (after killing what is left in it) on drop.
+struct RunCgroup {
+    path: PathBuf,
+}
+
+impl RunCgroup {
+    fn create(parent: &Path) -> Result<Self> {
+        let nanos =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let path = parent.join(format!("{RUN_CGROUP_PREFIX}{}-{nanos:08x}", std::process::id()));
+        cgroup::create(&path)?;
+        if !cgroup::is_cgroup2(&path) {
+            let _ = std::fs::remove_dir(&path);
+            return Err(Error::NotCgroup2 {
+                path: parent.to_owned(),
+                mount: cgroup::mount_point()?,
+            });
+        }
+        Ok(Self { path })
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        let result = cgroup::kill_all(&self.path, Duration::from_secs(10))
+            .and_then(|()| cgroup::remove(&self.path));
+        if let Err(e) = result {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGTERM)), 143);
+    }
+}

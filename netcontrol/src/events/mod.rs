@@ -1,0 +1,12 @@
+//! Kernel events to users: the ring buffer reader ([`reader`]), the stable JSON record
+//! ([`record`]) and where records go ([`sink`]).
+
+pub mod reader;
+pub mod record;
+pub mod sink;
+
+pub use self::{
+    reader::EventPump,
+    record::{Clock, EventRecord, Labels},
+    sink::Sink,
+};

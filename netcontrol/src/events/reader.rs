@@ -1,0 +1,91 @@
+//! Reading the EVENTS ring buffer on the tokio runtime and handing records to the sink.
+
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use netcontrol_common::abi::Event;
+use tokio::{io::unix::AsyncFd, sync::oneshot, task::JoinHandle};
+
+use super::{Clock, EventRecord, Labels, Sink};
+use crate::error::{Error, Result};
+
+/// A running reader. `finish` stops it after draining everything queued.
+pub struct EventPump {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<Sink>>,
+}
+
+impl EventPump {
+    pub fn start(ring: RingBuf<MapData>, sink: Sink, labels: Labels) -> Result<Self> {
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| {
+                Error::io("watching the event ring buffer", std::io::Error::other(e.to_string()))
+            })?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(pump(fd, sink, labels, Clock::new(), stopped));
+        Ok(Self { stop, task })
+    }
+
+    /// Drain what is queued, stop, and hand the sink back.
+    pub async fn finish(self) -> Result<Sink> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(|e| Error::io("event reader", std::io::Error::other(e)))?
+    }
+}
+
+async fn pump(
+    mut fd: AsyncFd<RingBuf<MapData>>,
+    mut sink: Sink,
+    labels: Labels,
+    clock: Clock,
+    mut stopped: oneshot::Receiver<()>,
+) -> Result<Sink> {
+    // A safety net: the kernel only signals when the reader has caught up, so a missed
+    // wakeup would otherwise stall delivery until the buffer fills.
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard.map_err(|e| Error::io("waiting for events", e))?;
+                drain(guard.get_inner_mut(), &mut sink, &labels, clock)?;
+                guard.clear_ready();
+                // An event committed between the drain and clear_ready woke nobody: look again.
+                drain(fd.get_mut(), &mut sink, &labels, clock)?;
+            }
+            _ = tick.tick() => {
+                drain(fd.get_mut(), &mut sink, &labels, clock)?;
+            }
+            _ = &mut stopped => {
+                drain(fd.get_mut(), &mut sink, &labels, clock)?;
+                return Ok(sink);
+            }
+        }
+    }
+}
+
+/// Hand every queued event to the sink.
+pub fn drain(
+    ring: &mut RingBuf<MapData>,
+    sink: &mut Sink,
+    labels: &Labels,
+    clock: Clock,
+) -> Result<usize> {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        if item.len() < size_of::<Event>() {
+            tracing::warn!("short event record ({} bytes) ignored", item.len());
+            continue;
+        }
+        // SAFETY: Event is Pod and the record is at least that long; the ring buffer gives no
+        // alignment guarantee beyond 8, so read unaligned.
+        let event: Event = unsafe { item.as_ptr().cast::<Event>().read_unaligned() };
+        drop(item);
+        sink.write(&EventRecord::new(&event, clock, labels))?;
+        n += 1;
+    }
+    if n > 0 {
+        sink.flush()?;
+    }
+    Ok(n)
+}

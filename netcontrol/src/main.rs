@@ -1,0 +1,44 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use netcontrol::cli::{self, Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    // One thread: the work is a ring-buffer reader and a child to wait for.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netcontrol: error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // `run` reserves 125 for its own failures (126/127 and the rest are CMD's).
+    let (result, failure) = match cli.command {
+        Command::Run(args) => (runtime.block_on(cli::run::main(args)), 125),
+        Command::Attach(args) => (runtime.block_on(cli::attach::main(args)), 1),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("netcontrol: error: {e}");
+            ExitCode::from(failure)
+        }
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    // aya-log (kernel-side diagnostics) speaks the `log` crate: route it into tracing.
+    let _ = tracing_log::LogTracer::init();
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("netcontrol: ignoring invalid --log-level {filter:?}: {e}");
+        EnvFilter::new("warn")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
