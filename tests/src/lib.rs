@@ -1,1 +1,408 @@
-//! Helpers for the privileged integration tests.
+//! Helpers for netcontrol's privileged integration tests.
+//!
+//! Network rule: every test first moves its own thread into a fresh network namespace
+//! ([`isolate_network`]) with only a loopback interface, so that no packet can leave the
+//! machine even if the blocker fails; "remote" addresses (127.0.0.10, 169.254.169.254, ...)
+//! are put on that loopback.
+//!
+//! Kernel tests need root. Without it they skip, unless NETCONTROL_REQUIRE_KERNEL_TESTS=1
+//! (set by CI), in which case they fail.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Whether kernel tests can run here. Returns false (skip) when not root, unless CI requires
+/// them, in which case it panics with the reason.
+pub fn kernel_tests_enabled() -> bool {
+    let required = std::env::var("NETCONTROL_REQUIRE_KERNEL_TESTS").is_ok_and(|v| v == "1");
+    let problem = if !nix::unistd::geteuid().is_root() {
+        Some("kernel tests need root".to_owned())
+    } else if !netcontrol_bin().exists() {
+        Some(format!("{} is not built (cargo build -p netcontrol)", netcontrol_bin().display()))
+    } else {
+        None
+    };
+    match problem {
+        None => true,
+        Some(p) if required => panic!("NETCONTROL_REQUIRE_KERNEL_TESTS=1 but {p}"),
+        Some(p) => {
+            eprintln!("SKIPPED (set NETCONTROL_REQUIRE_KERNEL_TESTS=1 to fail instead): {p}");
+            false
+        }
+    }
+}
+
+/// target/<profile>, the directory holding this test binary's `deps/`.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("deps dir");
+    if deps.ends_with("deps") {
+        deps.parent().expect("profile dir").to_owned()
+    } else {
+        deps.to_owned()
+    }
+}
+
+/// The netcontrol binary under test (NETCONTROL_BIN overrides).
+pub fn netcontrol_bin() -> PathBuf {
+    std::env::var_os("NETCONTROL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("netcontrol"))
+}
+
+/// The probe binary (built with this package).
+pub fn probe_bin() -> PathBuf {
+    target_dir().join("nc-probe")
+}
+
+/// A pin root private to the tests, so they never touch a real agent's pins.
+pub const TEST_PIN_ROOT: &str = "/sys/fs/bpf/netcontrol-test";
+
+/// Put the calling thread (and every process it starts) into a new network namespace with
+/// loopback up, `extra` addresses added to lo, and ping sockets allowed for everyone.
+pub fn isolate_network(extra: &[&str]) {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    sh("ip link set lo up");
+    for a in extra {
+        let prefix = if a.contains(':') { 128 } else { 32 };
+        sh(&format!("ip addr add {a}/{prefix} dev lo"));
+    }
+    sh("sysctl -qw net.ipv4.ping_group_range='0 2147483647'");
+}
+
+/// Run a shell command in this thread's namespaces; panic if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP listener and a UDP socket on the same address and port, accepting (and dropping)
+/// connections on a background thread.
+pub struct Server {
+    pub addr: SocketAddr,
+    _udp: UdpSocket,
+}
+
+impl Server {
+    pub fn start(ip: &str) -> Self {
+        let ip: IpAddr = ip.parse().expect("ip");
+        let tcp = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind tcp");
+        let addr = tcp.local_addr().expect("local_addr");
+        let udp = UdpSocket::bind(addr).expect("bind udp on the same port");
+        std::thread::spawn(move || {
+            for conn in tcp.incoming() {
+                drop(conn);
+            }
+        });
+        Self { addr, _udp: udp }
+    }
+
+    /// "ip:port", bracketed for IPv6.
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for this test's objects.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The cgroup2 mount point.
+pub fn cgroup2_mount() -> PathBuf {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.starts_with("cgroup2 "))
+                .then(|| PathBuf::from(left.split(' ').nth(4).expect("mount point")))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A cgroup made by the test; its processes are killed and it is removed on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        let path = cgroup2_mount().join(unique("nc-test"));
+        fs::create_dir(&path).expect("create test cgroup");
+        Self { path }
+    }
+
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&self.path).expect("stat").ino()
+    }
+
+    /// A command that moves itself into this cgroup before exec.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .expect("cgroup.procs");
+        let mut cmd = Command::new(program);
+        // SAFETY: write(2) in the forked child; `procs` is moved into the closure and lives
+        // as long as the Command.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        cmd
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// One probe operation's outcome (see nc-probe).
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub op: String,
+    pub target: String,
+    pub ok: bool,
+    pub errno: i32,
+    pub error: String,
+    pub elapsed: Duration,
+}
+
+impl Probe {
+    pub fn is_eperm(&self) -> bool {
+        self.errno == libc::EPERM
+    }
+}
+
+/// Parse nc-probe's output lines.
+pub fn parse_probes(stdout: &[u8]) -> Vec<Probe> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| Probe {
+            op: v["op"].as_str().unwrap_or_default().to_owned(),
+            target: v["target"].as_str().unwrap_or_default().to_owned(),
+            ok: v["ok"].as_bool().unwrap_or(false),
+            errno: v["errno"].as_i64().unwrap_or(-1) as i32,
+            error: v["error"].as_str().unwrap_or_default().to_owned(),
+            elapsed: Duration::from_micros(v["elapsed_us"].as_u64().unwrap_or(0)),
+        })
+        .collect()
+}
+
+/// Run nc-probe with one op, outside any sandbox.
+pub fn probe_outside(op: &str, target: &str) -> Probe {
+    let out = Command::new(probe_bin()).args([op, target]).output().expect("run nc-probe");
+    parse_probes(&out.stdout).pop().unwrap_or_else(|| panic!("no probe output: {out:?}"))
+}
+
+/// The JSON events in a file.
+pub fn read_events(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+        .collect()
+}
+
+/// `netcontrol attach` running in the background on a test cgroup.
+pub struct Attached {
+    pub cgroup: TestCgroup,
+    pub events: PathBuf,
+    child: Option<Child>,
+    stderr: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Attached {
+    /// Start `netcontrol attach --cgroup <new cgroup> --events <file> ARGS` and wait until it
+    /// says it is enforcing.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_on(TestCgroup::new(), args)
+    }
+
+    /// Like [`Attached::start`], on a cgroup the test prepared (e.g. with processes in it).
+    pub fn start_on(cgroup: TestCgroup, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.jsonl");
+        let mut child = Command::new(netcontrol_bin())
+            .arg("attach")
+            .arg("--cgroup")
+            .arg(&cgroup.path)
+            .arg("--events")
+            .arg(&events)
+            .args(["--pin-root", TEST_PIN_ROOT])
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn netcontrol attach");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut this = Self { cgroup, events, child: Some(child), stderr: rx, _dir: dir };
+        this.wait_for_line("netcontrol: enforcing on", Duration::from_secs(30));
+        this
+    }
+
+    /// Wait for a stderr line containing `needle`; panic with everything seen on timeout.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            match self.stderr.recv_timeout(Duration::from_millis(50)) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(l) => seen.push(l),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(status) =
+                        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+                    {
+                        panic!(
+                            "netcontrol exited ({status}) before {needle:?}; stderr:\n{}",
+                            seen.join("\n")
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!("no {needle:?} from netcontrol within {timeout:?}; stderr:\n{}", seen.join("\n"));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Run nc-probe with the given ops inside the sandbox cgroup.
+    pub fn probe(&self, ops: &[(&str, &str)]) -> Vec<Probe> {
+        let mut cmd = self.cgroup.command(probe_bin());
+        for (op, target) in ops {
+            cmd.args([op, target]);
+        }
+        let out = cmd.output().expect("run nc-probe in the sandbox");
+        let probes = parse_probes(&out.stdout);
+        assert_eq!(probes.len(), ops.len(), "probe output: {out:?}");
+        probes
+    }
+
+    /// Run a shell command inside the sandbox cgroup.
+    pub fn sh_inside(&self, script: &str) -> Output {
+        self.cgroup.command("sh").arg("-c").arg(script).output().expect("sh in the sandbox")
+    }
+
+    /// Events written so far, waiting up to 5 s until at least `n` are there.
+    pub fn events_at_least(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ev = read_events(&self.events);
+            if ev.len() >= n || Instant::now() > deadline {
+                return ev;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM netcontrol, wait for it, and return the rest of its stderr. The cgroup stays
+    /// (until drop), so a test can check what happens after detaching.
+    pub fn stop(&mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM netcontrol");
+        let status = child.wait().expect("wait netcontrol");
+        // The reader thread ends when netcontrol closes stderr.
+        let rest: Vec<String> = self.stderr.iter().collect();
+        assert!(
+            status.success(),
+            "netcontrol attach exited with {status}; stderr:\n{}",
+            rest.join("\n")
+        );
+        rest.join("\n")
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Find the one event matching all `fields`, panicking with every event if there is none.
+pub fn find_event<'a>(events: &'a [Value], fields: &[(&str, Value)]) -> &'a Value {
+    events.iter().find(|e| fields.iter().all(|(k, v)| &e[*k] == v)).unwrap_or_else(|| {
+        panic!(
+            "no event with {fields:?} among:\n{}",
+            events.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+        )
+    })
+}
+
+/// `netcontrol ARGS` to completion, with the test pin root.
+pub fn netcontrol(args: &[&str]) -> Output {
+    Command::new(netcontrol_bin())
+        .args(args)
+        .env("NETCONTROL_PIN_ROOT", TEST_PIN_ROOT)
+        .output()
+        .expect("run netcontrol")
+}
+
+/// Stdout and stderr of an Output, for assertion messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Write a file (helper for scripts in tests).
+pub fn write_file(path: &Path, text: &str) {
+    let mut f = fs::File::create(path).expect("create");
+    f.write_all(text.as_bytes()).expect("write");
+}

@@ -58,6 +58,8 @@ pub static HOOKS: &[Hook] = &[
 pub struct Attachment {
     pub cgroup: PathBuf,
     links: Vec<Held>,
+    /// Holds this attachment's pins (nothing else); removed on detach.
+    pin_dir: Option<PathBuf>,
 }
 
 enum Held {
@@ -83,7 +85,11 @@ impl Attachment {
             })?;
         }
         // Built incrementally: if a later hook fails, dropping `this` detaches the earlier ones.
-        let mut this = Self { cgroup: cgroup_path.to_owned(), links: Vec::new() };
+        let mut this = Self {
+            cgroup: cgroup_path.to_owned(),
+            links: Vec::new(),
+            pin_dir: pin_dir.map(Path::to_owned),
+        };
         for hook in HOOKS {
             let link =
                 attach_one(ebpf, hook, &dir).map_err(|e| attach_error(hook, cgroup_path, e))?;
@@ -119,6 +125,13 @@ impl Attachment {
                     first_err.get_or_insert(Error::Pin { op: "unpinning link", path, source });
                 }
             }
+        }
+        if let Some(dir) = self.pin_dir.take()
+            && first_err.is_none()
+            && let Err(source) = fs::remove_dir(&dir)
+            && source.kind() != io::ErrorKind::NotFound
+        {
+            first_err = Some(Error::Pin { op: "removing", path: dir, source });
         }
         first_err.map_or(Ok(()), Err)
     }

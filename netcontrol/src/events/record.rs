@@ -124,21 +124,34 @@ impl EventRecord {
         }
     }
 
-    /// One line for a human reading stderr.
+    /// One line for a human reading stderr, saying what the process got back.
     pub fn human(&self) -> String {
         let what = match (self.dst_ip, self.dst_port) {
-            (Some(IpAddr::V6(ip)), Some(port)) => format!("{} [{ip}]:{port}", self.protocol),
-            (Some(ip), Some(port)) => format!("{} {ip}:{port}", self.protocol),
+            (Some(ip), Some(port)) => {
+                let verb = if self.hook.starts_with("sendmsg") { "send to" } else { "connect to" };
+                let dst = match ip {
+                    IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+                    IpAddr::V4(ip) => format!("{ip}:{port}"),
+                };
+                format!("{} {verb} {dst}", self.protocol)
+            }
             _ => format!("{} {} socket", self.family, self.socket_type.unwrap_or("")),
         };
-        let verb = if self.verdict == "would_block" { "would block" } else { "blocked" };
-        format!(
-            "netcontrol: {verb} {what} from {} (pid {}) at {}: {}",
-            self.comm,
-            self.pid,
-            self.hook,
-            self.reason.replace('_', " ")
-        )
+        let why = match self.reason {
+            "not_allowlisted" => "not allowlisted",
+            "port_not_allowed" => "port or protocol not allowlisted",
+            "metadata_address" => "cloud metadata address (only a rule naming it opens it)",
+            "raw_socket" => "raw sockets are not allowed",
+            "icmp_socket" => "ping sockets are not allowed",
+            "no_sandbox" => "socket used outside its sandbox",
+            other => other,
+        };
+        let (verb, outcome) = if self.verdict == "would_block" {
+            ("would block", "audit mode: allowed")
+        } else {
+            ("blocked", "Operation not permitted")
+        };
+        format!("netcontrol: {verb} {} (pid {}): {what}: {why} ({outcome})", self.comm, self.pid)
     }
 }
 
@@ -229,10 +242,16 @@ mod tests {
             ("socket", None, None, Some("raw"))
         );
         assert_eq!(r.verdict, "would_block");
-        assert!(
-            r.human().starts_with("netcontrol: would block ipv4 raw socket from curl"),
-            "{}",
-            r.human()
+        assert_eq!(
+            r.human(),
+            "netcontrol: would block curl (pid 4321): ipv4 raw socket: raw sockets are not \
+             allowed (audit mode: allowed)"
+        );
+        let r = EventRecord::new(&event(), Clock::new(), &labels);
+        assert_eq!(
+            r.human(),
+            "netcontrol: blocked curl (pid 4321): tcp connect to 127.0.0.10:8080: not \
+             allowlisted (Operation not permitted)"
         );
     }
 }

@@ -1,0 +1,225 @@
+//! nc-probe: makes one kind of network attempt per operation and prints the outcome as a JSON
+//! line (`{"op":…,"target":…,"ok":…,"errno":…,"error":…,"elapsed_us":…}`), so that tests can
+//! see exactly what the kernel answered.
+//!
+//! Usage: nc-probe OP TARGET [OP TARGET]...   (TARGET: 127.0.0.1:80, [::1]:80,
+//! [::ffff:127.0.0.1]:80 for an IPv4-mapped destination on an IPv6 socket; "-" for ops that
+//! take none). Exit status: 0 if every op succeeded, 1 otherwise.
+//!
+//! OPs: tcp, udp-connect, udp-sendto, udp-sendmmsg, tfo-sendto (MSG_FASTOPEN), tfo-connect
+//! (TCP_FASTOPEN_CONNECT), raw4, raw6, ping4, ping6 (socket only), ping-connect (ICMP datagram
+//! socket connected to TARGET), serve (listen on TARGET for TCP and UDP until killed).
+
+use std::{
+    io,
+    mem::{size_of, zeroed},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::{Duration, Instant},
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() || args.len() % 2 != 0 {
+        eprintln!("usage: nc-probe OP TARGET [OP TARGET]...");
+        std::process::exit(2);
+    }
+    let mut all_ok = true;
+    for pair in args.chunks(2) {
+        let (op, target) = (pair[0].as_str(), pair[1].as_str());
+        if op == "serve" {
+            serve(target);
+        }
+        let start = Instant::now();
+        let result = run(op, target);
+        let elapsed_us = start.elapsed().as_micros();
+        let (ok, errno, error) = match &result {
+            Ok(()) => (true, 0, String::new()),
+            Err(e) => (false, e.raw_os_error().unwrap_or(-1), e.to_string()),
+        };
+        all_ok &= ok;
+        println!(
+            "{{\"op\":{op:?},\"target\":{target:?},\"ok\":{ok},\"errno\":{errno},\"error\":{error:?},\"elapsed_us\":{elapsed_us}}}"
+        );
+    }
+    std::process::exit(if all_ok { 0 } else { 1 });
+}
+
+fn addr(target: &str) -> io::Result<SocketAddr> {
+    target
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{target}: {e}")))
+}
+
+fn run(op: &str, target: &str) -> io::Result<()> {
+    match op {
+        "tcp" => TcpStream::connect_timeout(&addr(target)?, Duration::from_secs(3)).map(drop),
+        "udp-connect" => {
+            let a = addr(target)?;
+            let s = UdpSocket::bind(any(a))?;
+            s.connect(a)?;
+            s.send(b"probe").map(drop)
+        }
+        "udp-sendto" => {
+            let a = addr(target)?;
+            UdpSocket::bind(any(a))?.send_to(b"probe", a).map(drop)
+        }
+        "udp-sendmmsg" => sendmmsg(addr(target)?),
+        "tfo-sendto" => tfo_sendto(addr(target)?),
+        "tfo-connect" => tfo_connect(addr(target)?),
+        "raw4" => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).map(drop),
+        "raw6" => socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6).map(drop),
+        "ping4" => socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP).map(drop),
+        "ping6" => socket(libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6).map(drop),
+        "ping-connect" => {
+            let a = addr(target)?;
+            let (fam, proto) = match a {
+                SocketAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+                SocketAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+            };
+            let s = socket(fam, libc::SOCK_DGRAM, proto)?;
+            connect(s.as_raw_fd(), a)
+        }
+        other => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown op {other}"))),
+    }
+}
+
+fn any(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("addr"),
+        SocketAddr::V6(_) => "[::]:0".parse().expect("addr"),
+    }
+}
+
+fn socket(family: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned on success.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A sockaddr for `a` and its length.
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large enough and suitably aligned.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn family(a: SocketAddr) -> i32 {
+    if a.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 }
+}
+
+fn connect(fd: RawFd, a: SocketAddr) -> io::Result<()> {
+    let (ss, len) = sockaddr(a);
+    // SAFETY: valid sockaddr of `len` bytes.
+    let r = unsafe { libc::connect(fd, (&raw const ss).cast(), len) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Three datagrams in one sendmmsg(2) call, unconnected.
+fn sendmmsg(a: SocketAddr) -> io::Result<()> {
+    let s = socket(family(a), libc::SOCK_DGRAM, 0)?;
+    let (mut ss, len) = sockaddr(a);
+    let mut payload = *b"probe";
+    let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() };
+    // SAFETY: zeroed mmsghdr is valid; pointers below outlive the call.
+    let mut msgs: [libc::mmsghdr; 3] = unsafe { zeroed() };
+    for m in &mut msgs {
+        m.msg_hdr.msg_name = (&raw mut ss).cast();
+        m.msg_hdr.msg_namelen = len;
+        m.msg_hdr.msg_iov = &raw mut iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: three initialised headers.
+    let n = unsafe { libc::sendmmsg(s.as_raw_fd(), msgs.as_mut_ptr(), 3, 0) };
+    match n {
+        3 => Ok(()),
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n => Err(io::Error::other(format!("sendmmsg sent {n} of 3"))),
+    }
+}
+
+/// TCP Fast Open through sendto(MSG_FASTOPEN): the connect happens inside sendto.
+fn tfo_sendto(a: SocketAddr) -> io::Result<()> {
+    let s = socket(family(a), libc::SOCK_STREAM, 0)?;
+    let (ss, len) = sockaddr(a);
+    let data = b"GET / HTTP/1.0\r\n\r\n";
+    // SAFETY: valid buffer and sockaddr.
+    let n = unsafe {
+        libc::sendto(
+            s.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_FASTOPEN,
+            (&raw const ss).cast(),
+            len,
+        )
+    };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// TCP Fast Open through TCP_FASTOPEN_CONNECT, then connect().
+fn tfo_connect(a: SocketAddr) -> io::Result<()> {
+    let s = socket(family(a), libc::SOCK_STREAM, 0)?;
+    let one: libc::c_int = 1;
+    // SAFETY: valid option value.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN_CONNECT,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    connect(s.as_raw_fd(), a)
+}
+
+/// Listen on TARGET (TCP and UDP) until killed; prints "listening" once ready.
+fn serve(target: &str) -> ! {
+    let a = addr(target).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    let tcp = TcpListener::bind(a).unwrap_or_else(|e| {
+        eprintln!("bind tcp {a}: {e}");
+        std::process::exit(2)
+    });
+    let _udp = UdpSocket::bind(tcp.local_addr().expect("local addr"));
+    println!("listening {}", tcp.local_addr().expect("local addr"));
+    for conn in tcp.incoming() {
+        drop(conn);
+    }
+    std::process::exit(0)
+}
