@@ -18,8 +18,6 @@ use std::{
 
 use crate::error::{Error, Result};
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
 /// The cgroup2 mount point, from /proc/self/mountinfo.
 pub fn mount_point() -> Result<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo")
@@ -61,7 +59,7 @@ fn unescape(s: &str) -> std::ffi::OsString {
 /// Whether `path` is a directory on a cgroup2 filesystem.
 pub fn is_cgroup2(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
         .unwrap_or(false)
 }
 

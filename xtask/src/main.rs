@@ -1,1 +1,281 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | demo | test`.
+//!
+//! Every step prints the command it runs, so that what setup does to a machine is visible and
+//! can be repeated by hand (docs/toolchain.md explains why each piece is needed).
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "netcontrol's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF programs and running the tests need (Debian/Ubuntu,
+    /// root): Debian's rustc-web with the prebuilt BPF core, LLVM 22, bpf-linker 0.13.0, and the
+    /// test tools. Idempotent: a second run changes nothing.
+    Setup,
+    /// Set up, build, and show netcontrol blocking and reporting a connection (root; runs in a
+    /// private network namespace, so nothing leaves the machine).
+    Demo {
+        /// Skip `setup` (the toolchain is already installed).
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Run every test: formatting, clippy, unit tests, and the privileged kernel tests (root).
+    Test {
+        /// Leave out the kernel tests (they need root).
+        #[arg(long)]
+        no_kernel: bool,
+        /// Extra arguments for the kernel tests' test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Demo { no_setup } => {
+            if !no_setup {
+                setup()?;
+            }
+            demo()
+        }
+        Task::Test { no_kernel, filter } => test(no_kernel, &filter),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
+}
+
+/// Print and run a command; fail with its exit status.
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", show(cmd));
+    let status = cmd.status().with_context(|| format!("starting {}", show(cmd)))?;
+    ensure!(status.success(), "{} failed ({status})", show(cmd));
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    let envs: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
+        .collect();
+    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    [envs.join(" "), cmd.get_program().to_string_lossy().into_owned(), args.join(" ")]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+// ---- setup -------------------------------------------------------------------------------
+
+/// Debian packages: the BPF toolchain (docs/toolchain.md), then what the tests run.
+const TOOLCHAIN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "clang-22",
+    "lld-22",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+const TEST_PACKAGES: &[&str] = &["iproute2", "procps", "python3", "curl", "util-linux"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn setup() -> Result<()> {
+    check_system()?;
+    let wanted: Vec<&str> = TOOLCHAIN_PACKAGES.iter().chain(TEST_PACKAGES).copied().collect();
+    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !package_installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("setup: all {} Debian packages are installed", wanted.len());
+    } else {
+        ensure!(
+            is_root(),
+            "setup must install {} and needs root: run `sudo cargo xtask setup`",
+            missing.join(" ")
+        );
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing)).with_context(
+            || {
+                "installing the BPF toolchain packages failed. netcontrol's kernel side is built with Debian \
+                 12's rustc-web 1.96 and its prebuilt BPF core (libstd-rust-web-dev-bpf); a release without \
+                 them needs a nightly Rust with rust-src instead (docs/toolchain.md)"
+            },
+        )?;
+    }
+    if succeeds("rustup", &["run", "bpf", "rustc", "--version"]) {
+        eprintln!("setup: rustup toolchain `bpf` is linked");
+    } else {
+        ensure!(
+            succeeds("rustup", &["--version"]),
+            "rustup is needed (the host toolchain comes from it)"
+        );
+        run(Command::new("rustup").args(["toolchain", "link", "bpf", "/usr"]))?;
+    }
+    let linker = Command::new("bpf-linker").arg("--version").output().ok();
+    let have = linker
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.contains(BPF_LINKER_VERSION) {
+        eprintln!("setup: {} is installed", have.trim());
+    } else {
+        // bpf-linker links against Debian's LLVM 22; without LLVM_PREFIX its build looks in
+        // /usr/lib64 and fails with "unable to find library -lLLVM".
+        let path = format!("/usr/lib/llvm-22/bin:{}", env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .env("PATH", path))?;
+    }
+    let target = Path::new("/usr/lib/rustlib/bpfel-unknown-none");
+    ensure!(
+        target.exists(),
+        "{} is missing after setup (package libstd-rust-web-dev-bpf)",
+        target.display()
+    );
+    eprintln!("setup: done; the BPF toolchain is ready");
+    Ok(())
+}
+
+fn check_system() -> Result<()> {
+    let os = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |k: &str| {
+        os.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    let (id, like, name) = (field("ID"), field("ID_LIKE"), field("PRETTY_NAME"));
+    let debian_family = id == "debian" || id == "ubuntu" || like.split(' ').any(|l| l == "debian");
+    if !debian_family || !succeeds("dpkg-query", &["--version"]) {
+        bail!(
+            "unsupported system {:?}: `cargo xtask setup` installs Debian/Ubuntu packages. Elsewhere install \
+             a Rust toolchain that can build for bpfel-unknown-none, LLVM 22 and bpf-linker {BPF_LINKER_VERSION} \
+             yourself (docs/toolchain.md lists what each is for)",
+            if name.is_empty() { "unknown (no /etc/os-release)".to_owned() } else { name }
+        );
+    }
+    Ok(())
+}
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+// ---- demo --------------------------------------------------------------------------------
+
+fn demo() -> Result<()> {
+    ensure!(is_root(), "the demo loads eBPF programs and needs root: run `sudo cargo xtask demo`");
+    run(Command::new("cargo")
+        .args(["build", "--release", "-p", "netcontrol"])
+        .env("NETCONTROL_REQUIRE_EBPF", "1"))?;
+    let bin = workspace_root().join("target/release/netcontrol");
+    // A private network namespace with only loopback: nothing the demo does can leave the
+    // machine, blocked or not.
+    ensure!(
+        succeeds("unshare", &["--net", "true"]),
+        "`unshare --net` failed: the demo needs to create a network namespace"
+    );
+    let script = format!(
+        r#"set -e
+ip link set lo up
+python3 -m http.server 8080 --bind 127.0.0.10 >/dev/null 2>&1 & A=$!
+python3 -m http.server 8080 --bind 127.0.0.11 >/dev/null 2>&1 & B=$!
+trap 'kill $A $B' EXIT
+for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.11:8080/ && curl -s -o /dev/null http://127.0.0.10:8080/ && break; sleep 0.1; done
+echo
+echo "Two web servers run on 127.0.0.10:8080 and 127.0.0.11:8080 (in a private network namespace)."
+echo "The sandbox may reach 127.0.0.11:8080 only."
+echo
+echo '$ netcontrol run --allow 127.0.0.11:8080 -- curl -sS -o /dev/null -w "HTTP %{{http_code}}\n" http://127.0.0.11:8080/'
+{bin} run --allow 127.0.0.11:8080 -- curl -sS -o /dev/null -w "HTTP %{{http_code}}\n" http://127.0.0.11:8080/
+echo
+echo '$ netcontrol run --allow 127.0.0.11:8080 --events - -- curl -sS http://127.0.0.10:8080/'
+{bin} run --allow 127.0.0.11:8080 --events - -- curl -sS http://127.0.0.10:8080/ || echo "(curl exited with $?)"
+echo
+echo "curl got EPERM (\"Operation not permitted\") from connect() at once: no packet was sent."
+echo "The JSON line is the event; \`cargo xtask test\` runs the test suite."
+"#,
+        bin = bin.display()
+    );
+    run(Command::new("unshare").args(["--net", "sh", "-c", &script]))
+}
+
+// ---- test --------------------------------------------------------------------------------
+
+fn test(no_kernel: bool, filter: &[String]) -> Result<()> {
+    let started = Instant::now();
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    // The eBPF crate only builds for the BPF target (through netcontrol's build.rs).
+    run(Command::new("cargo")
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "netcontrol-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("NETCONTROL_REQUIRE_EBPF", "1"))?;
+    run(Command::new("cargo").arg("test").env("NETCONTROL_REQUIRE_EBPF", "1"))?;
+    if no_kernel {
+        eprintln!("test: kernel tests left out (--no-kernel)");
+    } else {
+        ensure!(
+            is_root(),
+            "the kernel tests load eBPF programs and need root: run `sudo cargo xtask test`, or pass --no-kernel"
+        );
+        // The tests run the netcontrol binary: build it (with its eBPF programs) first.
+        run(Command::new("cargo")
+            .args(["build", "-p", "netcontrol", "-p", "netcontrol-tests", "--bins"])
+            .env("NETCONTROL_REQUIRE_EBPF", "1"))?;
+        run(Command::new("cargo")
+            .args(["test", "-p", "netcontrol-tests", "--"])
+            .args(filter)
+            .env("NETCONTROL_REQUIRE_EBPF", "1")
+            .env("NETCONTROL_REQUIRE_KERNEL_TESTS", "1"))?;
+    }
+    eprintln!("test: all passed in {:.0?}", started.elapsed());
+    Ok(())
+}

@@ -39,9 +39,12 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn new(opts: &LoadOptions) -> Result<Self> {
-        if OBJECT.is_empty() {
-            return Err(Error::NoEbpfObject);
-        }
+        let custom = custom_object()?;
+        let object: &[u8] = match &custom {
+            Some(words) => bytes_of(words),
+            None if OBJECT.is_empty() => return Err(Error::NoEbpfObject),
+            None => OBJECT,
+        };
         check_kernel()?;
         let level = opts.bpf_log_level;
         let mut loader = EbpfLoader::new();
@@ -52,7 +55,7 @@ impl Loaded {
         if let Some(n) = opts.allow_v6_max {
             loader.map_max_entries(abi::map::ALLOW_V6, n);
         }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| match e {
+        let mut ebpf = loader.load(object).map_err(|e| match e {
             aya::EbpfError::MapError(ref m) if is_eperm(m) => not_privileged(),
             e => Error::Load(e),
         })?;
@@ -94,18 +97,46 @@ fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
 fn program_error(hook: &Hook, e: ProgramError) -> Error {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
-            let log = verifier_log.to_string();
-            match io_error.raw_os_error() {
-                Some(libc::EPERM | libc::EACCES) if log.trim().is_empty() => not_privileged(),
-                // An unknown expected_attach_type is refused before the verifier runs.
-                Some(libc::EINVAL) if log.trim().is_empty() => {
-                    Error::MissingHook { hook: hook.name, since: hook.since, source: io_error }
-                }
-                _ => Error::Verifier { program: hook.program, source: io_error, log },
-            }
+            classify_load_failure(hook, io_error, verifier_log.to_string())
         }
         source => Error::Program { program: hook.program, source },
     }
+}
+
+/// BPF_PROG_LOAD failed: tell a missing privilege, a kernel without the hook and a verifier
+/// rejection apart.
+fn classify_load_failure(hook: &Hook, io_error: io::Error, log: String) -> Error {
+    match io_error.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) if log.trim().is_empty() => not_privileged(),
+        // An unknown expected_attach_type is refused before the verifier runs, so no log.
+        Some(libc::EINVAL) if log.trim().is_empty() => {
+            Error::MissingHook { hook: hook.name, since: hook.since, source: io_error }
+        }
+        _ => Error::Verifier { program: hook.program, source: io_error, log },
+    }
+}
+
+/// A developer knob: NETCONTROL_EBPF_OBJECT=path loads that object instead of the embedded one
+/// (copied into u64 words: the ELF parser wants aligned data).
+fn custom_object() -> Result<Option<Vec<u64>>> {
+    let Some(path) = std::env::var_os("NETCONTROL_EBPF_OBJECT") else { return Ok(None) };
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Error::io(format!("reading NETCONTROL_EBPF_OBJECT {}", path.to_string_lossy()), e)
+    })?;
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    for (i, chunk) in bytes.chunks(8).enumerate() {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        words[i] = u64::from_ne_bytes(w);
+    }
+    words.push(bytes.len() as u64); // length, dropped again by bytes_of
+    Ok(Some(words))
+}
+
+fn bytes_of(words: &[u64]) -> &[u8] {
+    let (len, data) = words.split_last().expect("length word");
+    // SAFETY: u64 words reinterpreted as their bytes; `len` <= 8 * data.len() by construction.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), *len as usize) }
 }
 
 fn is_eperm(e: &aya::maps::MapError) -> bool {
@@ -127,5 +158,65 @@ fn check_kernel() -> Result<()> {
         }),
         // Unparsable version strings (custom kernels): let the syscalls decide.
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(name: &str) -> &'static Hook {
+        HOOKS.iter().find(|h| h.name == name).expect("hook")
+    }
+
+    #[test]
+    fn a_kernel_without_the_hook_is_named() {
+        let e = classify_load_failure(
+            hook("sendmsg4"),
+            io::Error::from_raw_os_error(libc::EINVAL),
+            String::new(),
+        );
+        let msg = e.to_string();
+        assert!(matches!(e, Error::MissingHook { hook: "sendmsg4", since: "4.18", .. }), "{msg}");
+        assert!(
+            msg.contains("does not support the sendmsg4 hook") && msg.contains("Linux 4.18"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_verifier_rejection_carries_the_whole_log() {
+        let log = "0: (61) r2 = *(u32 *)(r1 +1000)\ninvalid bpf_context access off=1000 size=4\n"
+            .to_owned();
+        let e = classify_load_failure(
+            hook("connect4"),
+            io::Error::from_raw_os_error(libc::EACCES),
+            log.clone(),
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("verifier rejected program nc_connect4"), "{msg}");
+        assert!(msg.ends_with(&log), "{msg}");
+    }
+
+    #[test]
+    fn eperm_without_a_log_is_a_privilege_problem() {
+        let e = classify_load_failure(
+            hook("connect4"),
+            io::Error::from_raw_os_error(libc::EPERM),
+            String::new(),
+        );
+        assert!(matches!(e, Error::NotPrivileged { .. }), "{e}");
+    }
+
+    #[test]
+    fn custom_objects_keep_their_exact_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("obj");
+        std::fs::write(&path, b"0123456789abc").expect("write");
+        // SAFETY (test): no other thread reads this variable.
+        unsafe { std::env::set_var("NETCONTROL_EBPF_OBJECT", &path) };
+        let words = custom_object().expect("read").expect("set");
+        unsafe { std::env::remove_var("NETCONTROL_EBPF_OBJECT") };
+        assert_eq!(bytes_of(&words), b"0123456789abc");
     }
 }

@@ -20,7 +20,6 @@ use crate::{
 };
 
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/netcontrol";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]
 pub struct PinRoot {
@@ -122,7 +121,8 @@ pub fn remove_dir(dir: &Path) -> Result<()> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 fn ensure_bpffs(root: &Path) -> Result<()> {

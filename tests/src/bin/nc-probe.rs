@@ -20,7 +20,7 @@ use std::{
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() || args.len() % 2 != 0 {
+    if args.is_empty() || !args.len().is_multiple_of(2) {
         eprintln!("usage: nc-probe OP TARGET [OP TARGET]...");
         std::process::exit(2);
     }

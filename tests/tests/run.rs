@@ -1,0 +1,388 @@
+//! `netcontrol run`: the command runs sandboxed from its first instruction, its exit status
+//! comes back, and the sandbox (cgroup, links, pins) is gone afterwards, whichever way it
+//! ended: normal exit, Ctrl-C, SIGTERM, the command killed, or netcontrol itself killed.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use netcontrol_tests::{
+    Server, TEST_PIN_ROOT, cgroup2_mount, find_event, isolate_network, kernel_tests_enabled,
+    netcontrol, netcontrol_bin, parse_probes, probe_bin, read_events, show,
+};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::json;
+
+fn run_parent() -> PathBuf {
+    cgroup2_mount().join("netcontrol")
+}
+
+/// The run cgroups and pin directories left by netcontrol process `pid`.
+fn leftovers(pid: u32) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    let run_prefix = format!("netcontrol-run-{pid}-");
+    if let Ok(d) = std::fs::read_dir(run_parent()) {
+        left.extend(
+            d.flatten().map(|e| e.path()).filter(|p| file_name(p).starts_with(&run_prefix)),
+        );
+    }
+    if let Ok(d) = std::fs::read_dir(Path::new(TEST_PIN_ROOT).join("v1/standalone")) {
+        left.extend(
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| file_name(p).split('-').nth(1) == Some(&pid.to_string())),
+        );
+    }
+    left
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn spawn_run(args: &[&str]) -> Child {
+    Command::new(netcontrol_bin())
+        .arg("run")
+        .args(args)
+        .env("NETCONTROL_PIN_ROOT", TEST_PIN_ROOT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netcontrol run")
+}
+
+/// Wait until netcontrol `pid` has a run cgroup with a process in it.
+fn wait_sandboxed(pid: u32) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(cg) = leftovers(pid).into_iter().find(|p| p.starts_with(run_parent()))
+            && std::fs::read_to_string(cg.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
+        {
+            return cg;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("netcontrol {pid} never started its command");
+}
+
+fn wait_exit(child: &mut Child) -> (i32, String) {
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).expect("stderr");
+    }
+    (status.code().expect("exit code, not a signal"), err)
+}
+
+/// The acceptance check: curl to a non-allowed address fails at once with EPERM and an
+/// event names curl and the destination; the allowed address works.
+#[test]
+fn curl_is_blocked_immediately_with_an_event() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let mut servers: Vec<Child> = ["127.0.0.10", "127.0.0.11"]
+        .iter()
+        .map(|ip| {
+            Command::new("python3")
+                .args(["-m", "http.server", "8080", "--bind", ip])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("python3 http.server")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ["127.0.0.10:8080", "127.0.0.11:8080"]
+        .iter()
+        .any(|a| std::net::TcpStream::connect(a).is_err())
+    {
+        assert!(Instant::now() < deadline, "http servers did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.jsonl");
+    let ev = events.to_str().expect("utf8");
+
+    let ok = netcontrol(&[
+        "run",
+        "--allow",
+        "127.0.0.11:8080",
+        "--events",
+        ev,
+        "--",
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "http://127.0.0.11:8080/",
+    ]);
+    assert!(ok.status.success(), "{}", show(&ok));
+    assert!(read_events(&events).is_empty());
+
+    let started = Instant::now();
+    let out = netcontrol(&[
+        "run",
+        "--allow",
+        "127.0.0.11:8080",
+        "--",
+        "curl",
+        "-sS",
+        "http://127.0.0.10:8080/",
+    ]);
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "curl's 'could not connect': {}", show(&out));
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert!(
+        stderr.contains("netcontrol: blocked curl (pid ")
+            && stderr.contains(
+                "tcp connect to 127.0.0.10:8080: not allowlisted (Operation not permitted)"
+            ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("netcontrol: 1 connection attempt blocked"), "{stderr}");
+
+    let out = netcontrol(&[
+        "run",
+        "--allow",
+        "127.0.0.11:8080",
+        "--events",
+        ev,
+        "--",
+        "curl",
+        "-sS",
+        "http://127.0.0.10:8080/",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("1 connection attempt blocked (see events in {ev})")),
+        "{stderr}"
+    );
+    find_event(
+        &read_events(&events),
+        &[
+            ("comm", json!("curl")),
+            ("dst_ip", json!("127.0.0.10")),
+            ("dst_port", json!(8080)),
+            ("hook", json!("connect4")),
+            ("verdict", json!("blocked")),
+        ],
+    );
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
+
+#[test]
+fn exit_status_is_the_commands() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let code = |args: &[&str]| {
+        let mut full = vec!["run", "--"];
+        full.extend_from_slice(args);
+        let out = netcontrol(&full);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(code(&["sh", "-c", "exit 7"]).0, Some(7));
+    assert_eq!(code(&["true"]).0, Some(0));
+    assert_eq!(code(&["sh", "-c", "kill -9 $$"]).0, Some(137));
+    let (c, err) = code(&["/nonexistent/command"]);
+    assert_eq!(c, Some(127), "{err}");
+    assert!(err.contains("netcontrol: /nonexistent/command: command not found"), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_executable = dir.path().join("script");
+    std::fs::write(&not_executable, "#!/bin/sh\nexit 0\n").expect("write");
+    let (c, err) = code(&[not_executable.to_str().expect("utf8")]);
+    assert_eq!(c, Some(126), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+/// The command's descendants are in the sandbox, and what it leaves running is ended with it.
+#[test]
+fn grandchildren_are_covered_and_leftovers_are_killed() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let script = format!(
+        "sleep 300 & echo $!; python3 -c 'import socket; socket.create_connection((\"127.0.0.10\", {}), timeout=3)'",
+        denied.addr.port()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("e.jsonl");
+    let mut child =
+        spawn_run(&["--events", events.to_str().expect("utf8"), "--", "sh", "-c", &script]);
+    let pid = child.id();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("sleep pid");
+    let sleeper: i32 = first.trim().parse().expect("pid");
+    let (code, stderr) = wait_exit(&mut child);
+    assert_eq!(code, 1, "python fails: {stderr}");
+    assert!(stderr.contains("PermissionError: [Errno 1] Operation not permitted"), "{stderr}");
+    find_event(
+        &read_events(&events),
+        &[("comm", json!("python3")), ("dst_port", json!(denied.addr.port()))],
+    );
+    assert!(dead(sleeper), "the background sleep was killed");
+    assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
+}
+
+/// Gone, or a zombie waiting for whoever adopted it to reap it.
+fn dead(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.chars().next().unwrap_or('?')));
+        match state {
+            None | Some('Z' | 'X') => return true,
+            Some(_) if Instant::now() > deadline => return false,
+            Some(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn interrupted(sig: Signal, expected: i32) {
+    let mut child = spawn_run(&["--", "sleep", "30"]);
+    let pid = child.id();
+    wait_sandboxed(pid);
+    kill(Pid::from_raw(pid as i32), sig).expect("signal netcontrol");
+    let (code, stderr) = wait_exit(&mut child);
+    assert_eq!(code, expected, "{stderr}");
+    assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
+}
+
+#[test]
+fn ctrl_c_and_sigterm_end_the_command_and_clean_up() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // Not from a terminal, so netcontrol relays them; sleep dies of them: 128 + signal.
+    interrupted(Signal::SIGINT, 130);
+    interrupted(Signal::SIGTERM, 143);
+}
+
+#[test]
+fn command_killed_cleans_up() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut child = spawn_run(&["--", "sh", "-c", "echo $$; exec sleep 30"]);
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("pid");
+    kill(Pid::from_raw(line.trim().parse().expect("pid")), Signal::SIGKILL)
+        .expect("kill the command");
+    let (code, stderr) = wait_exit(&mut child);
+    assert_eq!(code, 137, "{stderr}");
+    assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
+}
+
+/// kill -9 of netcontrol: its pinned links keep enforcing (fail closed) while the command
+/// runs on; the next netcontrol collects the pins and the cgroup once the command is gone.
+#[test]
+fn killed_netcontrol_fails_closed_and_is_collected_later() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let (allowed, denied) = (Server::start("127.0.0.11"), Server::start("127.0.0.10"));
+    let probe = probe_bin();
+    let script =
+        format!("read x; {} tcp {} tcp {}", probe.display(), denied.target(), allowed.target());
+    let mut child = spawn_run(&["--allow", &allowed.target(), "--", "sh", "-c", &script]);
+    let pid = child.id();
+    let cgroup = wait_sandboxed(pid);
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 netcontrol");
+    // Child::wait would close stdin: take it first.
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = child.wait();
+    // The command outlives netcontrol and is still enforced.
+    writeln!(stdin).expect("go");
+    drop(stdin);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("probe output");
+    let probes = parse_probes(&out);
+    assert_eq!(probes.len(), 2, "{}", String::from_utf8_lossy(&out));
+    assert!(probes[0].is_eperm(), "denied while netcontrol is dead: {:?}", probes[0]);
+    assert!(probes[1].ok, "allowed while netcontrol is dead: {:?}", probes[1]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(cgroup.join("cgroup.events"))
+        .is_ok_and(|s| s.contains("populated 1"))
+    {
+        assert!(Instant::now() < deadline, "the command did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!leftovers(pid).is_empty(), "pins and cgroup stay until collected");
+    let next = netcontrol(&["run", "--", "true"]);
+    assert!(next.status.success(), "{}", show(&next));
+    assert!(leftovers(pid).is_empty(), "collected: {:?}", leftovers(pid));
+}
+
+#[test]
+fn audit_mode_lets_everything_through_and_says_so() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let probe = probe_bin();
+    let out = netcontrol(&[
+        "run",
+        "--audit",
+        "--",
+        probe.to_str().expect("utf8"),
+        "tcp",
+        &denied.target(),
+        "raw4",
+        "-",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("netcontrol: would block nc-probe"), "{stderr}");
+    assert!(
+        stderr.contains("netcontrol: audit mode: 2 connection attempts would have been blocked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn events_to_stdout() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let probe = probe_bin();
+    let out = netcontrol(&[
+        "run",
+        "--events",
+        "-",
+        "--",
+        probe.to_str().expect("utf8"),
+        "udp-sendto",
+        &denied.target(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "the probe failed: {}", show(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v.get("verdict").is_some())
+        .collect();
+    find_event(&events, &[("hook", json!("sendmsg4")), ("dst_port", json!(denied.addr.port()))]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(see events)"), "{}", show(&out));
+}
