@@ -79,6 +79,9 @@ pub enum Error {
     #[error("events output {path}: {source}")]
     Events { path: PathBuf, source: io::Error },
 
+    #[error("--user {spec}: {why}")]
+    User { spec: String, why: String },
+
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }

@@ -213,6 +213,7 @@ pub fn parse_probes(stdout: &[u8]) -> Vec<Probe> {
     String::from_utf8_lossy(stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("op").is_some())
         .map(|v| Probe {
             op: v["op"].as_str().unwrap_or_default().to_owned(),
             target: v["target"].as_str().unwrap_or_default().to_owned(),

@@ -327,7 +327,7 @@ fn killed_netcontrol_fails_closed_and_is_collected_later() {
         assert!(Instant::now() < deadline, "the command did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!leftovers(pid).is_empty(), "pins and cgroup stay until collected");
+    // Any netcontrol that starts now collects them (another test's may already have).
     let next = netcontrol(&["run", "--", "true"]);
     assert!(next.status.success(), "{}", show(&next));
     assert!(leftovers(pid).is_empty(), "collected: {:?}", leftovers(pid));
@@ -385,4 +385,36 @@ fn events_to_stdout() {
         .collect();
     find_event(&events, &[("hook", json!("sendmsg4")), ("dst_port", json!(denied.addr.port()))]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("(see events)"), "{}", show(&out));
+}
+
+/// --user: the command runs unprivileged, is still enforced, and cannot move itself out of
+/// the sandbox cgroup (as root it could).
+#[test]
+fn user_option_runs_unprivileged_and_cannot_leave() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let probe = probe_bin();
+    // The probe lives under target/, which nobody can usually read: copy it somewhere it can.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe_copy = dir.path().join("nc-probe");
+    std::fs::copy(&probe, &probe_copy).expect("copy probe");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), mode).expect("chmod");
+    let escape = cgroup2_mount().join("cgroup.procs");
+    let script = format!(
+        "id -u; if echo $$ > {}; then echo escaped; else echo stayed; fi; {} tcp {}",
+        escape.display(),
+        probe_copy.display(),
+        denied.target()
+    );
+    let out = netcontrol(&["run", "--user", "nobody", "--", "sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("65534"), "{}", show(&out));
+    assert_eq!(lines.next(), Some("stayed"), "{}", show(&out));
+    let probes = parse_probes(stdout.as_bytes());
+    assert!(probes.len() == 1 && probes[0].is_eperm(), "{}", show(&out));
 }

@@ -177,6 +177,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub kernel: KernelArgs,
 
+    /// Run the command as this user (name or uid, optionally :group), with that user's
+    /// groups, HOME, USER and LOGNAME. A command running as root could leave its cgroup or
+    /// detach the programs: give untrusted code an unprivileged user.
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
     /// Create the sandbox cgroup under this cgroup v2 directory (default: `netcontrol` under
     /// the cgroup2 mount).
     #[arg(long, value_name = "DIR")]

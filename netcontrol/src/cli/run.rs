@@ -9,7 +9,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use nix::{sys::signal::Signal, unistd::Pid};
+use nix::{
+    sys::signal::Signal,
+    unistd::{Gid, Group, Pid, Uid, User},
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{RunArgs, summary};
@@ -33,12 +36,13 @@ pub async fn main(args: RunArgs) -> Result<i32> {
         Some(p) => p.clone(),
         None => cgroup::mount_point()?.join("netcontrol"),
     };
+    let identity = args.user.as_deref().map(Identity::resolve).transpose()?;
     let signals = Signals::new()?;
     let sandbox = RunCgroup::create(&parent)?;
     let sink = args.output.sink()?;
     let enforcer = Enforcer::start(&sandbox.path, &policy, sink, &args.kernel.options())?;
 
-    let outcome = run_command(&sandbox.path, &args.command, signals).await;
+    let outcome = run_command(&sandbox.path, &args.command, identity, signals).await;
 
     // Whatever happened, end the sandbox: no process may outlive its enforcement.
     let emptied = cgroup::kill_all(&sandbox.path, Duration::from_secs(10));
@@ -53,7 +57,12 @@ pub async fn main(args: RunArgs) -> Result<i32> {
 }
 
 /// Spawn CMD inside the sandbox cgroup and wait for it, forwarding signals.
-async fn run_command(cgroup_path: &Path, argv: &[OsString], mut signals: Signals) -> Result<i32> {
+async fn run_command(
+    cgroup_path: &Path,
+    argv: &[OsString],
+    identity: Option<Identity>,
+    mut signals: Signals,
+) -> Result<i32> {
     let procs_path = cgroup_path.join("cgroup.procs");
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -62,16 +71,24 @@ async fn run_command(cgroup_path: &Path, argv: &[OsString], mut signals: Signals
     let procs_fd = procs.as_raw_fd();
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    // SAFETY: runs in the forked child before exec; write(2) is async-signal-safe and the fd
-    // stays open until spawn returns. Moving itself into the cgroup before exec means CMD is
-    // enforced from its first instruction.
+    if let Some(id) = &identity {
+        cmd.env("HOME", &id.home).env("USER", &id.name).env("LOGNAME", &id.name);
+    }
+    // SAFETY: runs in the forked child before exec and makes only syscalls (async-signal-
+    // safe); the fd stays open until spawn returns. Joining the cgroup before exec means CMD
+    // is enforced from its first instruction; it needs root, so it comes before dropping to
+    // --user.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) == 1 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
             }
+            if let Some(id) = &identity {
+                nix::unistd::setgroups(&id.groups)?;
+                nix::unistd::setgid(id.gid)?;
+                nix::unistd::setuid(id.uid)?;
+            }
+            Ok(())
         });
     }
     let mut child = match cmd.spawn() {
@@ -100,6 +117,57 @@ async fn run_command(cgroup_path: &Path, argv: &[OsString], mut signals: Signals
         }
     };
     Ok(exit_code(status))
+}
+
+/// Who CMD runs as with --user, resolved before forking (name lookups are not
+/// async-signal-safe).
+struct Identity {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+    name: String,
+    home: PathBuf,
+}
+
+impl Identity {
+    fn resolve(spec: &str) -> Result<Self> {
+        let err = |why: String| Error::User { spec: spec.to_owned(), why };
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let found = match user.parse::<u32>() {
+            Ok(n) => User::from_uid(Uid::from_raw(n)),
+            Err(_) => User::from_name(user),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        let (uid, mut gid, name, home) = match found {
+            Some(u) => (u.uid, u.gid, u.name, u.dir),
+            // A bare uid without a passwd entry is fine: it gets its own number as group.
+            None => match user.parse::<u32>() {
+                Ok(n) => (Uid::from_raw(n), Gid::from_raw(n), n.to_string(), PathBuf::from("/")),
+                Err(_) => return Err(err(format!("no user named {user:?}"))),
+            },
+        };
+        if let Some(g) = group {
+            gid = match g.parse::<u32>() {
+                Ok(n) => Gid::from_raw(n),
+                Err(_) => {
+                    Group::from_name(g)
+                        .map_err(|e| err(e.to_string()))?
+                        .ok_or_else(|| err(format!("no group named {g:?}")))?
+                        .gid
+                }
+            };
+        }
+        let groups = match std::ffi::CString::new(name.clone()) {
+            Ok(c) if group.is_none() => {
+                nix::unistd::getgrouplist(&c, gid).unwrap_or_else(|_| vec![gid])
+            }
+            _ => vec![gid],
+        };
+        Ok(Self { uid, gid, groups, name, home })
+    }
 }
 
 /// The shell convention: the exit code, or 128 + the signal that killed it.
