@@ -217,27 +217,31 @@ fn demo() -> Result<()> {
     );
     let script = format!(
         r#"set -e
+say() {{ printf '%s\n' "$*"; }}
 ip link set lo up
 python3 -m http.server 8080 --bind 127.0.0.10 >/dev/null 2>&1 & A=$!
 python3 -m http.server 8080 --bind 127.0.0.11 >/dev/null 2>&1 & B=$!
 trap 'kill $A $B' EXIT
 for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.11:8080/ && curl -s -o /dev/null http://127.0.0.10:8080/ && break; sleep 0.1; done
-echo
-echo "Two web servers run on 127.0.0.10:8080 and 127.0.0.11:8080 (in a private network namespace)."
-echo "The sandbox may reach 127.0.0.11:8080 only."
-echo
-echo '$ netcontrol run --allow 127.0.0.11:8080 -- curl -sS -o /dev/null -w "HTTP %{{http_code}}\n" http://127.0.0.11:8080/'
+say
+say "Two web servers run on 127.0.0.10:8080 and 127.0.0.11:8080 (in a private network namespace)."
+say "The sandbox may reach 127.0.0.11:8080 only."
+say
+say '$ netcontrol run --allow 127.0.0.11:8080 -- curl -sS -o /dev/null -w "HTTP %{{http_code}}\n" http://127.0.0.11:8080/'
 {bin} run --allow 127.0.0.11:8080 -- curl -sS -o /dev/null -w "HTTP %{{http_code}}\n" http://127.0.0.11:8080/
-echo
-echo '$ netcontrol run --allow 127.0.0.11:8080 --events - -- curl -sS http://127.0.0.10:8080/'
-{bin} run --allow 127.0.0.11:8080 --events - -- curl -sS http://127.0.0.10:8080/ || echo "(curl exited with $?)"
-echo
-echo "curl got EPERM (\"Operation not permitted\") from connect() at once: no packet was sent."
-echo "The JSON line is the event; \`cargo xtask test\` runs the test suite."
+say
+say '$ netcontrol run --allow 127.0.0.11:8080 --events - -- curl -sS http://127.0.0.10:8080/'
+{bin} run --allow 127.0.0.11:8080 --events - -- curl -sS http://127.0.0.10:8080/ || say "(curl exited with $?)"
+say
+say 'curl got EPERM ("Operation not permitted") from connect() at once: no packet was sent.'
+say 'The JSON line is the event. Next: `cargo xtask test` runs the test suite.'
 "#,
         bin = bin.display()
     );
-    run(Command::new("unshare").args(["--net", "sh", "-c", &script]))
+    eprintln!("+ unshare --net sh -c <demo script>");
+    let status = Command::new("unshare").args(["--net", "sh", "-c", &script]).status()?;
+    ensure!(status.success(), "the demo failed ({status})");
+    Ok(())
 }
 
 // ---- test --------------------------------------------------------------------------------
