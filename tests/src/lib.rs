@@ -402,6 +402,18 @@ pub fn show(out: &Output) -> String {
     )
 }
 
+/// A copy of `bin` that any user can run (the checkout may sit in a directory only root can
+/// enter). The copy lives as long as the returned directory.
+pub fn world_executable(bin: &Path) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let copy = dir.path().join(bin.file_name().expect("file name"));
+    fs::copy(bin, &copy).expect("copy binary");
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod binary");
+    (dir, copy)
+}
+
 /// Write a file (helper for scripts in tests).
 pub fn write_file(path: &Path, text: &str) {
     let mut f = fs::File::create(path).expect("create");

@@ -3,7 +3,9 @@
 
 use std::{ffi::CString, os::unix::process::CommandExt, process::Command};
 
-use netcontrol_tests::{TEST_PIN_ROOT, kernel_tests_enabled, netcontrol, netcontrol_bin, show};
+use netcontrol_tests::{
+    TEST_PIN_ROOT, kernel_tests_enabled, netcontrol, netcontrol_bin, show, world_executable,
+};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -14,15 +16,12 @@ fn without_privileges_it_says_to_run_as_root() {
     if !kernel_tests_enabled() {
         return;
     }
+    let (_dir, bin) = world_executable(&netcontrol_bin());
     for (args, code) in
         [(&["run", "--", "true"][..], 125), (&["attach", "--cgroup", "/sys/fs/cgroup"][..], 1)]
     {
-        let out = Command::new(netcontrol_bin())
-            .args(args)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .expect("run as nobody");
+        let out =
+            Command::new(&bin).args(args).uid(65534).gid(65534).output().expect("run as nobody");
         assert_eq!(out.status.code(), Some(code), "{}", show(&out));
         let err = stderr(&out);
         assert!(

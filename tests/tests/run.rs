@@ -397,12 +397,7 @@ fn user_option_runs_unprivileged_and_cannot_leave() {
     isolate_network(&[]);
     let denied = Server::start("127.0.0.10");
     let probe = probe_bin();
-    // The probe lives under target/, which nobody can usually read: copy it somewhere it can.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let probe_copy = dir.path().join("nc-probe");
-    std::fs::copy(&probe, &probe_copy).expect("copy probe");
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(dir.path(), mode).expect("chmod");
+    let (_dir, probe_copy) = netcontrol_tests::world_executable(&probe);
     let escape = cgroup2_mount().join("cgroup.procs");
     let script = format!(
         "id -u; if echo $$ > {}; then echo escaped; else echo stayed; fi; {} tcp {}",
