@@ -18,6 +18,14 @@ use std::{
 
 use crate::error::{Error, Result};
 
+/// Name prefix of the cgroups `netcontrol run` creates.
+pub const RUN_PREFIX: &str = "netcontrol-run-";
+
+/// Whether `path` is a cgroup made by `netcontrol run` (garbage collection may remove it).
+pub fn is_run_cgroup(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RUN_PREFIX))
+}
+
 /// The cgroup2 mount point, from /proc/self/mountinfo.
 pub fn mount_point() -> Result<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo")
@@ -84,16 +92,6 @@ pub fn id(path: &Path) -> Result<u64> {
         path: path.to_owned(),
         source,
     })
-}
-
-/// The cgroup v2 directory of a process (the `0::` line of /proc/PID/cgroup).
-pub fn of_pid(mount: &Path, pid: u32) -> Result<PathBuf> {
-    let file = format!("/proc/{pid}/cgroup");
-    let text = fs::read_to_string(&file).map_err(|e| Error::io(format!("reading {file}"), e))?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).ok_or_else(|| {
-        Error::io(format!("{file} has no cgroup v2 (0::) line"), io::ErrorKind::NotFound.into())
-    })?;
-    Ok(mount.join(rel.trim_start_matches('/')))
 }
 
 /// Open a cgroup directory (for attaching programs).

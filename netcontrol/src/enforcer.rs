@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use netcontrol_common::abi::{
-    COUNTER_ATTEMPTS, COUNTER_EVENTS_LOST, GLOBAL_EVENTS_LOST, SandboxValue, VERDICT_ALLOW,
-    VERDICT_AUDIT, VERDICT_DENY,
+    COUNTER_ATTEMPTS, GLOBAL_EVENTS_LOST, SandboxValue, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
 };
 
 use crate::{
@@ -15,7 +14,7 @@ use crate::{
     cgroup,
     error::Result,
     events::{EventPump, Labels, Sink},
-    policy::{Entries, Policy},
+    policy::{Compiled, Entries},
     privileges,
 };
 
@@ -47,14 +46,16 @@ pub struct Enforcer {
     _loaded: Loaded,
     cgroup: PathBuf,
     sandbox_id: u64,
-    _entries: Entries,
 }
 
 impl Enforcer {
-    /// Load the programs, fill the maps with `policy` and attach to `cgroup_path`. Everything
-    /// that can be checked without the kernel (the policy) is checked first.
-    pub fn start(cgroup_path: &Path, policy: &Policy, sink: Sink, opts: &Options) -> Result<Self> {
-        let entries = policy.entries()?;
+    /// Load the programs, fill the maps with `policy` and attach to `cgroup_path`.
+    pub fn start(
+        cgroup_path: &Path,
+        policy: &Compiled,
+        sink: Sink,
+        opts: &Options,
+    ) -> Result<Self> {
         privileges::check()?;
         let mount = cgroup::mount_point()?;
         let cgroup = cgroup::validate(cgroup_path)?;
@@ -68,11 +69,8 @@ impl Enforcer {
         let mut loaded = Loaded::new(&opts.load)?;
         let (mut maps, ring) = Maps::take(&mut loaded.ebpf)?;
         // The maps are complete before the first program runs for this cgroup.
-        maps.apply_entries(POLICY_ID, &Entries::default(), &entries)?;
-        maps.set_sandbox(
-            sandbox_id,
-            SandboxValue { policy_id: POLICY_ID, flags: policy.sandbox_flags() },
-        )?;
+        maps.apply_entries(POLICY_ID, &Entries::default(), &policy.entries)?;
+        maps.set_sandbox(sandbox_id, SandboxValue { policy_id: POLICY_ID, flags: policy.flags })?;
         let labels = Labels::default();
         labels.set(sandbox_id, cgroup.display().to_string());
         let pump = EventPump::start(ring, sink, labels)?;
@@ -95,7 +93,6 @@ impl Enforcer {
             _loaded: loaded,
             cgroup,
             sandbox_id,
-            _entries: entries,
         })
     }
 
@@ -112,11 +109,13 @@ impl Enforcer {
         let mut c = Counts::default();
         // The program set is this process's alone: every counter is this sandbox's.
         for (k, n) in self.maps.stats()? {
-            match (k.counter, k.verdict) {
-                (COUNTER_ATTEMPTS, VERDICT_ALLOW) => c.allowed += n,
-                (COUNTER_ATTEMPTS, VERDICT_DENY) => c.blocked += n,
-                (COUNTER_ATTEMPTS, VERDICT_AUDIT) => c.would_block += n,
-                (COUNTER_EVENTS_LOST, _) => {}
+            if k.counter != COUNTER_ATTEMPTS {
+                continue;
+            }
+            match k.verdict {
+                VERDICT_ALLOW => c.allowed += n,
+                VERDICT_DENY => c.blocked += n,
+                VERDICT_AUDIT => c.would_block += n,
                 _ => {}
             }
         }
@@ -135,12 +134,4 @@ impl Enforcer {
         };
         Ok((self.counts()?, sink))
     }
-}
-
-/// Name prefix of the cgroups `netcontrol run` creates.
-pub const RUN_CGROUP_PREFIX: &str = "netcontrol-run-";
-
-/// Whether `path` is a cgroup made by `netcontrol run` (garbage collection may remove it).
-pub fn is_run_cgroup(path: &Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RUN_CGROUP_PREFIX))
 }

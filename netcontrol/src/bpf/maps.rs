@@ -59,13 +59,6 @@ impl Maps {
         self.sandboxes.insert(cgroup_id, value, 0).map_err(map_err("updating", abi::map::SANDBOXES))
     }
 
-    pub fn remove_sandbox(&mut self, cgroup_id: u64) -> Result<()> {
-        match self.sandboxes.remove(&cgroup_id) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(e) => Err(map_err("removing from", abi::map::SANDBOXES)(e)),
-        }
-    }
-
     /// Move a policy's entries from `old` to `new`: first insert and update, then delete what
     /// is gone, so that traffic both allow is never interrupted.
     pub fn apply_entries(&mut self, policy_id: u32, old: &Entries, new: &Entries) -> Result<()> {

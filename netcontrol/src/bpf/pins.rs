@@ -186,7 +186,7 @@ pub fn collect_garbage(root: &PinRoot, mount: &Path, adopting: Option<u64>) -> V
             tracing::warn!("{e}");
             continue;
         }
-        if let Some(p) = path.filter(|p| crate::enforcer::is_run_cgroup(p)) {
+        if let Some(p) = path.filter(|p| cgroup::is_run_cgroup(p)) {
             let _ = cgroup::remove(&p);
         }
         tracing::debug!("removed stale pins {}", orphan.dir.display());

@@ -10,18 +10,18 @@ use crate::{
 
 pub async fn main(args: AttachArgs) -> Result<i32> {
     let policy = args.policy.policy();
-    let entries = policy.entries()?;
+    let compiled = policy.compile()?;
     let s = |k| signal(k).map_err(|e| Error::io("installing signal handlers", e));
     let (mut int, mut term, mut hup) =
         (s(SignalKind::interrupt())?, s(SignalKind::terminate())?, s(SignalKind::hangup())?);
     let sink = args.output.sink()?;
-    let enforcer = Enforcer::start(&args.cgroup, &policy, sink, &args.kernel.options())?;
+    let enforcer = Enforcer::start(&args.cgroup, &compiled, sink, &args.kernel.options())?;
     eprintln!(
         "netcontrol: enforcing on {} (cgroup id {}): {} rules, {} allow entries, {} mode; SIGINT or SIGTERM detaches",
         enforcer.cgroup().display(),
         enforcer.sandbox_id(),
         policy.allow.len(),
-        entries.len(),
+        compiled.entries.len(),
         policy.mode.name(),
     );
     loop {

@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{RunArgs, summary};
 use crate::{
     cgroup,
-    enforcer::{Enforcer, RUN_CGROUP_PREFIX},
+    enforcer::Enforcer,
     error::{Error, Result},
     privileges,
 };
@@ -28,9 +28,8 @@ const NOT_FOUND: i32 = 127;
 const NOT_EXECUTABLE: i32 = 126;
 
 pub async fn main(args: RunArgs) -> Result<i32> {
-    let policy = args.policy.policy();
     // Reject a bad policy before creating anything.
-    policy.entries()?;
+    let policy = args.policy.policy().compile()?;
     privileges::check()?;
     let parent = match &args.cgroup_parent {
         Some(p) => p.clone(),
@@ -226,7 +225,7 @@ impl RunCgroup {
     fn create(parent: &Path) -> Result<Self> {
         let nanos =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let path = parent.join(format!("{RUN_CGROUP_PREFIX}{}-{nanos:08x}", std::process::id()));
+        let path = parent.join(format!("{}{}-{nanos:08x}", cgroup::RUN_PREFIX, std::process::id()));
         cgroup::create(&path)?;
         if !cgroup::is_cgroup2(&path) {
             let _ = std::fs::remove_dir(&path);

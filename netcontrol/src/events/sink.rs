@@ -13,7 +13,6 @@ use crate::error::{Error, Result};
 pub struct Sink {
     json: Option<(BufWriter<Box<dyn Write + Send>>, PathBuf)>,
     human: bool,
-    written: u64,
 }
 
 impl Sink {
@@ -35,7 +34,7 @@ impl Sink {
                 Some((BufWriter::new(Box::new(f) as Box<dyn Write + Send>), p.to_owned()))
             }
         };
-        Ok(Self { json, human, written: 0 })
+        Ok(Self { json, human })
     }
 
     pub fn write(&mut self, record: &EventRecord) -> Result<()> {
@@ -48,7 +47,6 @@ impl Sink {
         if self.human {
             eprintln!("{}", record.human());
         }
-        self.written += 1;
         Ok(())
     }
 
@@ -58,10 +56,6 @@ impl Sink {
             w.flush().map_err(|source| Error::Events { path: path.clone(), source })?;
         }
         Ok(())
-    }
-
-    pub fn written(&self) -> u64 {
-        self.written
     }
 
     /// Where JSON lines go, if anywhere.

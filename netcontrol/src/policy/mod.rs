@@ -77,8 +77,16 @@ impl Policy {
             .collect()
     }
 
-    /// The allow-trie entries of this policy.
-    pub fn entries(&self) -> Result<Entries, PolicyError> {
-        Ok(compile(&self.grants()?)?)
+    /// What the kernel side needs: the sandbox flags and the allow-trie entries.
+    pub fn compile(&self) -> Result<Compiled, PolicyError> {
+        Ok(Compiled { flags: self.sandbox_flags(), entries: compile(&self.grants()?)? })
     }
+}
+
+/// A policy in the kernel's terms.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// `SANDBOX_F_*`
+    pub flags: u32,
+    pub entries: Entries,
 }
