@@ -10,7 +10,7 @@ use netcontrol_common::abi::{
 };
 
 use crate::{
-    bpf::{Attachment, LoadOptions, Loaded, Maps, PinRoot, pins},
+    bpf::{Attachment, LoadOptions, Loaded, Maps, PinRoot, log, pins},
     cgroup,
     error::Result,
     events::{EventPump, Labels, Sink},
@@ -42,6 +42,7 @@ pub struct Enforcer {
     // Field order is drop order: detach before the programs and maps go.
     attachment: Option<Attachment>,
     pump: Option<EventPump>,
+    _bpf_log: Option<log::Forwarder>,
     maps: Maps,
     _loaded: Loaded,
     cgroup: PathBuf,
@@ -74,6 +75,7 @@ impl Enforcer {
         let labels = Labels::default();
         labels.set(sandbox_id, cgroup.display().to_string());
         let pump = EventPump::start(ring, sink, labels)?;
+        let bpf_log = loaded.logger.take().map(log::Forwarder::start).transpose()?;
 
         let pin_dir = pins.as_ref().map(|p| p.standalone_dir(sandbox_id, pins::Owner::current()));
         let attachment = Attachment::attach(&mut loaded.ebpf, &cgroup, pin_dir.as_deref())?;
@@ -89,6 +91,7 @@ impl Enforcer {
         Ok(Self {
             attachment: Some(attachment),
             pump: Some(pump),
+            _bpf_log: bpf_log,
             maps,
             _loaded: loaded,
             cgroup,

@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    init_logging(&cli.log_filter(), cli.log_format);
     // One thread: the work is a ring-buffer reader and a child to wait for.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

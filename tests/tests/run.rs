@@ -413,3 +413,28 @@ fn user_option_runs_unprivileged_and_cannot_leave() {
     let probes = parse_probes(stdout.as_bytes());
     assert!(probes.len() == 1 && probes[0].is_eperm(), "{}", show(&out));
 }
+
+/// --bpf-log: the programs' own diagnostics reach netcontrol's log.
+#[test]
+fn kernel_side_logs_on_request() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let probe = probe_bin();
+    let out = netcontrol(&[
+        "run",
+        "--bpf-log",
+        "debug",
+        "--",
+        probe.to_str().expect("utf8"),
+        "tcp",
+        &denied.target(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = format!("bpf: hook=1 port={} verdict=1 reason=1", denied.addr.port());
+    assert!(stderr.contains(&line), "{}", show(&out));
+    let quiet = netcontrol(&["run", "--", probe.to_str().expect("utf8"), "tcp", &denied.target()]);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("bpf:"), "{}", show(&quiet));
+}

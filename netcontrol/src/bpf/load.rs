@@ -7,7 +7,6 @@ use aya::{
     programs::{CgroupSock, CgroupSockAddr, ProgramError},
     util::KernelVersion,
 };
-use aya_log::EbpfLogger;
 use netcontrol_common::abi;
 
 use super::attach::{HOOKS, Hook, HookKind};
@@ -33,8 +32,8 @@ pub struct LoadOptions {
 /// A loaded object with all programs verified and loaded, not yet attached anywhere.
 pub struct Loaded {
     pub ebpf: Ebpf,
-    /// Keeps AYA_LOGS open (the programs refer to it) and forwards kernel-side logs.
-    pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// Kernel-side logs, when enabled: hand it to [`super::log::Forwarder`].
+    pub logger: Option<super::log::Logger>,
 }
 
 impl Loaded {
@@ -60,14 +59,7 @@ impl Loaded {
             e => Error::Load(e),
         })?;
         // Must exist before the programs load: they refer to its map (aya pitfall P4).
-        let logger = if level > 0 {
-            Some(
-                EbpfLogger::init(&mut ebpf)
-                    .map_err(|e| Error::io("starting the eBPF logger", io::Error::other(e)))?,
-            )
-        } else {
-            None
-        };
+        let logger = if level > 0 { Some(super::log::init(&mut ebpf)?) } else { None };
         for hook in HOOKS {
             load_program(&mut ebpf, hook)?;
         }

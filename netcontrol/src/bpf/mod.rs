@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod load;
+pub mod log;
 pub mod maps;
 pub mod pins;
 

@@ -60,6 +60,20 @@ pub enum LogFormat {
     Json,
 }
 
+impl Cli {
+    /// The log filter: --log-level, plus the kernel-side records when --bpf-log asks for them.
+    pub fn log_filter(&self) -> String {
+        let kernel = match &self.command {
+            Command::Run(a) => &a.kernel,
+            Command::Attach(a) => &a.kernel,
+        };
+        match kernel.bpf_log {
+            BpfLog::Off => self.log_level.clone(),
+            _ => format!("{},bpf=trace", self.log_level),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in a new sandbox cgroup: it and all its descendants can reach only what
