@@ -50,17 +50,29 @@ fn address_case(op: &str, allowed: &Server, denied: &Server, expect: &[(&str, Va
     sb.stop();
 }
 
-#[test]
-fn tcp_connect() {
+/// [`address_case`] between 127.0.0.11 (allowed) and 127.0.0.10 (denied), in a private
+/// network namespace.
+fn v4_case(op: &str, expect: &[(&str, Value)]) {
     if !kernel_tests_enabled() {
         return;
     }
     isolate_network(&[]);
-    let (allowed, denied) = (Server::start("127.0.0.11"), Server::start("127.0.0.10"));
-    address_case(
+    address_case(op, &Server::start("127.0.0.11"), &Server::start("127.0.0.10"), expect);
+}
+
+/// Allowed and denied IPv6 servers on this test's private loopback.
+fn v6_servers() -> Option<(Server, Server)> {
+    if !kernel_tests_enabled() {
+        return None;
+    }
+    isolate_network(&["fd00:a::10", "fd00:a::11"]);
+    Some((Server::start("fd00:a::11"), Server::start("fd00:a::10")))
+}
+
+#[test]
+fn tcp_connect() {
+    v4_case(
         "tcp",
-        &allowed,
-        &denied,
         &[
             ("hook", json!("connect4")),
             ("protocol", json!("tcp")),
@@ -72,86 +84,32 @@ fn tcp_connect() {
 
 #[test]
 fn udp_connect() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    isolate_network(&[]);
-    let (allowed, denied) = (Server::start("127.0.0.11"), Server::start("127.0.0.10"));
-    address_case(
-        "udp-connect",
-        &allowed,
-        &denied,
-        &[("hook", json!("connect4")), ("protocol", json!("udp"))],
-    );
+    v4_case("udp-connect", &[("hook", json!("connect4")), ("protocol", json!("udp"))]);
 }
 
 #[test]
 fn unconnected_udp_sendto() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    isolate_network(&[]);
-    let (allowed, denied) = (Server::start("127.0.0.11"), Server::start("127.0.0.10"));
-    address_case(
-        "udp-sendto",
-        &allowed,
-        &denied,
-        &[("hook", json!("sendmsg4")), ("protocol", json!("udp"))],
-    );
+    v4_case("udp-sendto", &[("hook", json!("sendmsg4")), ("protocol", json!("udp"))]);
 }
 
 #[test]
 fn sendmmsg() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    isolate_network(&[]);
-    let (allowed, denied) = (Server::start("127.0.0.11"), Server::start("127.0.0.10"));
-    address_case(
-        "udp-sendmmsg",
-        &allowed,
-        &denied,
-        &[("hook", json!("sendmsg4")), ("protocol", json!("udp"))],
-    );
+    v4_case("udp-sendmmsg", &[("hook", json!("sendmsg4")), ("protocol", json!("udp"))]);
 }
 
 #[test]
 fn tcp_fast_open_sendto() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    isolate_network(&[]);
-    let (allowed, denied) = (Server::start("127.0.0.11"), Server::start("127.0.0.10"));
-    address_case(
-        "tfo-sendto",
-        &allowed,
-        &denied,
-        &[("hook", json!("connect4")), ("protocol", json!("tcp"))],
-    );
+    v4_case("tfo-sendto", &[("hook", json!("connect4")), ("protocol", json!("tcp"))]);
 }
 
 #[test]
 fn tcp_fast_open_connect() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    isolate_network(&[]);
-    let (allowed, denied) = (Server::start("127.0.0.11"), Server::start("127.0.0.10"));
-    address_case(
-        "tfo-connect",
-        &allowed,
-        &denied,
-        &[("hook", json!("connect4")), ("protocol", json!("tcp"))],
-    );
+    v4_case("tfo-connect", &[("hook", json!("connect4")), ("protocol", json!("tcp"))]);
 }
 
 #[test]
 fn ipv6_tcp() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    isolate_network(&["fd00:a::10", "fd00:a::11"]);
-    let (allowed, denied) = (Server::start("fd00:a::11"), Server::start("fd00:a::10"));
+    let Some((allowed, denied)) = v6_servers() else { return };
     address_case(
         "tcp",
         &allowed,
@@ -162,11 +120,7 @@ fn ipv6_tcp() {
 
 #[test]
 fn ipv6_udp() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    isolate_network(&["fd00:a::10", "fd00:a::11"]);
-    let (allowed, denied) = (Server::start("fd00:a::11"), Server::start("fd00:a::10"));
+    let Some((allowed, denied)) = v6_servers() else { return };
     address_case(
         "udp-sendto",
         &allowed,
