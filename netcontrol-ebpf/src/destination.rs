@@ -5,10 +5,7 @@ use core::ptr::read_volatile;
 use aya_ebpf::{maps::lpm_trie::Key, programs::SockAddrContext};
 use aya_log_ebpf::debug;
 use netcontrol_common::{
-    abi::{
-        AF_INET, AF_INET6, EVENT_F_V4_MAPPED, POLICY_ID_BITS, REASON_NO_SANDBOX, VERDICT_DENY,
-        v4_key, v6_key,
-    },
+    abi::{AF_INET, AF_INET6, EVENT_F_V4_MAPPED, POLICY_ID_BITS, v4_key, v6_key},
     verdict::{judge_destination, program_return, verdict},
 };
 
@@ -97,13 +94,7 @@ pub fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
 fn judge(ctx: &SockAddrContext, a: Attempt) -> i32 {
     let (cgroup_id, sandbox) = sandbox::current();
     let d = match sandbox {
-        None => Decision {
-            cgroup_id,
-            sandbox_id: 0,
-            policy_id: 0,
-            verdict: VERDICT_DENY,
-            reason: REASON_NO_SANDBOX,
-        },
+        None => Decision::unsandboxed(cgroup_id, true),
         Some(sb) => {
             let entry = if a.family == AF_INET {
                 let mut ip = [0u8; 4];

@@ -8,8 +8,8 @@ use aya_ebpf::{
     },
 };
 use netcontrol_common::abi::{
-    COUNTER_ATTEMPTS, COUNTER_EVENTS_LOST, Event, GLOBAL_EVENTS_LOST, GLOBAL_STATS_FULL, StatsKey,
-    VERDICT_ALLOW,
+    COUNTER_ATTEMPTS, COUNTER_EVENTS_LOST, Event, GLOBAL_EVENTS_LOST, GLOBAL_STATS_FULL,
+    REASON_NO_SANDBOX, REASON_NONE, StatsKey, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use crate::maps::{EVENTS, GLOBAL, STATS};
@@ -31,6 +31,21 @@ pub struct Decision {
     pub policy_id: u32,
     pub verdict: u8,
     pub reason: u8,
+}
+
+impl Decision {
+    /// No sandbox governs the calling task (only a sandbox's socket used from outside it, or a
+    /// sandbox being torn down, gets here): fail closed when `deny`.
+    #[inline(always)]
+    pub fn unsandboxed(cgroup_id: u64, deny: bool) -> Self {
+        Self {
+            cgroup_id,
+            sandbox_id: 0,
+            policy_id: 0,
+            verdict: if deny { VERDICT_DENY } else { VERDICT_ALLOW },
+            reason: if deny { REASON_NO_SANDBOX } else { REASON_NONE },
+        }
+    }
 }
 
 /// Count the attempt, and queue an event unless it was allowed.

@@ -5,7 +5,7 @@ use core::ptr::read_volatile;
 use aya_ebpf::programs::SockContext;
 use aya_log_ebpf::debug;
 use netcontrol_common::{
-    abi::{HOOK_SOCK_CREATE, REASON_NO_SANDBOX, REASON_NONE, VERDICT_ALLOW, VERDICT_DENY},
+    abi::{HOOK_SOCK_CREATE, REASON_NONE},
     verdict::{judge_socket, program_return, verdict},
 };
 
@@ -46,17 +46,10 @@ pub fn judge_create(ctx: &SockContext) -> i32 {
                 reason,
             }
         }
-        // Only reachable while a sandbox is being torn down (the task's cgroup is the
-        // socket's, and it is attached): fail closed for the socket kinds a sandbox denies.
+        // The task's cgroup is the socket's, and it is attached: only a sandbox being torn
+        // down gets here. Deny the socket kinds a sandbox denies.
         None => {
-            let denied = judge_socket(0, ty as u16, proto as u8) != REASON_NONE;
-            Decision {
-                cgroup_id,
-                sandbox_id: 0,
-                policy_id: 0,
-                verdict: if denied { VERDICT_DENY } else { VERDICT_ALLOW },
-                reason: if denied { REASON_NO_SANDBOX } else { REASON_NONE },
-            }
+            Decision::unsandboxed(cgroup_id, judge_socket(0, ty as u16, proto as u8) != REASON_NONE)
         }
     };
     debug!(ctx, "sock_create type={} proto={} verdict={}", ty, proto, d.verdict);
