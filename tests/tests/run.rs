@@ -438,3 +438,46 @@ fn kernel_side_logs_on_request() {
     let quiet = netcontrol(&["run", "--", probe.to_str().expect("utf8"), "tcp", &denied.target()]);
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("bpf:"), "{}", show(&quiet));
 }
+
+/// A burst of denied attempts through a tiny event buffer: every attempt is blocked and
+/// counted, and each one is either a written event or a counted lost event.
+#[test]
+fn lost_events_are_counted() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("e.jsonl");
+    let probe = probe_bin();
+    let n = 20_000;
+    let out = netcontrol(&[
+        "run",
+        "--event-buffer",
+        "4",
+        "--events",
+        events.to_str().expect("utf8"),
+        "--",
+        probe.to_str().expect("utf8"),
+        &format!("udp-storm:{n}"),
+        &denied.target(),
+    ]);
+    assert!(out.status.success(), "every send was denied: {}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let written = read_events(&events).len();
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("connection attempts blocked"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        summary.starts_with(&format!("netcontrol: {n} connection attempts blocked")),
+        "{summary}"
+    );
+    let lost: usize = match summary.split("; ").nth(1) {
+        Some(rest) => rest.split(' ').next().expect("count").parse().expect("number"),
+        None => 0,
+    };
+    assert!(lost > 0, "a 4 KiB buffer cannot hold {n} events: {summary}");
+    assert_eq!(written + lost, n, "{written} written + {lost} lost: {summary}");
+}

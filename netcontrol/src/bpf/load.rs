@@ -24,9 +24,9 @@ pub struct LoadOptions {
     /// Kernel-side diagnostics through aya-log (0 = off: the verifier then prunes every log
     /// statement, so the connect() path pays nothing).
     pub bpf_log_level: u8,
-    /// Capacity of the allow tries (entries); None keeps the object's defaults.
-    pub allow_v4_max: Option<u32>,
-    pub allow_v6_max: Option<u32>,
+    /// Size of the event ring buffer in bytes (a power of two, at least a page); None keeps
+    /// the object's 1 MiB.
+    pub events_bytes: Option<u32>,
 }
 
 /// A loaded object with all programs verified and loaded, not yet attached anywhere.
@@ -48,11 +48,8 @@ impl Loaded {
         let level = opts.bpf_log_level;
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &level, false);
-        if let Some(n) = opts.allow_v4_max {
-            loader.map_max_entries(abi::map::ALLOW_V4, n);
-        }
-        if let Some(n) = opts.allow_v6_max {
-            loader.map_max_entries(abi::map::ALLOW_V6, n);
+        if let Some(n) = opts.events_bytes {
+            loader.map_max_entries(abi::map::EVENTS, n);
         }
         let mut ebpf = loader.load(object).map_err(|e| match e {
             aya::EbpfError::MapError(ref m) if is_eperm(m) => not_privileged(),

@@ -161,6 +161,11 @@ pub struct KernelArgs {
     /// programs carry no logging cost).
     #[arg(long, env = "NETCONTROL_BPF_LOG", value_enum, default_value_t = BpfLog::Off)]
     pub bpf_log: BpfLog,
+
+    /// Size of the kernel's event buffer in KiB (a power of two, 4 or more). When it is full,
+    /// attempts are still blocked and counted, and the lost events are counted and reported.
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_event_buffer)]
+    pub event_buffer: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -176,9 +181,19 @@ pub enum BpfLog {
 impl KernelArgs {
     pub fn options(&self) -> Options {
         Options {
-            load: LoadOptions { bpf_log_level: self.bpf_log as u8, ..LoadOptions::default() },
+            load: LoadOptions {
+                bpf_log_level: self.bpf_log as u8,
+                events_bytes: Some(self.event_buffer * 1024),
+            },
             pin_root: (!self.no_pin).then(|| self.pin_root.clone()),
         }
+    }
+}
+
+fn parse_event_buffer(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (4..=1 << 20).contains(&n) && n.is_power_of_two() => Ok(n),
+        _ => Err(format!("{s} is not a power of two between 4 and 1048576 (KiB)")),
     }
 }
 

@@ -6,7 +6,7 @@
 //! [::ffff:127.0.0.1]:80 for an IPv4-mapped destination on an IPv6 socket; "-" for ops that
 //! take none). Exit status: 0 if every op succeeded, 1 otherwise.
 //!
-//! OPs: tcp, udp-connect, udp-sendto, udp-sendmmsg, tfo-sendto (MSG_FASTOPEN), tfo-connect
+//! OPs: tcp, udp-connect, udp-sendto, udp-sendmmsg, udp-storm:N (N denied sends expected), tfo-sendto (MSG_FASTOPEN), tfo-connect
 //! (TCP_FASTOPEN_CONNECT), raw4, raw6, ping4, ping6 (socket only), ping-connect (ICMP datagram
 //! socket connected to TARGET), serve (listen on TARGET for TCP and UDP until killed).
 
@@ -65,6 +65,9 @@ fn run(op: &str, target: &str) -> io::Result<()> {
             UdpSocket::bind(any(a))?.send_to(b"probe", a).map(drop)
         }
         "udp-sendmmsg" => sendmmsg(addr(target)?),
+        op if op.starts_with("udp-storm:") => {
+            storm(addr(target)?, op["udp-storm:".len()..].parse().unwrap_or(0))
+        }
         "tfo-sendto" => tfo_sendto(addr(target)?),
         "tfo-connect" => tfo_connect(addr(target)?),
         "raw4" => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).map(drop),
@@ -164,6 +167,20 @@ fn sendmmsg(a: SocketAddr) -> io::Result<()> {
         3 => Ok(()),
         n if n < 0 => Err(io::Error::last_os_error()),
         n => Err(io::Error::other(format!("sendmmsg sent {n} of 3"))),
+    }
+}
+
+/// N unconnected sends from one socket as fast as possible; succeeds if all of them got EPERM
+/// (a burst of denied attempts).
+fn storm(a: SocketAddr, n: u32) -> io::Result<()> {
+    let s = UdpSocket::bind(any(a))?;
+    let denied = (0..n)
+        .filter(|_| s.send_to(b"x", a).is_err_and(|e| e.raw_os_error() == Some(libc::EPERM)))
+        .count();
+    if denied == n as usize {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("{denied} of {n} denied")))
     }
 }
 
