@@ -175,23 +175,34 @@ fn setup() -> Result<()> {
 
 fn check_system() -> Result<()> {
     let os = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    debian_family(&os)?;
+    ensure!(
+        succeeds("dpkg-query", &["--version"]),
+        "dpkg-query is missing: this is not a working Debian system"
+    );
+    Ok(())
+}
+
+/// Accept Debian and its derivatives (by /etc/os-release), with a message that says what to
+/// do elsewhere.
+fn debian_family(os_release: &str) -> Result<()> {
     let field = |k: &str| {
-        os.lines()
+        os_release
+            .lines()
             .find_map(|l| l.strip_prefix(&format!("{k}=")))
             .map(|v| v.trim_matches('"').to_owned())
             .unwrap_or_default()
     };
     let (id, like, name) = (field("ID"), field("ID_LIKE"), field("PRETTY_NAME"));
-    let debian_family = id == "debian" || id == "ubuntu" || like.split(' ').any(|l| l == "debian");
-    if !debian_family || !succeeds("dpkg-query", &["--version"]) {
-        bail!(
-            "unsupported system {:?}: `cargo xtask setup` installs Debian/Ubuntu packages. Elsewhere install \
-             a Rust toolchain that can build for bpfel-unknown-none, LLVM 22 and bpf-linker {BPF_LINKER_VERSION} \
-             yourself (docs/toolchain.md lists what each is for)",
-            if name.is_empty() { "unknown (no /etc/os-release)".to_owned() } else { name }
-        );
+    if id == "debian" || id == "ubuntu" || like.split(' ').any(|l| l == "debian") {
+        return Ok(());
     }
-    Ok(())
+    bail!(
+        "unsupported system {:?}: `cargo xtask setup` installs Debian/Ubuntu packages. Elsewhere install \
+         a Rust toolchain that can build for bpfel-unknown-none, LLVM 22 and bpf-linker {BPF_LINKER_VERSION} \
+         yourself (docs/toolchain.md lists what each is for)",
+        if name.is_empty() { "unknown (no /etc/os-release)".to_owned() } else { name }
+    )
 }
 
 fn package_installed(name: &str) -> bool {
@@ -282,4 +293,28 @@ fn test(no_kernel: bool, filter: &[String]) -> Result<()> {
     }
     eprintln!("test: all passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::debian_family;
+
+    #[test]
+    fn debian_and_derivatives_are_supported_others_get_told_why_not() {
+        assert!(
+            debian_family("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n").is_ok()
+        );
+        assert!(debian_family("ID=ubuntu\nID_LIKE=debian\n").is_ok());
+        assert!(debian_family("ID=pop\nID_LIKE=\"ubuntu debian\"\n").is_ok());
+        let err = debian_family("PRETTY_NAME=\"Fedora Linux 41\"\nID=fedora\n")
+            .expect_err("fedora")
+            .to_string();
+        assert!(
+            err.contains("unsupported system \"Fedora Linux 41\"")
+                && err.contains("docs/toolchain.md"),
+            "{err}"
+        );
+        let err = debian_family("").expect_err("empty").to_string();
+        assert!(err.contains("no /etc/os-release"), "{err}");
+    }
 }
