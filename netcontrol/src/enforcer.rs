@@ -47,14 +47,18 @@ pub struct Enforcer {
     _loaded: Loaded,
     cgroup: PathBuf,
     sandbox_id: u64,
+    /// What the maps hold now.
+    current: Compiled,
 }
 
 impl Enforcer {
-    /// Load the programs, fill the maps with `policy` and attach to `cgroup_path`.
+    /// Load the programs, fill the maps with `policy` and attach to `cgroup_path`. Events name
+    /// sandboxes and domains through `labels`.
     pub fn start(
         cgroup_path: &Path,
-        policy: &Compiled,
+        policy: Compiled,
         sink: Sink,
+        labels: Labels,
         opts: &Options,
     ) -> Result<Self> {
         privileges::check()?;
@@ -72,8 +76,7 @@ impl Enforcer {
         // The maps are complete before the first program runs for this cgroup.
         maps.apply_entries(POLICY_ID, &Entries::default(), &policy.entries)?;
         maps.set_sandbox(sandbox_id, SandboxValue { policy_id: POLICY_ID, flags: policy.flags })?;
-        let labels = Labels::default();
-        labels.set(sandbox_id, cgroup.display().to_string());
+        labels.set_sandbox(sandbox_id, cgroup.display().to_string());
         let pump = EventPump::start(ring, sink, labels)?;
         let bpf_log = loaded.logger.take().map(log::Forwarder::start).transpose()?;
 
@@ -96,7 +99,30 @@ impl Enforcer {
             _loaded: loaded,
             cgroup,
             sandbox_id,
+            current: policy,
         })
+    }
+
+    /// Move the maps to a new policy: entries both allow are never interrupted (additions and
+    /// changes first, removals last).
+    pub fn update(&mut self, policy: Compiled) -> Result<()> {
+        if policy == self.current {
+            return Ok(());
+        }
+        self.maps.apply_entries(POLICY_ID, &self.current.entries, &policy.entries)?;
+        if policy.flags != self.current.flags {
+            self.maps.set_sandbox(
+                self.sandbox_id,
+                SandboxValue { policy_id: POLICY_ID, flags: policy.flags },
+            )?;
+        }
+        self.current = policy;
+        Ok(())
+    }
+
+    /// Allow entries in the maps now.
+    pub fn entries(&self) -> usize {
+        self.current.entries.len()
     }
 
     pub fn cgroup(&self) -> &Path {

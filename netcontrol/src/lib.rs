@@ -1,10 +1,11 @@
 //! netcontrol: kernel-enforced egress allowlists for untrusted code.
 //!
 //! The data path, in module order:
-//! [`policy`] (rules -> allow entries) -> [`bpf`] (maps, programs, links, pins) -> kernel
-//! verdicts (netcontrol-ebpf) -> [`events`] (ring buffer -> JSON) and counters
-//! ([`enforcer::Counts`]). [`enforcer`] ties them together for one sandbox; [`cli`] is the
-//! command line.
+//! [`policy`] (rules and files -> allow entries), [`resolve`] (domain names followed in DNS)
+//! -> [`bpf`] (maps, programs, links, pins) -> kernel verdicts (netcontrol-ebpf) -> [`events`]
+//! (ring buffer -> JSON) and counters ([`enforcer::Counts`]). [`enforcer`] holds one sandbox's
+//! kernel side, [`sandbox`] drives it from a policy and DNS, [`watch`] notices policy file
+//! changes; [`cli`] is the command line.
 
 pub mod bpf;
 pub mod cgroup;
@@ -14,5 +15,8 @@ pub mod error;
 pub mod events;
 pub mod policy;
 pub mod privileges;
+pub mod resolve;
+pub mod sandbox;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     let (result, failure) = match cli.command {
         Command::Run(args) => (runtime.block_on(cli::run::main(args)), 125),
         Command::Attach(args) => (runtime.block_on(cli::attach::main(args)), 1),
+        Command::CheckPolicy(args) => (Ok(cli::check_policy::main(&args)), 1),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -41,13 +41,64 @@ fn a_bad_rule_is_a_usage_error_that_says_what_is_wrong() {
 }
 
 #[test]
-fn domains_are_refused_clearly_until_they_are_supported() {
-    let out = netcontrol(&["run", "--allow", "api.github.com:443", "--", "true"]);
-    assert_eq!(out.status.code(), Some(125), "netcontrol's own failure in run");
+fn check_policy_prints_the_normalized_policy_that_loads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        "allow:\n  - API.GitHub.com.:443\n  - \"*.Example.test\"\n  - domain: bücher.example\n    ports: [80, 443]\ndns:\n  servers: [127.0.0.53]\n",
+    )
+    .expect("write");
+    let out = netcontrol(&["check-policy", file.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "valid; 4 rules, 2 names to follow in DNS, 1 wildcard patterns",
+        "- \"api.github.com:443\"",
+        "- \"*.example.test\"  # wildcard: cannot be resolved in advance",
+        "- \"xn--bcher-kva.example:80\"",
+        "servers: [\"127.0.0.53:53\"]",
+        "grace: \"5m\"",
+    ] {
+        assert!(text.contains(needle), "lacks {needle:?}:\n{text}");
+    }
+    let again = dir.path().join("again.yaml");
+    std::fs::write(&again, text.as_bytes()).expect("write");
+    let out2 = netcontrol(&["check-policy", again.to_str().expect("utf8")]);
+    assert!(out2.status.success(), "{}", stderr(&out2));
+    let body = |o: &Output| {
+        String::from_utf8_lossy(&o.stdout).lines().skip(1).collect::<Vec<_>>().join("\n")
+    };
+    assert_eq!(body(&out2), body(&out), "the normalized form is a fixed point");
+}
+
+#[test]
+fn broken_policy_files_name_the_file_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(
+        &file,
+        "mode: enforce\nallow:\n  - api.github.com:443\n  - domain: x.test\n    prots: [443]\n",
+    )
+    .expect("write");
+    let out = netcontrol(&["check-policy", file.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
     assert!(
-        stderr(&out).contains("domain rules are not supported yet (api.github.com:443)"),
+        err.contains(&format!("{}:5:5: unknown field `prots`, expected one of", file.display())),
+        "{err}"
+    );
+    assert!(err.contains("5 |     prots: [443]"), "{err}");
+    // The same file through run: rejected before anything is created (125: netcontrol's own error).
+    let out = netcontrol(&["run", "--policy", file.to_str().expect("utf8"), "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains(":5:5: unknown field `prots`"), "{}", stderr(&out));
+    let missing = netcontrol(&["check-policy", "/nonexistent/p.yaml"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("/nonexistent/p.yaml: No such file or directory"),
         "{}",
-        stderr(&out)
+        stderr(&missing)
     );
 }
 

@@ -24,6 +24,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod dns;
+
 /// Whether kernel tests can run here. Returns false (skip) when not root, unless CI requires
 /// them, in which case it panics with the reason.
 pub fn kernel_tests_enabled() -> bool {
@@ -100,7 +102,12 @@ pub struct Server {
 impl Server {
     pub fn start(ip: &str) -> Self {
         let ip: IpAddr = ip.parse().expect("ip");
-        let tcp = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind tcp");
+        Self::at(&SocketAddr::new(ip, 0).to_string())
+    }
+
+    /// Like [`Server::start`], on a given port ("ip:port"; port 0 picks one).
+    pub fn at(addr: &str) -> Self {
+        let tcp = TcpListener::bind(addr.parse::<SocketAddr>().expect("addr")).expect("bind tcp");
         let addr = tcp.local_addr().expect("local_addr");
         let udp = UdpSocket::bind(addr).expect("bind udp on the same port");
         std::thread::spawn(move || {
@@ -246,6 +253,9 @@ pub struct Attached {
     pub events: PathBuf,
     child: Option<Child>,
     stderr: mpsc::Receiver<String>,
+    /// Every stderr line received so far, and how many `wait_for_line` has looked at.
+    log: Vec<String>,
+    cursor: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -281,33 +291,56 @@ impl Attached {
                 }
             }
         });
-        let mut this = Self { cgroup, events, child: Some(child), stderr: rx, _dir: dir };
+        let mut this = Self {
+            cgroup,
+            events,
+            child: Some(child),
+            stderr: rx,
+            log: Vec::new(),
+            cursor: 0,
+            _dir: dir,
+        };
         this.wait_for_line("netcontrol: enforcing on", Duration::from_secs(30));
         this
     }
 
-    /// Wait for a stderr line containing `needle`; panic with everything seen on timeout.
+    /// Wait for a stderr line containing `needle`, after those earlier calls already matched;
+    /// panic with everything seen on timeout.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
+        loop {
+            while self.cursor < self.log.len() {
+                self.cursor += 1;
+                if self.log[self.cursor - 1].contains(needle) {
+                    return self.log[self.cursor - 1].clone();
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no {needle:?} from netcontrol within {timeout:?}; stderr:\n{}",
+                    self.log.join("\n")
+                );
+            }
             match self.stderr.recv_timeout(Duration::from_millis(50)) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(l) => seen.push(l),
+                Ok(l) => self.log.push(l),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(status) =
                         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
                     {
                         panic!(
                             "netcontrol exited ({status}) before {needle:?}; stderr:\n{}",
-                            seen.join("\n")
+                            self.log.join("\n")
                         );
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "netcontrol closed stderr before {needle:?}; stderr:\n{}",
+                        self.log.join("\n")
+                    )
+                }
             }
         }
-        panic!("no {needle:?} from netcontrol within {timeout:?}; stderr:\n{}", seen.join("\n"));
     }
 
     pub fn pid(&self) -> u32 {
@@ -354,13 +387,14 @@ impl Attached {
         .expect("SIGTERM netcontrol");
         let status = child.wait().expect("wait netcontrol");
         // The reader thread ends when netcontrol closes stderr.
-        let rest: Vec<String> = self.stderr.iter().collect();
+        self.log.extend(self.stderr.iter());
+        self.cursor = self.log.len();
         assert!(
             status.success(),
             "netcontrol attach exited with {status}; stderr:\n{}",
-            rest.join("\n")
+            self.log.join("\n")
         );
-        rest.join("\n")
+        self.log.join("\n")
     }
 }
 

@@ -1,40 +1,82 @@
-//! `netcontrol attach --cgroup PATH`: enforce on an existing cgroup until told to stop.
+//! `netcontrol attach --cgroup PATH`: enforce on an existing cgroup until told to stop;
+//! reload the policy file on SIGHUP and when it changes.
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{AttachArgs, summary};
+use super::{AttachArgs, PolicyArgs, summary};
 use crate::{
-    enforcer::Enforcer,
     error::{Error, Result},
+    sandbox::Sandbox,
+    watch::FileWatch,
 };
 
 pub async fn main(args: AttachArgs) -> Result<i32> {
-    let policy = args.policy.policy();
-    let compiled = policy.compile()?;
+    let policy = args.policy.policy()?;
     let s = |k| signal(k).map_err(|e| Error::io("installing signal handlers", e));
     let (mut int, mut term, mut hup) =
         (s(SignalKind::interrupt())?, s(SignalKind::terminate())?, s(SignalKind::hangup())?);
+    let mut watch = args.policy.file.as_deref().map(FileWatch::new).transpose()?;
     let sink = args.output.sink()?;
-    let enforcer = Enforcer::start(&args.cgroup, &compiled, sink, &args.kernel.options())?;
+    let mut sandbox = Sandbox::start(&args.cgroup, policy, sink, &args.kernel.options()).await?;
     eprintln!(
         "netcontrol: enforcing on {} (cgroup id {}): {} rules, {} allow entries, {} mode; SIGINT or SIGTERM detaches",
-        enforcer.cgroup().display(),
-        enforcer.sandbox_id(),
-        policy.allow.len(),
-        compiled.entries.len(),
-        policy.mode.name(),
+        sandbox.enforcer().cgroup().display(),
+        sandbox.enforcer().sandbox_id(),
+        sandbox.policy().allow.len(),
+        sandbox.enforcer().entries(),
+        sandbox.policy().mode.name(),
     );
     loop {
         tokio::select! {
             _ = int.recv() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => eprintln!("netcontrol: SIGHUP: nothing to reload (the rules come from the command line)"),
+            _ = hup.recv() => reload(&args.policy, &mut sandbox, "SIGHUP").await,
+            () = changed(&mut watch) => {
+                if let Some(w) = watch.as_mut() {
+                    w.settle().await;
+                }
+                reload(&args.policy, &mut sandbox, "policy file changed").await;
+            }
+            r = sandbox.follow_dns() => r?,
         }
     }
-    let (counts, sink) = enforcer.stop().await?;
+    let (counts, sink) = sandbox.stop().await?;
     eprintln!("netcontrol: detached from {}", args.cgroup.display());
     if let Some(line) = summary(&counts, &sink) {
         eprintln!("{line}");
     }
     Ok(0)
+}
+
+async fn changed(watch: &mut Option<FileWatch>) {
+    match watch {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Re-read the policy; a policy that does not validate is reported and the old one stays.
+async fn reload(args: &PolicyArgs, sandbox: &mut Sandbox, why: &str) {
+    let Some(file) = &args.file else {
+        eprintln!("netcontrol: {why}: nothing to reload (no --policy file)");
+        return;
+    };
+    let result = match args.policy() {
+        Ok(p) if &p == sandbox.policy() => {
+            tracing::info!("{why}: {} is unchanged", file.display());
+            return;
+        }
+        Ok(p) => sandbox.reload(p).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => eprintln!(
+            "netcontrol: {why}: reloaded {}: {} rules, {} allow entries, {} mode",
+            file.display(),
+            sandbox.policy().allow.len(),
+            sandbox.enforcer().entries(),
+            sandbox.policy().mode.name()
+        ),
+        Err(e) => eprintln!("netcontrol: {why}: {e}\nnetcontrol: keeping the previous policy"),
+    }
 }

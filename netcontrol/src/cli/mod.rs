@@ -1,6 +1,7 @@
 //! The command line: `netcontrol run` and `netcontrol attach`.
 
 pub mod attach;
+pub mod check_policy;
 pub mod run;
 
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ Rules (--allow RULE, repeatable):
   10.0.0.0/8:8000-8100/tcp    a port range, TCP only
   [::1]:443  2001:db8::/32    IPv6 (brackets when a port is given)
   10.0.0.0/8/udp              every port, UDP only
+  api.github.com:443          a domain, resolved and followed in DNS
+  *.example.com  **.example.com   wildcards: one label / one or more (need DNS-aware mode)
 Cloud metadata addresses (169.254.169.254, fd00:ec2::254, ...) stay blocked under broad rules
 such as 0.0.0.0/0; only a rule naming the exact address opens them.";
 
@@ -66,6 +69,7 @@ impl Cli {
         let kernel = match &self.command {
             Command::Run(a) => &a.kernel,
             Command::Attach(a) => &a.kernel,
+            Command::CheckPolicy(_) => return self.log_level.clone(),
         };
         match kernel.bpf_log {
             BpfLog::Off => self.log_level.clone(),
@@ -95,11 +99,54 @@ pub enum Command {
         after_help = "Example:\n  netcontrol attach --cgroup /sys/fs/cgroup/my-sandbox --allow 10.0.0.0/8:443 --events -"
     )]
     Attach(AttachArgs),
+
+    /// Validate a policy file and print it normalized (as YAML that loads back unchanged).
+    ///
+    /// Exits 0 if the file is valid, 1 with FILE:LINE:COLUMN and what was expected if not.
+    #[command(after_help = POLICY_FORMAT)]
+    CheckPolicy(CheckPolicyArgs),
 }
 
 #[derive(Debug, Args)]
+pub struct CheckPolicyArgs {
+    /// The policy file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+const POLICY_FORMAT: &str = "\
+Policy file format:
+  mode: enforce                  # or audit
+  allow:
+    - api.github.com:443         # any RULE, as with --allow
+    - \"*.githubusercontent.com:443\" # *. = exactly one more label, **. = one or more
+    - 10.0.0.0/8
+    - domain: api.stripe.com     # the long form
+      ports: [443, \"8000-8100\"]
+      protocol: tcp              # tcp, udp, icmp or any (the default)
+    - cidr: 192.168.0.0/16
+  dns:
+    servers: [127.0.0.53]        # default: the nameservers of /etc/resolv.conf
+    min_ttl: 5s                  # TTL clamps: re-resolve at most this often...
+    max_ttl: 1h                  # ...and at least this often
+    grace: 5m                    # an address stays allowed this long after it left the answers
+    max_ips_per_name: 1000
+    timeout: 2s
+  sockets:
+    raw: false
+    ping: false
+The sandbox may reach the DNS servers (UDP and TCP, their port only) when the policy has
+domain rules or names servers. Unknown keys are errors.";
+
+#[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// Allow a destination (repeatable). See `netcontrol --help` for the syntax.
+    /// The policy file (YAML; see `netcontrol check-policy --help`). --allow, --audit,
+    /// --allow-ping and --allow-raw-sockets add to it.
+    #[arg(short = 'p', long = "policy", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Allow a destination (repeatable): an address, network or domain, optionally with ports
+    /// and a protocol. See `netcontrol --help` for the syntax.
     #[arg(short = 'a', long = "allow", value_name = "RULE")]
     pub allow: Vec<Rule>,
 
@@ -118,13 +165,20 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    pub fn policy(&self) -> Policy {
-        Policy {
-            mode: if self.audit { Mode::Audit } else { Mode::Enforce },
-            allow: self.allow.clone(),
-            allow_raw_sockets: self.allow_raw_sockets,
-            allow_icmp: self.allow_ping,
+    /// The policy file (if any) with the command line's additions. Read anew on every call,
+    /// which is what a reload wants.
+    pub fn policy(&self) -> crate::Result<Policy> {
+        let mut p = match &self.file {
+            Some(f) => crate::policy::file::load(f).map_err(crate::policy::PolicyError::from)?,
+            None => Policy::default(),
+        };
+        p.allow.extend(self.allow.iter().cloned());
+        if self.audit {
+            p.mode = Mode::Audit;
         }
+        p.allow_raw_sockets |= self.allow_raw_sockets;
+        p.allow_icmp |= self.allow_ping;
+        Ok(p)
     }
 }
 

@@ -18,9 +18,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{RunArgs, summary};
 use crate::{
     cgroup,
-    enforcer::Enforcer,
     error::{Error, Result},
     privileges,
+    sandbox::Sandbox,
 };
 
 /// Exit codes of a shell for a command that was not found / could not be executed.
@@ -28,8 +28,9 @@ const NOT_FOUND: i32 = 127;
 const NOT_EXECUTABLE: i32 = 126;
 
 pub async fn main(args: RunArgs) -> Result<i32> {
+    let policy = args.policy.policy()?;
     // Reject a bad policy before creating anything.
-    let policy = args.policy.policy().compile()?;
+    policy.compile(&Default::default(), &[])?;
     privileges::check()?;
     let parent = match &args.cgroup_parent {
         Some(p) => p.clone(),
@@ -39,13 +40,14 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     let signals = Signals::new()?;
     let sandbox = RunCgroup::create(&parent)?;
     let sink = args.output.sink()?;
-    let enforcer = Enforcer::start(&sandbox.path, &policy, sink, &args.kernel.options())?;
+    // Domains are resolved before CMD starts, so its first connection already finds them.
+    let mut enforced = Sandbox::start(&sandbox.path, policy, sink, &args.kernel.options()).await?;
 
-    let outcome = run_command(&sandbox.path, &args.command, identity, signals).await;
+    let outcome = run_command(&sandbox.path, &args.command, identity, signals, &mut enforced).await;
 
     // Whatever happened, end the sandbox: no process may outlive its enforcement.
     let emptied = cgroup::kill_all(&sandbox.path, Duration::from_secs(10));
-    let stopped = enforcer.stop().await;
+    let stopped = enforced.stop().await;
     drop(sandbox);
     emptied?;
     let (counts, sink) = stopped?;
@@ -55,12 +57,14 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     outcome
 }
 
-/// Spawn CMD inside the sandbox cgroup and wait for it, forwarding signals.
+/// Spawn CMD inside the sandbox cgroup and wait for it, forwarding signals and following DNS
+/// meanwhile.
 async fn run_command(
     cgroup_path: &Path,
     argv: &[OsString],
     identity: Option<Identity>,
     mut signals: Signals,
+    sandbox: &mut Sandbox,
 ) -> Result<i32> {
     let procs_path = cgroup_path.join("cgroup.procs");
     let procs = std::fs::OpenOptions::new()
@@ -113,6 +117,7 @@ async fn run_command(
         tokio::select! {
             status = child.wait() => break status.map_err(|e| Error::io("waiting for the command", e))?,
             sig = signals.next() => if let Some(pid) = pid { signals.forward(pid, sig) },
+            r = sandbox.follow_dns() => r?,
         }
     };
     Ok(exit_code(status))

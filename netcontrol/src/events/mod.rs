@@ -1,12 +1,14 @@
 //! Kernel events to users: the ring buffer reader ([`reader`]), the stable JSON record
 //! ([`record`]) and where records go ([`sink`]).
 
+pub mod labels;
 pub mod reader;
 pub mod record;
 pub mod sink;
 
 pub use self::{
+    labels::Labels,
     reader::EventPump,
-    record::{Clock, EventRecord, Labels},
+    record::{Clock, EventRecord},
     sink::Sink,
 };

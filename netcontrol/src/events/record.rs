@@ -2,9 +2,7 @@
 //! "Events"): add fields, never rename or remove them.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::{Arc, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -13,6 +11,8 @@ use netcontrol_common::{
     user::{family_name, hook_name, protocol_name, reason_name, sock_type_name, verdict_name},
 };
 use serde::Serialize;
+
+use super::Labels;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct EventRecord {
@@ -45,6 +45,8 @@ pub struct EventRecord {
     pub sandbox_id: u64,
     /// The sandbox's name (its cgroup path for `run` and `attach --cgroup`).
     pub sandbox: Option<String>,
+    /// The allowed or resolved domain name the destination address belongs to, if known.
+    pub domain: Option<String>,
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps into wall-clock time.
@@ -74,19 +76,6 @@ impl Clock {
 impl Default for Clock {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Names of sandboxes by cgroup id, shared with whoever attaches and detaches them.
-#[derive(Clone, Default)]
-pub struct Labels(Arc<RwLock<HashMap<u64, String>>>);
-
-impl Labels {
-    pub fn set(&self, id: u64, name: String) {
-        self.0.write().expect("labels lock").insert(id, name);
-    }
-    pub fn get(&self, id: u64) -> Option<String> {
-        self.0.read().expect("labels lock").get(&id).cloned()
     }
 }
 
@@ -120,7 +109,8 @@ impl EventRecord {
             comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
             cgroup_id: e.cgroup_id,
             sandbox_id: e.sandbox_id,
-            sandbox: labels.get(e.sandbox_id),
+            sandbox: labels.sandbox(e.sandbox_id),
+            domain: dst_ip.and_then(|ip| labels.domain(ip)),
         }
     }
 
@@ -133,7 +123,10 @@ impl EventRecord {
                     IpAddr::V6(ip) => format!("[{ip}]:{port}"),
                     IpAddr::V4(ip) => format!("{ip}:{port}"),
                 };
-                format!("{} {verb} {dst}", self.protocol)
+                match &self.domain {
+                    Some(d) => format!("{} {verb} {dst} ({d})", self.protocol),
+                    None => format!("{} {verb} {dst}", self.protocol),
+                }
             }
             _ => format!("{} {} socket", self.family, self.socket_type.unwrap_or("")),
         };
@@ -193,7 +186,8 @@ mod tests {
     #[test]
     fn json_fields_are_stable() {
         let labels = Labels::default();
-        labels.set(10, "/sys/fs/cgroup/netcontrol/run-1".into());
+        labels.set_sandbox(10, "/sys/fs/cgroup/netcontrol/run-1".into());
+        labels.set_domain("127.0.0.10".parse().expect("ip"), "api.github.com");
         let clock = Clock { realtime_minus_monotonic: 1_700_000_000_000_000_000 };
         let v = serde_json::to_value(EventRecord::new(&event(), clock, &labels)).expect("json");
         assert_eq!(v["time"], "2023-11-14T22:13:20.000001000Z");
@@ -212,6 +206,7 @@ mod tests {
         assert_eq!(v["comm"], "curl");
         assert_eq!((v["cgroup_id"].as_u64(), v["sandbox_id"].as_u64()), (Some(11), Some(10)));
         assert_eq!(v["sandbox"], "/sys/fs/cgroup/netcontrol/run-1");
+        assert_eq!(v["domain"], "api.github.com");
     }
 
     #[test]
@@ -248,6 +243,7 @@ mod tests {
              allowed (audit mode: allowed)"
         );
         let r = EventRecord::new(&event(), Clock::new(), &labels);
+        assert_eq!(r.domain, None);
         assert_eq!(
             r.human(),
             "netcontrol: blocked curl (pid 4321): tcp connect to 127.0.0.10:8080: not \

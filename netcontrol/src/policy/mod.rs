@@ -1,13 +1,24 @@
-//! What a sandbox may reach: the policy model, rule syntax ([`rule`]) and the translation into
-//! allow-trie entries ([`compile`]).
+//! What a sandbox may reach: the policy model, rule syntax ([`rule`]), domain names
+//! ([`name`]), the policy file ([`file`]) and the translation into allow-trie entries
+//! ([`compile`]).
 
 pub mod compile;
+pub mod file;
+pub mod name;
 pub mod rule;
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use ipnet::IpNet;
 use netcontrol_common::abi::{SANDBOX_F_ALLOW_ICMP, SANDBOX_F_ALLOW_RAW, SANDBOX_F_AUDIT};
 
 pub use self::{
     compile::{Entries, Grant, compile},
+    name::Pattern,
     rule::{Ports, Proto, Rule, RuleError, Target},
 };
 
@@ -28,11 +39,43 @@ impl Mode {
     }
 }
 
+/// How domain rules are resolved and followed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Servers to resolve through; None: the nameservers of /etc/resolv.conf.
+    pub servers: Option<Vec<SocketAddr>>,
+    /// TTLs below this are raised to it (how often a name is re-resolved at most).
+    pub min_ttl: Duration,
+    /// TTLs above this are lowered to it (how long an answer is trusted at most).
+    pub max_ttl: Duration,
+    /// How long an address stays allowed after its TTL ran out without it being seen again
+    /// (clients and CDNs rotate addresses).
+    pub grace: Duration,
+    /// Addresses kept per name; beyond it the least recently seen are dropped.
+    pub max_ips_per_name: usize,
+    /// Per query.
+    pub timeout: Duration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            servers: None,
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(3600),
+            grace: Duration::from_secs(300),
+            max_ips_per_name: 1000,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
 /// A sandbox's policy. Everything not allowed is denied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     pub mode: Mode,
     pub allow: Vec<Rule>,
+    pub dns: DnsSettings,
     /// Allow `SOCK_RAW` sockets (they bypass every address rule).
     pub allow_raw_sockets: bool,
     /// Allow ICMP/ICMPv6 datagram ("ping") sockets. Their `connect()` is judged by the address
@@ -44,10 +87,21 @@ pub struct Policy {
 pub enum PolicyError {
     #[error(transparent)]
     Rule(#[from] RuleError),
-    #[error("domain rules are not supported yet ({rule}): allow the IP address or CIDR instead")]
-    DomainUnsupported { rule: String },
     #[error("{0}")]
     Compile(#[from] compile::TooManyRanges),
+    #[error(transparent)]
+    File(#[from] file::FileError),
+}
+
+/// Addresses each followed name currently allows.
+pub type Resolved = BTreeMap<String, BTreeSet<IpAddr>>;
+
+/// A policy in the kernel's terms.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// `SANDBOX_F_*`
+    pub flags: u32,
+    pub entries: Entries,
 }
 
 impl Policy {
@@ -66,27 +120,123 @@ impl Policy {
         f
     }
 
-    /// The address grants of this policy (domains are not resolved here).
-    pub fn grants(&self) -> Result<Vec<Grant>, PolicyError> {
-        self.allow
-            .iter()
-            .map(|r| match &r.target {
-                Target::Net(net) => Ok(Grant { net: *net, proto: r.proto, ports: r.ports }),
-                Target::Domain(_) => Err(PolicyError::DomainUnsupported { rule: r.to_string() }),
-            })
-            .collect()
+    /// The exact names to resolve and follow.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.domain_rules().filter(|(p, _)| !p.is_wildcard()).map(|(p, _)| p.name.clone()).collect()
     }
 
-    /// What the kernel side needs: the sandbox flags and the allow-trie entries.
-    pub fn compile(&self) -> Result<Compiled, PolicyError> {
-        Ok(Compiled { flags: self.sandbox_flags(), entries: compile(&self.grants()?)? })
+    /// The wildcard patterns (they cannot be resolved in advance).
+    pub fn wildcards(&self) -> BTreeSet<String> {
+        self.domain_rules().filter(|(p, _)| p.is_wildcard()).map(|(p, _)| p.to_string()).collect()
+    }
+
+    fn domain_rules(&self) -> impl Iterator<Item = (&Pattern, &Rule)> {
+        self.allow.iter().filter_map(|r| match &r.target {
+            Target::Domain(p) => Some((p, r)),
+            Target::Net(_) => None,
+        })
+    }
+
+    /// Whether the sandbox needs to reach DNS servers: it has domain rules, or servers were
+    /// named explicitly.
+    pub fn uses_dns(&self) -> bool {
+        self.domain_rules().next().is_some() || self.dns.servers.is_some()
+    }
+
+    /// Everything this policy grants, given what its names resolve to and which DNS servers
+    /// the sandbox must reach (UDP and TCP on their ports, and nothing else on them).
+    pub fn grants(&self, resolved: &Resolved, dns_servers: &[SocketAddr]) -> Vec<Grant> {
+        let mut grants = Vec::new();
+        for r in &self.allow {
+            match &r.target {
+                Target::Net(net) => {
+                    grants.push(Grant { net: *net, proto: r.proto, ports: r.ports })
+                }
+                Target::Domain(p) => {
+                    for ip in
+                        resolved.get(&p.name).into_iter().flatten().filter(|_| !p.is_wildcard())
+                    {
+                        grants.push(Grant { net: rule::host(*ip), proto: r.proto, ports: r.ports });
+                    }
+                }
+            }
+        }
+        if self.uses_dns() {
+            for s in dns_servers {
+                let port = Ports { lo: s.port(), hi: s.port() };
+                let net: IpNet = rule::host(s.ip());
+                grants.push(Grant { net, proto: Proto::Udp, ports: port });
+                grants.push(Grant { net, proto: Proto::Tcp, ports: port });
+            }
+        }
+        grants
+    }
+
+    /// The kernel's view of this policy.
+    pub fn compile(
+        &self,
+        resolved: &Resolved,
+        dns_servers: &[SocketAddr],
+    ) -> Result<Compiled, PolicyError> {
+        Ok(Compiled {
+            flags: self.sandbox_flags(),
+            entries: compile(&self.grants(resolved, dns_servers))?,
+        })
     }
 }
 
-/// A policy in the kernel's terms.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Compiled {
-    /// `SANDBOX_F_*`
-    pub flags: u32,
-    pub entries: Entries,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &[&str]) -> Policy {
+        Policy {
+            allow: rules.iter().map(|r| r.parse().expect("rule")).collect(),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn names_and_wildcards() {
+        let p = policy(&[
+            "api.github.com:443",
+            "*.example.test",
+            "**.b.test:80",
+            "10.0.0.0/8",
+            "API.github.com",
+        ]);
+        assert_eq!(p.names().into_iter().collect::<Vec<_>>(), ["api.github.com"]);
+        assert_eq!(p.wildcards().into_iter().collect::<Vec<_>>(), ["**.b.test", "*.example.test"]);
+        assert!(p.uses_dns());
+        assert!(!policy(&["10.0.0.0/8"]).uses_dns());
+    }
+
+    #[test]
+    fn resolved_names_and_dns_servers_become_grants() {
+        let p = policy(&["api.github.com:443/tcp", "10.0.0.0/8"]);
+        let resolved: Resolved =
+            [("api.github.com".to_owned(), ["127.0.0.20".parse().expect("ip")].into())].into();
+        let dns: SocketAddr = "127.0.0.53:53".parse().expect("addr");
+        let g = p.grants(&resolved, &[dns]);
+        assert!(g.contains(&Grant {
+            net: "127.0.0.20/32".parse().expect("net"),
+            proto: Proto::Tcp,
+            ports: Ports { lo: 443, hi: 443 }
+        }));
+        assert!(g.contains(&Grant {
+            net: "10.0.0.0/8".parse().expect("net"),
+            proto: Proto::Any,
+            ports: Ports::ANY
+        }));
+        for proto in [Proto::Udp, Proto::Tcp] {
+            assert!(g.contains(&Grant {
+                net: "127.0.0.53/32".parse().expect("net"),
+                proto,
+                ports: Ports { lo: 53, hi: 53 }
+            }));
+        }
+        assert_eq!(g.len(), 4);
+        // Without domain rules (or named servers) the resolver is not opened.
+        assert_eq!(policy(&["10.0.0.0/8"]).grants(&resolved, &[dns]).len(), 1);
+    }
 }

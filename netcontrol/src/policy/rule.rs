@@ -19,6 +19,8 @@ use std::{fmt, net::IpAddr, str::FromStr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netcontrol_common::abi::{PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
+use super::name::Pattern;
+
 /// What a rule allows.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
@@ -30,8 +32,8 @@ pub struct Rule {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
     Net(IpNet),
-    /// A domain name, lower-case, without the trailing dot.
-    Domain(String),
+    /// A domain name or wildcard pattern, normalized.
+    Domain(Pattern),
 }
 
 /// An inclusive port range; `Ports::ANY` is every port.
@@ -210,7 +212,7 @@ fn parse_target(s: &str) -> Result<Target, String> {
         }
         return Ok(Target::Net(normalize(net)));
     }
-    parse_domain(s).map(Target::Domain)
+    Pattern::parse(s).map(Target::Domain)
 }
 
 /// `::ffff:a.b.c.d/N` -> `a.b.c.d/(N-96)`: mapped destinations are judged as IPv4.
@@ -224,55 +226,13 @@ fn normalize(net: IpNet) -> IpNet {
     net
 }
 
-/// A syntactically valid DNS name, lower-cased, without a trailing dot. Wildcards (`*.` and
-/// `**.`) are accepted only as the whole first label.
-pub fn parse_domain(s: &str) -> Result<String, String> {
-    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
-    if name.is_empty() {
-        return Err(format!("empty address; {EXPECTED}"));
-    }
-    if name.len() > 253 {
-        return Err(format!("domain name is {} characters long (max 253)", name.len()));
-    }
-    let looks_numeric = name.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()));
-    if looks_numeric {
-        return Err(format!("{s:?} is not a valid IPv4 address; {EXPECTED}"));
-    }
-    for (i, label) in name.split('.').enumerate() {
-        let wildcard = i == 0 && (label == "*" || label == "**");
-        if wildcard {
-            continue;
-        }
-        if label.contains('*') {
-            return Err(format!(
-                "wildcards must be a whole first label (*.example.com or **.example.com), not {label:?}"
-            ));
-        }
-        if label.is_empty() {
-            return Err(format!("{s:?} has an empty label"));
-        }
-        if label.len() > 63 {
-            return Err(format!("label {label:?} is longer than 63 characters"));
-        }
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(format!(
-                "{s:?} is neither an IP address nor a domain name (bad character in {label:?}); {EXPECTED}"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?} starts or ends with '-'"));
-        }
-    }
-    Ok(name)
-}
-
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bracket = matches!(self.target, Target::Net(IpNet::V6(_))) && !self.ports.is_any();
         match &self.target {
             Target::Net(n) if bracket => write!(f, "[{}]", Shown(*n))?,
             Target::Net(n) => write!(f, "{}", Shown(*n))?,
-            Target::Domain(d) => f.write_str(d)?,
+            Target::Domain(d) => write!(f, "{d}")?,
         }
         if !self.ports.is_any() {
             if self.ports.lo == self.ports.hi {
@@ -286,6 +246,15 @@ impl fmt::Display for Rule {
             Proto::Tcp => f.write_str("/tcp"),
             Proto::Udp => f.write_str("/udp"),
             Proto::Icmp => f.write_str("/icmp"),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Net(n) => write!(f, "{}", Shown(*n)),
+            Target::Domain(d) => write!(f, "{d}"),
         }
     }
 }
@@ -366,10 +335,11 @@ mod tests {
     #[test]
     fn domains() {
         let r = ok("API.GitHub.com.:443");
-        assert_eq!(r.target, Target::Domain("api.github.com".into()));
+        assert_eq!(r.target.to_string(), "api.github.com");
         assert_eq!(r.ports, Ports { lo: 443, hi: 443 });
-        assert_eq!(ok("*.example.com").target, Target::Domain("*.example.com".into()));
-        assert_eq!(ok("**.example.com:80").target, Target::Domain("**.example.com".into()));
+        assert_eq!(ok("*.example.com").target.to_string(), "*.example.com");
+        assert_eq!(ok("**.Example.com:80").target.to_string(), "**.example.com");
+        assert_eq!(ok("Bücher.example:443").to_string(), "xn--bcher-kva.example:443");
     }
 
     #[test]
@@ -387,11 +357,11 @@ mod tests {
         assert!(bad("[::1]443").contains("after ']'"));
         assert!(bad("1.2.3.4:80/icmp").contains("ICMP has no ports"));
         assert!(bad("fe80::1%eth0").contains("zone"));
-        assert!(bad("1.2.3").contains("not a valid IPv4"));
-        assert!(bad("999.1.1.1").contains("not a valid IPv4"));
+        assert!(bad("1.2.3").contains("looks like an IPv4 address"));
+        assert!(bad("999.1.1.1").contains("looks like an IPv4 address"));
         assert!(bad("a*.example.com").contains("whole first label"));
         assert!(bad("foo.*.com").contains("whole first label"));
-        assert!(bad("bad_host!.com").contains("bad character"));
+        assert!(bad("bad_host!.com").contains("not a valid domain name"));
         assert!(bad("a..b").contains("empty label"));
         assert!(bad("-a.com").contains("starts or ends"));
     }

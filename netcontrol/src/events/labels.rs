@@ -1,0 +1,74 @@
+//! Names that events carry but the kernel does not know: the sandbox behind a cgroup id, and the
+//! domain behind an address. Shared between whoever learns them and the event reader.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
+
+/// Addresses remembered for events; beyond it the oldest are forgotten.
+const MAX_DOMAINS: usize = 65_536;
+
+#[derive(Clone, Default)]
+pub struct Labels(Arc<RwLock<Inner>>);
+
+#[derive(Default)]
+struct Inner {
+    sandboxes: HashMap<u64, String>,
+    domains: HashMap<IpAddr, String>,
+    /// Insertion order of `domains`, to forget the oldest first.
+    order: VecDeque<IpAddr>,
+}
+
+impl Labels {
+    pub fn set_sandbox(&self, id: u64, name: String) {
+        self.0.write().expect("labels lock").sandboxes.insert(id, name);
+    }
+
+    pub fn sandbox(&self, id: u64) -> Option<String> {
+        self.0.read().expect("labels lock").sandboxes.get(&id).cloned()
+    }
+
+    /// Remember that `ip` belongs to `name` (the latest name wins for shared addresses). Kept
+    /// after the address stops being allowed: a blocked attempt to it is still worth naming.
+    pub fn set_domain(&self, ip: IpAddr, name: &str) {
+        let mut inner = self.0.write().expect("labels lock");
+        if inner.domains.get(&ip).is_some_and(|n| n == name) {
+            return;
+        }
+        if inner.domains.insert(ip, name.to_owned()).is_none() {
+            inner.order.push_back(ip);
+            if inner.order.len() > MAX_DOMAINS
+                && let Some(old) = inner.order.pop_front()
+            {
+                inner.domains.remove(&old);
+            }
+        }
+    }
+
+    pub fn domain(&self, ip: IpAddr) -> Option<String> {
+        self.0.read().expect("labels lock").domains.get(&ip).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_are_bounded_and_latest_wins() {
+        let l = Labels::default();
+        let ip = |n: u32| IpAddr::from(n.to_be_bytes());
+        l.set_domain(ip(1), "a.test");
+        l.set_domain(ip(1), "b.test");
+        assert_eq!(l.domain(ip(1)).as_deref(), Some("b.test"));
+        for n in 2..=(MAX_DOMAINS as u32 + 1) {
+            l.set_domain(ip(n), "c.test");
+        }
+        assert_eq!(l.domain(ip(1)), None, "the oldest is forgotten");
+        assert_eq!(l.domain(ip(2)).as_deref(), Some("c.test"));
+        l.set_sandbox(7, "/sys/fs/cgroup/x".into());
+        assert_eq!(l.sandbox(7).as_deref(), Some("/sys/fs/cgroup/x"));
+    }
+}

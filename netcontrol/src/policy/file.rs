@@ -1,0 +1,464 @@
+//! The policy file (YAML). Short for the common case, explicit for the rest:
+//!
+//! ```yaml
+//! mode: enforce                  # or audit
+//! allow:
+//!   - api.github.com:443         # any RULE, as with --allow
+//!   - "*.githubusercontent.com:443"
+//!   - 10.0.0.0/8
+//!   - domain: api.stripe.com     # the long form
+//!     ports: [443, "8000-8100"]
+//!     protocol: tcp              # tcp, udp, icmp or any (the default)
+//!   - cidr: 192.168.0.0/16
+//! dns:
+//!   servers: [127.0.0.53]        # default: the nameservers of /etc/resolv.conf
+//!   min_ttl: 5s
+//!   max_ttl: 1h
+//!   grace: 5m
+//!   max_ips_per_name: 1000
+//!   timeout: 2s
+//! sockets:
+//!   raw: false
+//!   ping: false
+//! ```
+//!
+//! Unknown keys are errors, and every error names the file, line and column.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, MapAccess, Visitor},
+};
+
+use super::{DnsSettings, Mode, Policy, Ports, Proto, Rule, Target, name::Pattern};
+
+/// A policy file that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}:{line}:{column}: {message}{snippet}", path.display())]
+    Invalid { path: PathBuf, line: u64, column: u64, message: String, snippet: String },
+}
+
+/// Read and validate a policy file.
+pub fn load(path: &Path) -> Result<Policy, FileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| FileError::Read { path: path.to_owned(), source })?;
+    parse(&text, path)
+}
+
+/// Validate policy text; `path` names it in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Policy, FileError> {
+    if text.trim().is_empty()
+        || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(FileError::Invalid {
+            path: path.to_owned(),
+            line: 1,
+            column: 1,
+            message: "the file has no policy in it (an empty `allow:` list denies everything; say so explicitly)"
+                .into(),
+            snippet: String::new(),
+        });
+    }
+    let raw: RawPolicy = serde_saphyr::from_str(text).map_err(|e| {
+        let loc = e.location();
+        let (line, column) = loc.map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let plain = e.without_snippet().to_string();
+        let suffix = format!(" at line {line}, column {column}");
+        let message = plain.strip_suffix(&suffix).unwrap_or(&plain).to_owned();
+        FileError::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            message,
+            snippet: snippet(text, line, column),
+        }
+    })?;
+    Ok(raw.into_policy())
+}
+
+/// The offending line with a caret under the column.
+fn snippet(text: &str, line: u64, column: u64) -> String {
+    let Some(src) = text.lines().nth(line.saturating_sub(1) as usize) else { return String::new() };
+    let width = line.to_string().len();
+    format!(
+        "\n{line:>width$} | {src}\n{:>width$} | {}^",
+        "",
+        " ".repeat(column.saturating_sub(1) as usize)
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    mode: Option<RawMode>,
+    #[serde(default)]
+    allow: Vec<Entry>,
+    #[serde(default)]
+    dns: Option<RawDns>,
+    #[serde(default)]
+    sockets: Option<RawSockets>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawMode {
+    Enforce,
+    Audit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    servers: Option<Vec<Server>>,
+    min_ttl: Option<Seconds>,
+    max_ttl: Option<Seconds>,
+    grace: Option<Seconds>,
+    max_ips_per_name: Option<usize>,
+    timeout: Option<Seconds>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSockets {
+    raw: Option<bool>,
+    ping: Option<bool>,
+}
+
+impl RawPolicy {
+    fn into_policy(self) -> Policy {
+        let defaults = DnsSettings::default();
+        let dns = self.dns.map_or(defaults.clone(), |d| DnsSettings {
+            servers: d.servers.map(|s| s.into_iter().map(|s| s.0).collect()),
+            min_ttl: d.min_ttl.map_or(defaults.min_ttl, |s| s.0),
+            max_ttl: d.max_ttl.map_or(defaults.max_ttl, |s| s.0),
+            grace: d.grace.map_or(defaults.grace, |s| s.0),
+            max_ips_per_name: d.max_ips_per_name.unwrap_or(defaults.max_ips_per_name),
+            timeout: d.timeout.map_or(defaults.timeout, |s| s.0),
+        });
+        Policy {
+            mode: match self.mode {
+                Some(RawMode::Audit) => Mode::Audit,
+                Some(RawMode::Enforce) | None => Mode::Enforce,
+            },
+            allow: self.allow.into_iter().flat_map(|e| e.0).collect(),
+            dns,
+            allow_raw_sockets: self.sockets.as_ref().and_then(|s| s.raw).unwrap_or(false),
+            allow_icmp: self.sockets.as_ref().and_then(|s| s.ping).unwrap_or(false),
+        }
+    }
+}
+
+/// One `allow:` item: a rule string, or the long form (which may stand for several rules, one
+/// per port range).
+struct Entry(Vec<Rule>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LongForm {
+    domain: Option<String>,
+    cidr: Option<String>,
+    ports: Option<Vec<PortSpec>>,
+    protocol: Option<RawProto>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawProto {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entry;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rule such as `api.github.com:443` or `10.0.0.0/8`, or a map with `domain` or `cidr`, `ports` and `protocol`")
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Entry, E> {
+                s.parse::<Rule>().map(|r| Entry(vec![r])).map_err(|e| E::custom(e.why))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Entry, A::Error> {
+                let long = LongForm::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                long.into_rules().map(Entry).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl LongForm {
+    fn into_rules(self) -> Result<Vec<Rule>, String> {
+        let target = match (self.domain, self.cidr) {
+            (Some(d), None) => Target::Domain(Pattern::parse(d.trim())?),
+            (None, Some(c)) => match c.trim().parse::<Rule>() {
+                Ok(Rule { target: t @ Target::Net(_), ports, .. }) if ports.is_any() => t,
+                _ => {
+                    return Err(format!(
+                        "cidr: {c:?} is not an IP address or CIDR (ports go in `ports:`)"
+                    ));
+                }
+            },
+            (Some(_), Some(_)) => return Err("give either `domain` or `cidr`, not both".into()),
+            (None, None) => return Err("an allow entry needs `domain` or `cidr`".into()),
+        };
+        let proto = match self.protocol.unwrap_or(RawProto::Any) {
+            RawProto::Any => Proto::Any,
+            RawProto::Tcp => Proto::Tcp,
+            RawProto::Udp => Proto::Udp,
+            RawProto::Icmp => Proto::Icmp,
+        };
+        let ports = match self.ports {
+            None => vec![Ports::ANY],
+            Some(p) if p.is_empty() => {
+                return Err("`ports: []` allows nothing; leave `ports` out for every port".into());
+            }
+            Some(p) => p.into_iter().map(|p| p.0).collect(),
+        };
+        if proto == Proto::Icmp && ports.iter().any(|p| !p.is_any()) {
+            return Err("ICMP has no ports; leave `ports` out".into());
+        }
+        Ok(ports.into_iter().map(|ports| Rule { target: target.clone(), ports, proto }).collect())
+    }
+}
+
+/// A port (`443`) or range (`"8000-8100"`).
+struct PortSpec(Ports);
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port (1-65535) or a range such as \"8000-8100\"")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<PortSpec, E> {
+                match u16::try_from(n) {
+                    Ok(p) if p > 0 => Ok(PortSpec(Ports { lo: p, hi: p })),
+                    _ => Err(E::custom(format!("port {n} is out of range 1-65535"))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<PortSpec, E> {
+                Err(E::custom(format!("port {n} is out of range 1-65535")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<PortSpec, E> {
+                // Reuse the rule syntax for the range.
+                match format!("0.0.0.0:{}", s.trim()).parse::<Rule>() {
+                    Ok(r) => Ok(PortSpec(r.ports)),
+                    Err(e) => Err(E::custom(e.why)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration: `"5s"`, `"1h30m"`, or a number of seconds.
+struct Seconds(Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"5s\", \"2m\" or \"1h\", or a number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Seconds, E> {
+                Ok(Seconds(Duration::from_secs(n)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Seconds, E> {
+                humantime::parse_duration(s.trim()).map(Seconds).map_err(|e| {
+                    E::custom(format!("{s:?} is not a duration ({e}); write e.g. \"5s\" or \"1h\""))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A DNS server: `127.0.0.53`, `127.0.0.53:5353`, `::1` or `[::1]:53`.
+struct Server(SocketAddr);
+
+impl<'de> Deserialize<'de> for Server {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_server(&s).map(Server).map_err(de::Error::custom)
+    }
+}
+
+pub fn parse_server(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)).map_err(|_| {
+        format!("{s:?} is not a DNS server address (e.g. 127.0.0.53, 10.0.0.2:5353 or [::1]:53)")
+    })
+}
+
+/// The normalized form of a policy, as YAML that loads back to the same policy (for
+/// `check-policy`). Comments say what a default means.
+pub fn render(p: &Policy, system_servers: Option<&[SocketAddr]>) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("string");
+    let mut out = String::new();
+    out.push_str(&format!("mode: {}\n", p.mode.name()));
+    if p.allow.is_empty() {
+        out.push_str("allow: []  # nothing is allowed\n");
+    } else {
+        out.push_str("allow:\n");
+        for r in &p.allow {
+            let note = match &r.target {
+                Target::Domain(pat) if pat.is_wildcard() => {
+                    "  # wildcard: cannot be resolved in advance, so it allows nothing in resolver mode"
+                }
+                _ => "",
+            };
+            out.push_str(&format!("  - {}{note}\n", q(&r.to_string())));
+        }
+    }
+    let d = &p.dns;
+    out.push_str("dns:\n");
+    match (&d.servers, system_servers) {
+        (Some(s), _) => {
+            let list: Vec<String> = s.iter().map(|a| q(&a.to_string())).collect();
+            out.push_str(&format!("  servers: [{}]\n", list.join(", ")));
+        }
+        (None, Some(sys)) => {
+            let list: Vec<String> = sys.iter().map(|a| a.to_string()).collect();
+            out.push_str(&format!(
+                "  # servers: not set; /etc/resolv.conf names {}\n",
+                list.join(", ")
+            ));
+        }
+        (None, None) => {
+            out.push_str("  # servers: not set; the nameservers of /etc/resolv.conf are used\n")
+        }
+    }
+    let dur = |x: Duration| q(&humantime::format_duration(x).to_string());
+    out.push_str(&format!("  min_ttl: {}\n", dur(d.min_ttl)));
+    out.push_str(&format!("  max_ttl: {}\n", dur(d.max_ttl)));
+    out.push_str(&format!("  grace: {}\n", dur(d.grace)));
+    out.push_str(&format!("  max_ips_per_name: {}\n", d.max_ips_per_name));
+    out.push_str(&format!("  timeout: {}\n", dur(d.timeout)));
+    out.push_str(&format!("sockets:\n  raw: {}\n  ping: {}\n", p.allow_raw_sockets, p.allow_icmp));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Policy {
+        parse(text, Path::new("p.yaml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("p.yaml")).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn short_and_long_forms() {
+        let p = ok("mode: audit
+allow:
+  - api.github.com:443
+  - \"*.example.test\"
+  - 10.0.0.0/8
+  - domain: API.Stripe.com
+    ports: [443, \"8000-8100\"]
+    protocol: tcp
+  - cidr: 192.168.0.0/16
+    protocol: udp
+dns:
+  servers: [127.0.0.53, \"[::1]:5353\"]
+  min_ttl: 1s
+  grace: 0
+  max_ips_per_name: 50
+sockets:
+  ping: true
+");
+        assert_eq!(p.mode, Mode::Audit);
+        let rules: Vec<String> = p.allow.iter().map(Rule::to_string).collect();
+        assert_eq!(
+            rules,
+            [
+                "api.github.com:443",
+                "*.example.test",
+                "10.0.0.0/8",
+                "api.stripe.com:443/tcp",
+                "api.stripe.com:8000-8100/tcp",
+                "192.168.0.0/16/udp",
+            ]
+        );
+        let servers: Vec<String> =
+            p.dns.servers.clone().expect("servers").iter().map(|s| s.to_string()).collect();
+        assert_eq!(servers, ["127.0.0.53:53", "[::1]:5353"]);
+        assert_eq!((p.dns.min_ttl, p.dns.grace), (Duration::from_secs(1), Duration::ZERO));
+        assert_eq!(p.dns.max_ttl, DnsSettings::default().max_ttl);
+        assert_eq!(p.dns.max_ips_per_name, 50);
+        assert!(p.allow_icmp && !p.allow_raw_sockets);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let e = err("mode: enforce\nallow:\n  - domain: x.com\n    prots: [443]\n");
+        assert!(e.starts_with("p.yaml:4:5: unknown field `prots`, expected one of"), "{e}");
+        assert!(e.contains("\n4 |     prots: [443]\n  |     ^"), "{e}");
+        let e = err("mode: enforce\nallow:\n  - api.github.com:443\n  - 10.0.0.1/8\n");
+        assert!(
+            e.starts_with("p.yaml:4:5: 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)"),
+            "{e}"
+        );
+        let e = err("allow:\n  - domain: x.com\n    ports: [99999]\n");
+        assert!(e.starts_with("p.yaml:3:13: port 99999 is out of range 1-65535"), "{e}");
+        let e = err("mode: block\n");
+        assert!(
+            e.starts_with("p.yaml:1:7: unknown variant `block`, expected one of enforce, audit"),
+            "{e}"
+        );
+        let e = err("allw:\n  - x.com\n");
+        assert!(e.starts_with("p.yaml:1:1: unknown field `allw`"), "{e}");
+        let e = err("allow:\n  - [unclosed\n");
+        assert!(e.starts_with("p.yaml:2:5:"), "{e}");
+        let e = err("dns:\n  grace: soon\n");
+        assert!(e.starts_with("p.yaml:2:10: \"soon\" is not a duration"), "{e}");
+        let e = err("dns:\n  servers: [dns.google]\n");
+        assert!(e.contains("is not a DNS server address"), "{e}");
+        let e = err("allow:\n  - domain: x.com\n    cidr: 10.0.0.0/8\n");
+        assert!(e.contains("either `domain` or `cidr`, not both"), "{e}");
+        let e = err("allow:\n  - ports: [80]\n");
+        assert!(e.contains("needs `domain` or `cidr`"), "{e}");
+        let e = err("allow:\n  - 443\n");
+        assert!(e.starts_with("p.yaml:2:5: invalid type: integer `443`, expected a rule"), "{e}");
+        assert!(err("# nothing here\n").contains("has no policy in it"));
+    }
+
+    #[test]
+    fn rendering_round_trips() {
+        let p = ok(
+            "allow:\n  - api.github.com:443\n  - \"**.example.test:80/tcp\"\n  - \"[::1]:53/udp\"\ndns:\n  servers: [127.0.0.53]\n  grace: 90s\n",
+        );
+        let text = render(&p, None);
+        assert!(text.contains("\"**.example.test:80/tcp\"  # wildcard"), "{text}");
+        assert_eq!(ok(&text), p, "{text}");
+        let empty = ok("allow: []\n");
+        assert_eq!(ok(&render(&empty, None)), empty);
+    }
+}

@@ -1,0 +1,77 @@
+//! Noticing that a policy file changed. The directory is watched, not the file: editors and
+//! Kubernetes ConfigMaps replace files by renaming, which a watch on the old inode never sees.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+
+/// Changes come in bursts (write, then rename, then attribute change): wait this long for the
+/// burst to end before reporting one change.
+const SETTLE: Duration = Duration::from_millis(200);
+
+pub struct FileWatch {
+    _watcher: notify::RecommendedWatcher,
+    rx: mpsc::UnboundedReceiver<()>,
+}
+
+impl FileWatch {
+    pub fn new(file: &Path) -> Result<Self> {
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let name: OsString = file.file_name().map(ToOwned::to_owned).unwrap_or_default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Any event naming the file, or one without paths (overflow): look at the file again.
+                // ConfigMaps swap a `..data` symlink next to it, so changes to entries starting
+                // with ".." count too.
+                let relevant = event.as_ref().map_or(true, |e| {
+                    e.paths.is_empty()
+                        || e.paths.iter().any(|p| {
+                            p.file_name().is_some_and(|n| {
+                                n == name.as_os_str() || n.to_string_lossy().starts_with("..")
+                            })
+                        })
+                });
+                if relevant {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|e| watch_error(&dir, e))?;
+        watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| watch_error(&dir, e))?;
+        Ok(Self { _watcher: watcher, rx })
+    }
+
+    /// Wait for the next change (cancel-safe: nothing is consumed until it returns).
+    pub async fn changed(&mut self) {
+        if self.rx.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// After [`FileWatch::changed`]: let the burst of events end, and swallow it.
+    pub async fn settle(&mut self) {
+        tokio::time::sleep(SETTLE).await;
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+fn watch_error(dir: &Path, e: notify::Error) -> Error {
+    Error::io(format!("watching {} for policy changes", dir.display()), std::io::Error::other(e))
+}
+
+/// The path to watch and reload: as given (relative paths stay relative to where netcontrol
+/// started).
+pub fn policy_path(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
