@@ -53,7 +53,7 @@ fn check_policy_prints_the_normalized_policy_that_loads_back() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
-        "valid; 4 rules, 2 names to follow in DNS, 1 wildcard patterns",
+        "valid; 4 rules, 2 names to follow in DNS, 1 wildcard pattern",
         "- \"api.github.com:443\"",
         "- \"*.example.test\"  # wildcard: cannot be resolved in advance",
         "- \"xn--bcher-kva.example:80\"",

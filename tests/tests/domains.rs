@@ -380,3 +380,23 @@ fn run_follows_dnsmasq_for_an_allowed_name() {
         let _ = h.wait();
     }
 }
+
+/// `--allow` takes domains too; without `dns.servers` they are resolved through the
+/// nameservers of /etc/resolv.conf (here the test's private one), which the sandbox may reach.
+#[test]
+fn allow_flag_domains_use_resolv_conf() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let dns = Dnsmasq::start("127.0.0.53", 5);
+    let _resolv = private_resolv_conf(dns.addr);
+    dns.set("api.github.com", &["127.0.0.20"]);
+    let (_srv, port) = servers(&["127.0.0.20", "127.0.0.21"]);
+    let mut sb = Attached::start(&["--allow", &format!("API.GitHub.com.:{port}")]);
+    assert!(tcp(&sb, "127.0.0.20", port).ok);
+    assert!(tcp(&sb, "127.0.0.21", port).is_eperm());
+    let r = sb.probe(&[("udp-sendto", "127.0.0.53:53"), ("udp-sendto", "127.0.0.54:53")]);
+    assert!(r[0].ok && r[1].is_eperm(), "{r:?}");
+    sb.stop();
+}

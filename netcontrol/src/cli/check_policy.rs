@@ -11,12 +11,13 @@ pub fn main(args: &CheckPolicyArgs) -> i32 {
         Ok(p) => {
             let system =
                 (p.dns.servers.is_none() && p.uses_dns()).then(system_servers).and_then(Result::ok);
+            let count = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
             println!(
-                "# {}: valid; {} rules, {} names to follow in DNS, {} wildcard patterns",
+                "# {}: valid; {}, {} to follow in DNS, {}",
                 args.file.display(),
-                p.allow.len(),
-                p.names().len(),
-                p.wildcards().len()
+                count(p.allow.len(), "rule", "rules"),
+                count(p.names().len(), "name", "names"),
+                count(p.wildcards().len(), "wildcard pattern", "wildcard patterns"),
             );
             print!("{}", render(&p, system.as_deref()));
             0
