@@ -11,7 +11,9 @@ pub fn main(args: &CheckPolicyArgs) -> i32 {
         Ok(p) => {
             let system =
                 (p.dns.servers.is_none() && p.uses_dns()).then(system_servers).and_then(Result::ok);
-            let count = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+            let count = |n: usize, one: &str, many: &str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
             println!(
                 "# {}: valid; {}, {} to follow in DNS, {}",
                 args.file.display(),
