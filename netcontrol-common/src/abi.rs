@@ -9,7 +9,7 @@
 /// Version of the pinned-object layout under the bpffs pin root (`<bpffs>/netcontrol/v<N>`).
 /// Bump it whenever a map's key or value layout below changes, so that a new agent never
 /// re-adopts maps it would misread.
-pub const PIN_ABI_VERSION: u32 = 1;
+pub const PIN_ABI_VERSION: u32 = 2;
 
 /// Names of the maps in the eBPF object, as userspace looks them up.
 pub mod map {
@@ -25,6 +25,10 @@ pub mod map {
     pub const GLOBAL: &str = "GLOBAL";
     /// Ring buffer of [`super::Event`].
     pub const EVENTS: &str = "EVENTS";
+    /// LRU hash: socket cookie -> [`super::DnsOrigin`] of a redirected DNS query.
+    pub const DNS_ORIGINS: &str = "DNS_ORIGINS";
+    /// LRU hash: [`super::RecentKey`] -> last connect time (ns) to a DNS-learned address.
+    pub const RECENT: &str = "RECENT";
 }
 
 /// The programs in the eBPF object (function names; the kernel keeps the first 15 bytes).
@@ -34,6 +38,10 @@ pub mod program {
     pub const SENDMSG4: &str = "nc_sendmsg4";
     pub const SENDMSG6: &str = "nc_sendmsg6";
     pub const SOCK_CREATE: &str = "nc_sock_create";
+    pub const RECVMSG4: &str = "nc_recvmsg4";
+    pub const RECVMSG6: &str = "nc_recvmsg6";
+    pub const GETPEERNAME4: &str = "nc_getpeername4";
+    pub const GETPEERNAME6: &str = "nc_getpeername6";
 }
 
 /// Default capacities (userspace may raise them at load time).
@@ -42,6 +50,8 @@ pub const ALLOW_V4_MAX: u32 = 1 << 20;
 pub const ALLOW_V6_MAX: u32 = 1 << 18;
 pub const STATS_MAX: u32 = 16_384;
 pub const EVENTS_BYTES: u32 = 1 << 20;
+pub const DNS_ORIGINS_MAX: u32 = 65_536;
+pub const RECENT_MAX: u32 = 65_536;
 /// How many ancestor levels the kernel side walks to find a socket's sandbox.
 pub const MAX_CGROUP_DEPTH: u32 = 32;
 
@@ -55,6 +65,13 @@ pub struct SandboxValue {
     pub policy_id: u32,
     /// `SANDBOX_F_*`.
     pub flags: u32,
+    /// With `SANDBOX_F_DNS_REDIRECT`: the DNS proxy's port on [`DNS_PROXY_V4`] (UDP and TCP),
+    /// in the sandbox's network namespace.
+    pub dns_port4: u16,
+    /// The same on `::1`; 0 when the namespace has no IPv6 loopback (IPv6 DNS then is judged
+    /// by the rules like any other destination).
+    pub dns_port6: u16,
+    pub _pad: u32,
 }
 
 /// Audit mode: nothing is denied, would-be denials are reported.
@@ -63,6 +80,13 @@ pub const SANDBOX_F_AUDIT: u32 = 1 << 0;
 pub const SANDBOX_F_ALLOW_RAW: u32 = 1 << 1;
 /// ICMP / ICMPv6 datagram ("ping") sockets may be created.
 pub const SANDBOX_F_ALLOW_ICMP: u32 = 1 << 2;
+/// DNS-aware mode: every UDP/TCP attempt to port 53 goes to the sandbox's DNS proxy.
+pub const SANDBOX_F_DNS_REDIRECT: u32 = 1 << 3;
+
+/// Where DNS is redirected, in the sandbox's network namespace.
+pub const DNS_PROXY_V4: [u8; 4] = [127, 0, 0, 1];
+pub const DNS_PROXY_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const DNS_PORT: u16 = 53;
 
 // ---- allow tries -------------------------------------------------------------------------
 
@@ -132,6 +156,9 @@ impl Default for AllowValue {
 
 /// The entry protects a cloud metadata address: only rules naming it exactly open it.
 pub const ALLOW_F_PROTECTED: u32 = 1 << 0;
+/// The address was learned from a DNS answer: connects to it are timestamped in `RECENT`, so
+/// that it is not forgotten while in use.
+pub const ALLOW_F_LEARNED: u32 = 1 << 1;
 
 /// Protocol numbers as the kernel reports them in `bpf_sock_addr.protocol` / `bpf_sock.protocol`.
 pub const PROTO_ANY: u8 = 0;
@@ -156,6 +183,8 @@ pub const VERDICT_ALLOW: u8 = 0;
 pub const VERDICT_DENY: u8 = 1;
 /// Audit mode: enforce mode would have denied; the attempt was allowed.
 pub const VERDICT_AUDIT: u8 = 2;
+/// A DNS query sent to the sandbox's DNS proxy instead (DNS-aware mode).
+pub const VERDICT_REDIRECT: u8 = 3;
 
 /// Why an attempt was (or would have been) denied.
 pub const REASON_NONE: u8 = 0;
@@ -179,6 +208,43 @@ pub const HOOK_CONNECT6: u8 = 2;
 pub const HOOK_SENDMSG4: u8 = 3;
 pub const HOOK_SENDMSG6: u8 = 4;
 pub const HOOK_SOCK_CREATE: u8 = 5;
+/// Not a kernel hook: netcontrol's DNS proxy (DNS-aware mode) decided.
+pub const HOOK_DNS_PROXY: u8 = 6;
+
+// ---- DNS-aware mode ----------------------------------------------------------------------
+
+/// A DNS query redirected to the proxy: where it was going and who sent it. Written by the
+/// connect/sendmsg hooks, read by recvmsg/getpeername (to show the original server) and by the
+/// proxy (to name the asking process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsOrigin {
+    /// Original destination; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// Original port, host order.
+    pub port: u16,
+    /// The proxy port it was sent to instead, host order.
+    pub proxy_port: u16,
+    /// `AF_INET`, or `AF_INET6` (with `EVENT_F_V4_MAPPED` in `flags` for a mapped address).
+    pub family: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    pub pid_tgid: u64,
+    pub uid_gid: u64,
+    pub cgroup_id: u64,
+    pub sandbox_id: u64,
+    pub comm: [u8; 16],
+}
+
+/// Key of `RECENT`: a DNS-learned address of a policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecentKey {
+    pub policy_id: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+    pub addr: [u8; 16],
+}
 
 // ---- counters ----------------------------------------------------------------------------
 
@@ -250,7 +316,9 @@ pub const EVENT_F_V4_MAPPED: u8 = 1 << 0;
 
 const _: () = {
     use core::mem::{align_of, size_of};
-    assert!(size_of::<SandboxValue>() == 8);
+    assert!(size_of::<SandboxValue>() == 16);
+    assert!(size_of::<DnsOrigin>() == 72);
+    assert!(size_of::<RecentKey>() == 24);
     assert!(size_of::<PortRange>() == 6);
     assert!(size_of::<AllowValue>() == 8 + 6 * MAX_PORT_RANGES);
     assert!(size_of::<StatsKey>() == 16);

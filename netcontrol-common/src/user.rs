@@ -10,6 +10,8 @@ unsafe impl aya::Pod for PortRange {}
 unsafe impl aya::Pod for AllowValue {}
 unsafe impl aya::Pod for StatsKey {}
 unsafe impl aya::Pod for Event {}
+unsafe impl aya::Pod for DnsOrigin {}
+unsafe impl aya::Pod for RecentKey {}
 
 /// Stable name of a hook code (JSON `hook` field, metric label).
 pub fn hook_name(hook: u8) -> &'static str {
@@ -19,6 +21,7 @@ pub fn hook_name(hook: u8) -> &'static str {
         HOOK_SENDMSG4 => "sendmsg4",
         HOOK_SENDMSG6 => "sendmsg6",
         HOOK_SOCK_CREATE => "sock_create",
+        HOOK_DNS_PROXY => "dns_proxy",
         _ => "unknown",
     }
 }
@@ -43,6 +46,7 @@ pub fn verdict_name(verdict: u8) -> &'static str {
         VERDICT_ALLOW => "allowed",
         VERDICT_DENY => "blocked",
         VERDICT_AUDIT => "would_block",
+        VERDICT_REDIRECT => "redirected",
         _ => "unknown",
     }
 }

@@ -2,21 +2,25 @@
 
 use core::ptr::read_volatile;
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::SockAddrContext,
+};
 use aya_log_ebpf::debug;
 use netcontrol_common::{
-    abi::{AF_INET, AF_INET6, EVENT_F_V4_MAPPED, POLICY_ID_BITS, v4_key, v6_key},
+    abi::{
+        AF_INET, AF_INET6, ALLOW_F_LEARNED, DNS_PORT, EVENT_F_V4_MAPPED, POLICY_ID_BITS, PROTO_TCP,
+        PROTO_UDP, REASON_NONE, RecentKey, SANDBOX_F_DNS_REDIRECT, VERDICT_REDIRECT, v4_key,
+        v6_key,
+    },
     verdict::{judge_destination, program_return, verdict},
 };
 
 use crate::{
-    maps::{ALLOW_V4, ALLOW_V6},
+    dns::{self, V4_MAPPED_WORD},
+    maps::{ALLOW_V4, ALLOW_V6, RECENT},
     report::{Attempt, Decision, record},
     sandbox,
 };
-
-/// `::ffff:0:0/96` as the third 32-bit word of an IPv6 address.
-const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// An IPv4 destination (connect4, sendmsg4).
 #[inline(always)]
@@ -33,7 +37,7 @@ pub fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     };
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&ip.to_ne_bytes());
-    judge(
+    judge::<false>(
         ctx,
         Attempt {
             hook,
@@ -76,7 +80,7 @@ pub fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
         addr[12..].copy_from_slice(&w[3].to_ne_bytes());
         (AF_INET6, 0)
     };
-    judge(
+    judge::<true>(
         ctx,
         Attempt {
             hook,
@@ -91,27 +95,52 @@ pub fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
 }
 
 #[inline(always)]
-fn judge(ctx: &SockAddrContext, a: Attempt) -> i32 {
+fn judge<const V6_CTX: bool>(ctx: &SockAddrContext, a: Attempt) -> i32 {
     let (cgroup_id, sandbox) = sandbox::current();
-    let d = match sandbox {
-        None => Decision::unsandboxed(cgroup_id, true),
-        Some(sb) => {
-            let entry = if a.family == AF_INET {
-                let mut ip = [0u8; 4];
-                ip.copy_from_slice(&a.addr[..4]);
-                ALLOW_V4.get(Key::new(POLICY_ID_BITS + 32, v4_key(sb.policy_id, ip)))
-            } else {
-                ALLOW_V6.get(Key::new(POLICY_ID_BITS + 128, v6_key(sb.policy_id, a.addr)))
-            };
-            let reason = judge_destination(entry, a.protocol, a.port);
-            Decision {
-                cgroup_id,
-                sandbox_id: sb.id,
-                policy_id: sb.policy_id,
-                verdict: verdict(reason, sb.flags),
-                reason,
-            }
-        }
+    let Some(sb) = sandbox else {
+        let d = Decision::unsandboxed(cgroup_id, true);
+        record(&a, &d);
+        return program_return(d.verdict);
+    };
+    let dns = a.port == DNS_PORT && (a.protocol == PROTO_UDP || a.protocol == PROTO_TCP);
+    if dns
+        && sb.flags & SANDBOX_F_DNS_REDIRECT != 0
+        && dns::redirect::<V6_CTX>(ctx, &a, &sb, cgroup_id)
+    {
+        let d = Decision {
+            cgroup_id,
+            sandbox_id: sb.id,
+            policy_id: sb.policy_id,
+            verdict: VERDICT_REDIRECT,
+            reason: REASON_NONE,
+        };
+        debug!(ctx, "hook={} port={} redirected to the DNS proxy", a.hook, a.port);
+        record(&a, &d);
+        return 1;
+    }
+    let entry = if a.family == AF_INET {
+        let mut ip = [0u8; 4];
+        ip.copy_from_slice(&a.addr[..4]);
+        ALLOW_V4.get(Key::new(POLICY_ID_BITS + 32, v4_key(sb.policy_id, ip)))
+    } else {
+        ALLOW_V6.get(Key::new(POLICY_ID_BITS + 128, v6_key(sb.policy_id, a.addr)))
+    };
+    let reason = judge_destination(entry, a.protocol, a.port);
+    if reason == REASON_NONE
+        && let Some(e) = entry
+        && e.flags & ALLOW_F_LEARNED != 0
+    {
+        // A DNS-learned address in use: tell userspace not to forget it yet.
+        let key = RecentKey { policy_id: sb.policy_id, family: u32::from(a.family), addr: a.addr };
+        // SAFETY: helper without arguments.
+        let _ = RECENT.insert(key, unsafe { bpf_ktime_get_ns() }, 0);
+    }
+    let d = Decision {
+        cgroup_id,
+        sandbox_id: sb.id,
+        policy_id: sb.policy_id,
+        verdict: verdict(reason, sb.flags),
+        reason,
     };
     debug!(ctx, "hook={} port={} verdict={} reason={}", a.hook, a.port, d.verdict, d.reason);
     record(&a, &d);

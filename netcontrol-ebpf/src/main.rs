@@ -3,7 +3,9 @@
 //! - connect4/6: TCP connect (also TCP Fast Open, which goes through the same pre-connect
 //!   hook) and UDP connect;
 //! - sendmsg4/6: unconnected UDP (sendto, sendmsg, sendmmsg), which skips connect4/6;
-//! - sock_create: raw and ICMP ("ping") sockets, which the address hooks cannot see.
+//! - sock_create: raw and ICMP ("ping") sockets, which the address hooks cannot see;
+//! - recvmsg4/6, getpeername4/6 (DNS-aware mode): replies from the DNS proxy show the server
+//!   the program asked.
 //!
 //! Each program is a thin entry point; the decision is in `destination` / `socket` and the
 //! pure logic in netcontrol_common::verdict.
@@ -11,6 +13,7 @@
 #![no_main]
 
 mod destination;
+mod dns;
 mod maps;
 mod report;
 mod sandbox;
@@ -40,6 +43,26 @@ pub fn nc_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn nc_sendmsg6(ctx: SockAddrContext) -> i32 {
     destination::judge_v6(&ctx, HOOK_SENDMSG6)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn nc_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns::restore_v4(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn nc_recvmsg6(ctx: SockAddrContext) -> i32 {
+    dns::restore_v6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn nc_getpeername4(ctx: SockAddrContext) -> i32 {
+    dns::restore_v4(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn nc_getpeername6(ctx: SockAddrContext) -> i32 {
+    dns::restore_v6(&ctx)
 }
 
 #[cgroup_sock(sock_create)]

@@ -4,11 +4,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netcontrol_common::abi::{
-    ALLOW_V4_MAX, ALLOW_V6_MAX, AllowValue, EVENTS_BYTES, GLOBAL_LEN, SANDBOXES_MAX, STATS_MAX,
-    SandboxValue, StatsKey, V4Key, V6Key,
+    ALLOW_V4_MAX, ALLOW_V6_MAX, AllowValue, DNS_ORIGINS_MAX, DnsOrigin, EVENTS_BYTES, GLOBAL_LEN,
+    RECENT_MAX, RecentKey, SANDBOXES_MAX, STATS_MAX, SandboxValue, StatsKey, V4Key, V6Key,
 };
 
 /// Sandbox cgroup id -> its policy and mode. Written by userspace on attach/detach.
@@ -36,3 +36,12 @@ pub static GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_LEN, 
 /// Denied and audit-would-deny attempts, one `Event` each.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Redirected DNS queries by socket cookie: where they were going, who sent them.
+#[map]
+pub static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> =
+    LruHashMap::with_max_entries(DNS_ORIGINS_MAX, 0);
+
+/// Last connect (ktime ns) to each DNS-learned address, so userspace keeps addresses in use.
+#[map]
+pub static RECENT: LruHashMap<RecentKey, u64> = LruHashMap::with_max_entries(RECENT_MAX, 0);

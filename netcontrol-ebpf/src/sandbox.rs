@@ -1,7 +1,7 @@
 //! Which sandbox (and so which policy) governs the calling task.
 
 use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
-use netcontrol_common::abi::MAX_CGROUP_DEPTH;
+use netcontrol_common::abi::{MAX_CGROUP_DEPTH, SandboxValue};
 
 use crate::maps::SANDBOXES;
 
@@ -10,6 +10,21 @@ pub struct Sandbox {
     pub id: u64,
     pub policy_id: u32,
     pub flags: u32,
+    pub dns_port4: u16,
+    pub dns_port6: u16,
+}
+
+impl Sandbox {
+    #[inline(always)]
+    fn new(id: u64, v: &SandboxValue) -> Self {
+        Self {
+            id,
+            policy_id: v.policy_id,
+            flags: v.flags,
+            dns_port4: v.dns_port4,
+            dns_port6: v.dns_port6,
+        }
+    }
 }
 
 /// The calling task's cgroup id and the sandbox governing it: the deepest cgroup on the path
@@ -21,7 +36,7 @@ pub fn current() -> (u64, Option<Sandbox>) {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // Fast path: the task sits directly in the sandbox cgroup (`netcontrol run`).
     if let Some(v) = unsafe { SANDBOXES.get(&cgroup) } {
-        return (cgroup, Some(Sandbox { id: cgroup, policy_id: v.policy_id, flags: v.flags }));
+        return (cgroup, Some(Sandbox::new(cgroup, v)));
     }
     // Walk down from the root (level 0 is the root itself, never a sandbox); the last hit is
     // the deepest, so a nested sandbox's policy wins over its ancestor's.
@@ -33,7 +48,7 @@ pub fn current() -> (u64, Option<Sandbox>) {
             break;
         }
         if let Some(v) = unsafe { SANDBOXES.get(&ancestor) } {
-            found = Some(Sandbox { id: ancestor, policy_id: v.policy_id, flags: v.flags });
+            found = Some(Sandbox::new(ancestor, v));
         }
         level += 1;
     }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use netcontrol_common::abi::{
-    COUNTER_ATTEMPTS, GLOBAL_EVENTS_LOST, SandboxValue, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    COUNTER_ATTEMPTS, GLOBAL_EVENTS_LOST, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
 };
 
 use crate::{
@@ -75,7 +75,7 @@ impl Enforcer {
         let (mut maps, ring) = Maps::take(&mut loaded.ebpf)?;
         // The maps are complete before the first program runs for this cgroup.
         maps.apply_entries(POLICY_ID, &Entries::default(), &policy.entries)?;
-        maps.set_sandbox(sandbox_id, SandboxValue { policy_id: POLICY_ID, flags: policy.flags })?;
+        maps.set_sandbox(sandbox_id, policy.sandbox_value(POLICY_ID))?;
         labels.set_sandbox(sandbox_id, cgroup.display().to_string());
         let pump = EventPump::start(ring, sink, labels)?;
         let bpf_log = loaded.logger.take().map(log::Forwarder::start).transpose()?;
@@ -110,11 +110,8 @@ impl Enforcer {
             return Ok(());
         }
         self.maps.apply_entries(POLICY_ID, &self.current.entries, &policy.entries)?;
-        if policy.flags != self.current.flags {
-            self.maps.set_sandbox(
-                self.sandbox_id,
-                SandboxValue { policy_id: POLICY_ID, flags: policy.flags },
-            )?;
+        if policy.sandbox_value(POLICY_ID) != self.current.sandbox_value(POLICY_ID) {
+            self.maps.set_sandbox(self.sandbox_id, policy.sandbox_value(POLICY_ID))?;
         }
         self.current = policy;
         Ok(())

@@ -32,7 +32,7 @@ fn leftovers(pid: u32) -> Vec<PathBuf> {
             d.flatten().map(|e| e.path()).filter(|p| file_name(p).starts_with(&run_prefix)),
         );
     }
-    if let Ok(d) = std::fs::read_dir(Path::new(TEST_PIN_ROOT).join("v1/standalone")) {
+    if let Ok(d) = std::fs::read_dir(Path::new(TEST_PIN_ROOT).join("v2/standalone")) {
         left.extend(
             d.flatten()
                 .map(|e| e.path())

@@ -52,6 +52,20 @@ pub static HOOKS: &[Hook] = &[
     Hook { program: program::CONNECT6, name: "connect6", since: "4.17", kind: HookKind::SockAddr },
     Hook { program: program::SENDMSG4, name: "sendmsg4", since: "4.18", kind: HookKind::SockAddr },
     Hook { program: program::SENDMSG6, name: "sendmsg6", since: "4.18", kind: HookKind::SockAddr },
+    Hook { program: program::RECVMSG4, name: "recvmsg4", since: "5.2", kind: HookKind::SockAddr },
+    Hook { program: program::RECVMSG6, name: "recvmsg6", since: "5.2", kind: HookKind::SockAddr },
+    Hook {
+        program: program::GETPEERNAME4,
+        name: "getpeername4",
+        since: "5.8",
+        kind: HookKind::SockAddr,
+    },
+    Hook {
+        program: program::GETPEERNAME6,
+        name: "getpeername6",
+        since: "5.8",
+        kind: HookKind::SockAddr,
+    },
 ];
 
 /// The links of all hooks on one cgroup. Dropping it detaches them (and removes their pins).

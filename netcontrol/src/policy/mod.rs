@@ -101,7 +101,23 @@ pub type Resolved = BTreeMap<String, BTreeSet<IpAddr>>;
 pub struct Compiled {
     /// `SANDBOX_F_*`
     pub flags: u32,
+    /// DNS-aware mode: the proxy's ports in the sandbox's namespace (0: none).
+    pub dns_port4: u16,
+    pub dns_port6: u16,
     pub entries: Entries,
+}
+
+impl Compiled {
+    /// The sandbox's entry in the kernel's sandbox table.
+    pub fn sandbox_value(&self, policy_id: u32) -> netcontrol_common::abi::SandboxValue {
+        netcontrol_common::abi::SandboxValue {
+            policy_id,
+            flags: self.flags,
+            dns_port4: self.dns_port4,
+            dns_port6: self.dns_port6,
+            _pad: 0,
+        }
+    }
 }
 
 impl Policy {
@@ -181,6 +197,7 @@ impl Policy {
         Ok(Compiled {
             flags: self.sandbox_flags(),
             entries: compile(&self.grants(resolved, dns_servers))?,
+            ..Compiled::default()
         })
     }
 }
