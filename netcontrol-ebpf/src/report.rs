@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use netcontrol_common::abi::{
     COUNTER_ATTEMPTS, COUNTER_EVENTS_LOST, Event, GLOBAL_EVENTS_LOST, GLOBAL_STATS_FULL,
-    REASON_NO_SANDBOX, REASON_NONE, StatsKey, VERDICT_ALLOW, VERDICT_DENY,
+    REASON_NO_SANDBOX, REASON_NONE, StatsKey, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
 };
 
 use crate::maps::{EVENTS, GLOBAL, STATS};
@@ -62,7 +62,9 @@ pub fn record(a: &Attempt, d: &Decision) {
         _pad: [0; 2],
     };
     count(&key);
-    if d.verdict == VERDICT_ALLOW {
+    // Events are for denials (and audit would-be denials); a redirect to the DNS proxy is just
+    // counted: the proxy reports what it refuses.
+    if d.verdict != VERDICT_DENY && d.verdict != VERDICT_AUDIT {
         return;
     }
     if !emit(a, d) {

@@ -155,6 +155,11 @@ pub fn kill_all(path: &Path, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Some process in the cgroup or its descendants, if any.
+pub fn first_pid(path: &Path) -> Option<u32> {
+    procs_recursive(path).ok()?.into_iter().next()
+}
+
 fn procs_recursive(path: &Path) -> Result<Vec<u32>> {
     let mut pids = Vec::new();
     let procs = path.join("cgroup.procs");

@@ -3,17 +3,20 @@
 //! policy -> [`crate::policy::compile`] entries -> maps -> attach -> kernel verdicts ->
 //! ring buffer -> [`crate::events`] -> sink; counters -> [`Counts`].
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use netcontrol_common::abi::{
-    COUNTER_ATTEMPTS, GLOBAL_EVENTS_LOST, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    AllowValue, COUNTER_ATTEMPTS, GLOBAL_EVENTS_LOST, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
 };
 
 use crate::{
-    bpf::{Attachment, LoadOptions, Loaded, Maps, PinRoot, log, pins},
+    bpf::{Attachment, LoadOptions, Loaded, Maps, PinRoot, log, maps::Origins, pins},
     cgroup,
     error::Result,
-    events::{EventPump, Labels, Sink},
+    events::{EventPump, Injector, Labels, Sink},
     policy::{Compiled, Entries},
     privileges,
 };
@@ -36,12 +39,15 @@ pub struct Counts {
     pub blocked: u64,
     pub would_block: u64,
     pub events_lost: u64,
+    /// DNS queries the proxy refused (DNS-aware mode).
+    pub dns_refused: u64,
 }
 
 pub struct Enforcer {
     // Field order is drop order: detach before the programs and maps go.
     attachment: Option<Attachment>,
     pump: Option<EventPump>,
+    injector: Injector,
     _bpf_log: Option<log::Forwarder>,
     maps: Maps,
     _loaded: Loaded,
@@ -51,17 +57,30 @@ pub struct Enforcer {
     current: Compiled,
 }
 
-impl Enforcer {
-    /// Load the programs, fill the maps with `policy` and attach to `cgroup_path`. Events name
-    /// sandboxes and domains through `labels`.
-    pub fn start(
-        cgroup_path: &Path,
-        policy: Compiled,
-        sink: Sink,
-        labels: Labels,
-        opts: &Options,
-    ) -> Result<Self> {
-        privileges::check()?;
+/// Programs loaded and maps created, nothing attached yet: the moment to hand maps to other
+/// parts (the DNS proxy reads DNS_ORIGINS) before enforcement starts.
+pub struct Staged {
+    loaded: Loaded,
+    maps: Maps,
+    origins: Option<Origins>,
+    pump: EventPump,
+    labels: Labels,
+}
+
+impl Staged {
+    /// The map of redirected DNS queries, for the DNS proxy (once).
+    pub fn take_origins(&mut self) -> Option<Origins> {
+        self.origins.take()
+    }
+
+    /// Where records made in userspace (DNS decisions) join the events.
+    pub fn injector(&self) -> Injector {
+        self.pump.injector()
+    }
+
+    /// Fill the maps with `policy` and attach to `cgroup_path`.
+    pub fn attach(self, cgroup_path: &Path, policy: Compiled, opts: &Options) -> Result<Enforcer> {
+        let Self { mut loaded, mut maps, origins: _, pump, labels } = self;
         let mount = cgroup::mount_point()?;
         let cgroup = cgroup::validate(cgroup_path)?;
         let sandbox_id = cgroup::id(&cgroup)?;
@@ -71,13 +90,11 @@ impl Enforcer {
             .map(|p| pins::collect_garbage(p, &mount, Some(sandbox_id)))
             .unwrap_or_default();
 
-        let mut loaded = Loaded::new(&opts.load)?;
-        let (mut maps, ring) = Maps::take(&mut loaded.ebpf)?;
         // The maps are complete before the first program runs for this cgroup.
         maps.apply_entries(POLICY_ID, &Entries::default(), &policy.entries)?;
         maps.set_sandbox(sandbox_id, policy.sandbox_value(POLICY_ID))?;
         labels.set_sandbox(sandbox_id, cgroup.display().to_string());
-        let pump = EventPump::start(ring, sink, labels)?;
+        let injector = pump.injector();
         let bpf_log = loaded.logger.take().map(log::Forwarder::start).transpose()?;
 
         let pin_dir = pins.as_ref().map(|p| p.standalone_dir(sandbox_id, pins::Owner::current()));
@@ -91,9 +108,10 @@ impl Enforcer {
             );
             pins::remove_dir(&orphan.dir)?;
         }
-        Ok(Self {
+        Ok(Enforcer {
             attachment: Some(attachment),
             pump: Some(pump),
+            injector,
             _bpf_log: bpf_log,
             maps,
             _loaded: loaded,
@@ -101,6 +119,48 @@ impl Enforcer {
             sandbox_id,
             current: policy,
         })
+    }
+}
+
+impl Enforcer {
+    /// Load the programs, create the maps and start delivering events to `sink` (events name
+    /// sandboxes and domains through `labels`).
+    pub fn load(opts: &Options, sink: Sink, labels: Labels) -> Result<Staged> {
+        privileges::check()?;
+        let mut loaded = Loaded::new(&opts.load)?;
+        let (maps, others) = Maps::take(&mut loaded.ebpf)?;
+        let pump = EventPump::start(others.events, sink, labels.clone())?;
+        Ok(Staged { loaded, maps, origins: others.origins, pump, labels })
+    }
+
+    /// Where records made in userspace (DNS decisions) join the events.
+    pub fn injector(&self) -> Injector {
+        self.injector.clone()
+    }
+
+    /// Set the entry of one address (learned from DNS), or remove it with None; the rest of the
+    /// maps stay as they are.
+    pub fn set_host(&mut self, ip: IpAddr, value: Option<AllowValue>) -> Result<()> {
+        let current = match ip {
+            IpAddr::V4(a) => self.current.entries.v4.get(&(32, a.octets())),
+            IpAddr::V6(a) => self.current.entries.v6.get(&(128, a.octets())),
+        };
+        if current == value.as_ref() {
+            return Ok(());
+        }
+        self.maps.put_host(POLICY_ID, ip, value.as_ref())?;
+        match (ip, value) {
+            (IpAddr::V4(a), Some(v)) => drop(self.current.entries.v4.insert((32, a.octets()), v)),
+            (IpAddr::V6(a), Some(v)) => drop(self.current.entries.v6.insert((128, a.octets()), v)),
+            (IpAddr::V4(a), None) => drop(self.current.entries.v4.remove(&(32, a.octets()))),
+            (IpAddr::V6(a), None) => drop(self.current.entries.v6.remove(&(128, a.octets()))),
+        }
+        Ok(())
+    }
+
+    /// When the sandbox last connected to a DNS-learned address (CLOCK_MONOTONIC ns).
+    pub fn last_use(&self, ip: IpAddr) -> Option<u64> {
+        self.maps.last_use(POLICY_ID, ip)
     }
 
     /// Move the maps to a new policy: entries both allow are never interrupted (additions and
@@ -145,7 +205,7 @@ impl Enforcer {
                 _ => {}
             }
         }
-        c.events_lost = self.maps.global()?[GLOBAL_EVENTS_LOST as usize];
+        c.events_lost = self.maps.global()?[GLOBAL_EVENTS_LOST as usize] + self.injector.lost();
         Ok(c)
     }
 

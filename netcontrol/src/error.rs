@@ -79,6 +79,9 @@ pub enum Error {
     #[error("events output {path}: {source}")]
     Events { path: PathBuf, source: io::Error },
 
+    #[error("reloading: {0}")]
+    Reload(String),
+
     #[error("--user {spec}: {why}")]
     User { spec: String, why: String },
 

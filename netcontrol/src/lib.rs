@@ -10,9 +10,12 @@
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
+pub mod dnsproxy;
 pub mod enforcer;
 pub mod error;
 pub mod events;
+pub mod learn;
+pub mod netns;
 pub mod policy;
 pub mod privileges;
 pub mod resolve;

@@ -55,7 +55,8 @@ fn check_policy_prints_the_normalized_policy_that_loads_back() {
     for needle in [
         "valid; 4 rules, 2 names to follow in DNS, 1 wildcard pattern",
         "- \"api.github.com:443\"",
-        "- \"*.example.test\"  # wildcard: cannot be resolved in advance",
+        "- \"*.example.test\"\n",
+        "mode: proxy",
         "- \"xn--bcher-kva.example:80\"",
         "servers: [\"127.0.0.53:53\"]",
         "grace: \"5m\"",

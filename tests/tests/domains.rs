@@ -1,6 +1,7 @@
-//! Domain rules against a real dnsmasq (started by each test on its own loopback): resolution,
-//! following address changes, rotation within the grace window, NXDOMAIN, DNS outages,
-//! reloading the policy, and the sandbox's access to its resolver.
+//! Domain rules in resolver mode (netcontrol resolves names itself) against a real dnsmasq
+//! (started by each test on its own loopback): resolution, following address changes, rotation
+//! within the grace window, NXDOMAIN, DNS outages, reloading the policy, and the sandbox's
+//! access to its resolver. DNS-aware (proxy) mode is tested in dns_aware.rs.
 
 use std::{
     net::SocketAddr,
@@ -72,7 +73,7 @@ fn follows_an_address_change_within_ttl_plus_one_second() {
     let policy = policy_file(
         dir.path(),
         &format!(
-            "allow:\n  - api.github.com:{port}\ndns:\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 0s\n"
+            "allow:\n  - api.github.com:{port}\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 0s\n"
         ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
@@ -105,7 +106,7 @@ fn rotation_never_blocks_within_the_grace_window() {
     let policy = policy_file(
         dir.path(),
         &format!(
-            "allow:\n  - cdn.example.test:{port}\ndns:\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 60s\n"
+            "allow:\n  - cdn.example.test:{port}\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 60s\n"
         ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
@@ -150,7 +151,7 @@ fn nxdomain_names_are_reported() {
     let policy = policy_file(
         dir.path(),
         &format!(
-            "allow:\n  - api.github.com:{port}\n  - nosuch.example.test:{port}\n  - \"*.wild.example.test\"\ndns:\n  servers: [127.0.0.53]\n"
+            "allow:\n  - api.github.com:{port}\n  - nosuch.example.test:{port}\n  - \"*.wild.example.test\"\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n"
         ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
@@ -183,7 +184,7 @@ fn dns_down_keeps_the_last_known_addresses() {
     let policy = policy_file(
         dir.path(),
         &format!(
-            "allow:\n  - api.github.com:{port}\ndns:\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 0s\n  timeout: 500ms\n"
+            "allow:\n  - api.github.com:{port}\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 0s\n  timeout: 500ms\n"
         ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
@@ -262,7 +263,9 @@ fn events_name_the_domain() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = policy_file(
         dir.path(),
-        &format!("allow:\n  - api.github.com:{port}/tcp\ndns:\n  servers: [127.0.0.53]\n"),
+        &format!(
+            "allow:\n  - api.github.com:{port}/tcp\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n"
+        ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
     let p = sb.probe(&[("udp-sendto", &format!("127.0.0.20:{port}"))]).remove(0);
@@ -289,8 +292,10 @@ fn the_sandbox_reaches_its_resolver_only() {
     dns.set("api.github.com", &["127.0.0.20"]);
     let other = Dnsmasq::start("127.0.0.54", 5);
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy =
-        policy_file(dir.path(), "allow:\n  - api.github.com:443\ndns:\n  servers: [127.0.0.53]\n");
+    let policy = policy_file(
+        dir.path(),
+        "allow:\n  - api.github.com:443\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n",
+    );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
     let r = sb.probe(&[
         ("udp-sendto", "127.0.0.53:53"),
@@ -339,8 +344,10 @@ fn run_follows_dnsmasq_for_an_allowed_name() {
     })
     .expect("http servers up");
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy =
-        policy_file(dir.path(), "allow: [api.github.com:443]\ndns:\n  min_ttl: 1s\n  grace: 0s\n");
+    let policy = policy_file(
+        dir.path(),
+        "allow: [api.github.com:443]\ndns:\n  mode: resolver\n  min_ttl: 1s\n  grace: 0s\n",
+    );
     let flag = dir.path().join("go");
     let curl = "curl -sS -m 5 -o /dev/null -w '%{remote_ip}\\n'";
     let script = format!(
@@ -393,7 +400,8 @@ fn allow_flag_domains_use_resolv_conf() {
     let _resolv = private_resolv_conf(dns.addr);
     dns.set("api.github.com", &["127.0.0.20"]);
     let (_srv, port) = servers(&["127.0.0.20", "127.0.0.21"]);
-    let mut sb = Attached::start(&["--allow", &format!("API.GitHub.com.:{port}")]);
+    let mut sb =
+        Attached::start(&["--dns-mode", "resolver", "--allow", &format!("API.GitHub.com.:{port}")]);
     assert!(tcp(&sb, "127.0.0.20", port).ok);
     assert!(tcp(&sb, "127.0.0.21", port).is_eperm());
     let r = sb.probe(&[("udp-sendto", "127.0.0.53:53"), ("udp-sendto", "127.0.0.54:53")]);

@@ -8,9 +8,11 @@ use aya::{
         lpm_trie::Key,
     },
 };
+use std::net::IpAddr;
+
 use netcontrol_common::abi::{
-    self, AllowValue, GLOBAL_LEN, POLICY_ID_BITS, SandboxValue, StatsKey, V4Key, V6Key, v4_key,
-    v6_key,
+    self, AF_INET, AF_INET6, AllowValue, DnsOrigin, GLOBAL_LEN, POLICY_ID_BITS, RecentKey,
+    SandboxValue, StatsKey, V4Key, V6Key, v4_key, v6_key,
 };
 
 use crate::{
@@ -24,6 +26,24 @@ pub struct Maps {
     allow_v6: LpmTrie<MapData, V6Key, AllowValue>,
     stats: PerCpuHashMap<MapData, StatsKey, u64>,
     global: PerCpuArray<MapData, u64>,
+    recent: HashMap<MapData, RecentKey, u64>,
+}
+
+/// DNS_ORIGINS, read by the DNS proxy to name the process behind a query.
+pub struct Origins(HashMap<MapData, u64, DnsOrigin>);
+
+impl Origins {
+    pub fn get(&self, cookie: u64) -> Option<DnsOrigin> {
+        self.0.get(&cookie, 0).ok()
+    }
+}
+
+/// The maps read elsewhere than through [`Maps`].
+pub struct Others {
+    /// Events, for the event reader.
+    pub events: RingBuf<MapData>,
+    /// Redirected DNS queries, for the DNS proxy (taken by it).
+    pub origins: Option<Origins>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -35,9 +55,9 @@ fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> Erro
 }
 
 impl Maps {
-    /// Take the maps out of a loaded object (the programs keep referring to them). Returns the
-    /// event ring buffer separately: it is read by its own task.
-    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, RingBuf<MapData>)> {
+    /// Take the maps out of a loaded object (the programs keep referring to them), with the
+    /// ones other tasks read.
+    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, Others)> {
         use abi::map::*;
         let maps = Self {
             sandboxes: HashMap::try_from(take(ebpf, SANDBOXES)?)
@@ -50,9 +70,55 @@ impl Maps {
                 .map_err(map_err("opening", STATS))?,
             global: PerCpuArray::try_from(take(ebpf, GLOBAL)?)
                 .map_err(map_err("opening", GLOBAL))?,
+            recent: HashMap::try_from(take(ebpf, RECENT)?).map_err(map_err("opening", RECENT))?,
         };
         let events = RingBuf::try_from(take(ebpf, EVENTS)?).map_err(map_err("opening", EVENTS))?;
-        Ok((maps, events))
+        let origins = Origins(
+            HashMap::try_from(take(ebpf, DNS_ORIGINS)?).map_err(map_err("opening", DNS_ORIGINS))?,
+        );
+        Ok((maps, Others { events, origins: Some(origins) }))
+    }
+
+    /// Set (or, with None, remove) the entry of a single address.
+    pub fn put_host(
+        &mut self,
+        policy_id: u32,
+        ip: IpAddr,
+        value: Option<&AllowValue>,
+    ) -> Result<()> {
+        match (ip, value) {
+            (IpAddr::V4(a), Some(v)) => {
+                let key = Key::new(POLICY_ID_BITS + 32, v4_key(policy_id, a.octets()));
+                self.allow_v4.insert(&key, v, 0).map_err(map_err("updating", abi::map::ALLOW_V4))
+            }
+            (IpAddr::V6(a), Some(v)) => {
+                let key = Key::new(POLICY_ID_BITS + 128, v6_key(policy_id, a.octets()));
+                self.allow_v6.insert(&key, v, 0).map_err(map_err("updating", abi::map::ALLOW_V6))
+            }
+            (IpAddr::V4(a), None) => {
+                let key = Key::new(POLICY_ID_BITS + 32, v4_key(policy_id, a.octets()));
+                ignore_missing(self.allow_v4.remove(&key))
+                    .map_err(map_err("removing from", abi::map::ALLOW_V4))
+            }
+            (IpAddr::V6(a), None) => {
+                let key = Key::new(POLICY_ID_BITS + 128, v6_key(policy_id, a.octets()));
+                ignore_missing(self.allow_v6.remove(&key))
+                    .map_err(map_err("removing from", abi::map::ALLOW_V6))
+            }
+        }
+    }
+
+    /// When a DNS-learned address was last connected to (CLOCK_MONOTONIC ns), if recently.
+    pub fn last_use(&self, policy_id: u32, ip: IpAddr) -> Option<u64> {
+        let (family, addr) = match ip {
+            IpAddr::V4(a) => {
+                let mut addr = [0u8; 16];
+                addr[..4].copy_from_slice(&a.octets());
+                (u32::from(AF_INET), addr)
+            }
+            IpAddr::V6(a) => (u32::from(AF_INET6), a.octets()),
+        };
+        self.recent.get(&RecentKey { policy_id, family, addr }, 0).ok()
     }
 
     pub fn set_sandbox(&mut self, cgroup_id: u64, value: SandboxValue) -> Result<()> {

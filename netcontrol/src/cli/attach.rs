@@ -17,7 +17,12 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
         (s(SignalKind::interrupt())?, s(SignalKind::terminate())?, s(SignalKind::hangup())?);
     let mut watch = args.policy.file.as_deref().map(FileWatch::new).transpose()?;
     let sink = args.output.sink()?;
-    let mut sandbox = Sandbox::start(&args.cgroup, policy, sink, &args.kernel.options()).await?;
+    // The DNS proxy listens where the sandbox's processes are: their network namespace.
+    let ns = crate::netns::of_cgroup(&args.cgroup).map_err(|e| {
+        Error::io(format!("finding the network namespace of {}", args.cgroup.display()), e)
+    })?;
+    let mut sandbox =
+        Sandbox::start(&args.cgroup, policy, sink, &args.kernel.options(), ns).await?;
     eprintln!(
         "netcontrol: enforcing on {} (cgroup id {}): {} rules, {} allow entries, {} mode; SIGINT or SIGTERM detaches",
         sandbox.enforcer().cgroup().display(),

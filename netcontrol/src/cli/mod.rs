@@ -154,6 +154,12 @@ pub struct PolicyArgs {
     #[arg(long)]
     pub audit: bool,
 
+    /// How domain rules become addresses: `proxy` (DNS-aware: the sandbox's DNS goes through
+    /// netcontrol, which answers allowed names only) or `resolver` (netcontrol resolves the
+    /// names itself). Overrides dns.mode of the policy file.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub dns_mode: Option<DnsModeArg>,
+
     /// Allow raw (SOCK_RAW) sockets. They bypass every address rule: only for trusted code.
     #[arg(long)]
     pub allow_raw_sockets: bool,
@@ -178,8 +184,19 @@ impl PolicyArgs {
         }
         p.allow_raw_sockets |= self.allow_raw_sockets;
         p.allow_icmp |= self.allow_ping;
+        match self.dns_mode {
+            Some(DnsModeArg::Proxy) => p.dns.mode = crate::policy::DnsMode::Proxy,
+            Some(DnsModeArg::Resolver) => p.dns.mode = crate::policy::DnsMode::Resolver,
+            None => {}
+        }
         Ok(p)
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DnsModeArg {
+    Proxy,
+    Resolver,
 }
 
 #[derive(Debug, Args)]
@@ -302,9 +319,14 @@ pub fn summary(counts: &Counts, sink: &Sink) -> Option<String> {
         String::new()
     };
     let plural = |n: u64| if n == 1 { "attempt" } else { "attempts" };
-    if counts.blocked > 0 {
+    let dns = match counts.dns_refused {
+        0 => String::new(),
+        1 => ", 1 DNS query refused".to_owned(),
+        n => format!(", {n} DNS queries refused"),
+    };
+    if counts.blocked > 0 || counts.dns_refused > 0 {
         Some(format!(
-            "netcontrol: {} connection {} blocked{see}{lost}",
+            "netcontrol: {} connection {} blocked{dns}{see}{lost}",
             counts.blocked,
             plural(counts.blocked)
         ))

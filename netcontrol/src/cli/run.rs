@@ -41,7 +41,9 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     let sandbox = RunCgroup::create(&parent)?;
     let sink = args.output.sink()?;
     // Domains are resolved before CMD starts, so its first connection already finds them.
-    let mut enforced = Sandbox::start(&sandbox.path, policy, sink, &args.kernel.options()).await?;
+    // CMD starts in netcontrol's own network namespace.
+    let mut enforced =
+        Sandbox::start(&sandbox.path, policy, sink, &args.kernel.options(), None).await?;
 
     let outcome = run_command(&sandbox.path, &args.command, identity, signals, &mut enforced).await;
 

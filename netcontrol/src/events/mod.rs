@@ -8,7 +8,7 @@ pub mod sink;
 
 pub use self::{
     labels::Labels,
-    reader::EventPump,
+    reader::{EventPump, Injector},
     record::{Clock, EventRecord},
     sink::Sink,
 };

@@ -1,18 +1,54 @@
-//! Reading the EVENTS ring buffer on the tokio runtime and handing records to the sink.
+//! Reading the EVENTS ring buffer on the tokio runtime and handing records to the sink, with
+//! the records netcontrol makes itself (DNS decisions) merged in.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use netcontrol_common::abi::Event;
-use tokio::{io::unix::AsyncFd, sync::oneshot, task::JoinHandle};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 
 use super::{Clock, EventRecord, Labels, Sink};
 use crate::error::{Error, Result};
+
+/// Records netcontrol makes itself that may wait for the sink; beyond it they are counted as
+/// lost, like a full ring buffer.
+const INJECT_QUEUE: usize = 4096;
 
 /// A running reader. `finish` stops it after draining everything queued.
 pub struct EventPump {
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<Sink>>,
+    injector: Injector,
+}
+
+/// Hands records made in userspace to the sink.
+#[derive(Clone)]
+pub struct Injector {
+    tx: mpsc::Sender<EventRecord>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Injector {
+    pub fn send(&self, record: EventRecord) {
+        if self.tx.try_send(record).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that found the queue full.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
 }
 
 impl EventPump {
@@ -23,8 +59,13 @@ impl EventPump {
                 Error::io("watching the event ring buffer", std::io::Error::other(e.to_string()))
             })?;
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(pump(fd, sink, labels, Clock::new(), stopped));
-        Ok(Self { stop, task })
+        let (tx, rx) = mpsc::channel(INJECT_QUEUE);
+        let task = tokio::spawn(pump(fd, rx, sink, labels, Clock::new(), stopped));
+        Ok(Self { stop, task, injector: Injector { tx, lost: Arc::new(AtomicU64::new(0)) } })
+    }
+
+    pub fn injector(&self) -> Injector {
+        self.injector.clone()
     }
 
     /// Drain what is queued, stop, and hand the sink back.
@@ -36,6 +77,7 @@ impl EventPump {
 
 async fn pump(
     mut fd: AsyncFd<RingBuf<MapData>>,
+    mut injected: mpsc::Receiver<EventRecord>,
     mut sink: Sink,
     labels: Labels,
     clock: Clock,
@@ -53,11 +95,22 @@ async fn pump(
                 // An event committed between the drain and clear_ready woke nobody: look again.
                 drain(fd.get_mut(), &mut sink, &labels, clock)?;
             }
+            Some(record) = injected.recv() => {
+                sink.write(&record)?;
+                while let Ok(record) = injected.try_recv() {
+                    sink.write(&record)?;
+                }
+                sink.flush()?;
+            }
             _ = tick.tick() => {
                 drain(fd.get_mut(), &mut sink, &labels, clock)?;
             }
             _ = &mut stopped => {
                 drain(fd.get_mut(), &mut sink, &labels, clock)?;
+                while let Ok(record) = injected.try_recv() {
+                    sink.write(&record)?;
+                }
+                sink.flush()?;
                 return Ok(sink);
             }
         }

@@ -18,7 +18,8 @@ use super::Labels;
 pub struct EventRecord {
     /// RFC 3339 wall-clock time of the attempt.
     pub time: String,
-    /// "egress" (connect/sendmsg) or "socket" (socket creation).
+    /// "egress" (connect/sendmsg), "socket" (socket creation) or "dns" (a DNS query the
+    /// DNS-aware proxy refused).
     pub event: &'static str,
     /// "blocked", or "would_block" in audit mode.
     pub verdict: &'static str,
@@ -45,8 +46,11 @@ pub struct EventRecord {
     pub sandbox_id: u64,
     /// The sandbox's name (its cgroup path for `run` and `attach --cgroup`).
     pub sandbox: Option<String>,
-    /// The allowed or resolved domain name the destination address belongs to, if known.
+    /// The allowed or resolved domain name the destination address belongs to, if known; for
+    /// DNS events, the name asked for.
     pub domain: Option<String>,
+    /// DNS events: the record type asked for (A, AAAA, TXT, ...).
+    pub dns_type: Option<String>,
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps into wall-clock time.
@@ -111,6 +115,7 @@ impl EventRecord {
             sandbox_id: e.sandbox_id,
             sandbox: labels.sandbox(e.sandbox_id),
             domain: dst_ip.and_then(|ip| labels.domain(ip)),
+            dns_type: None,
         }
     }
 

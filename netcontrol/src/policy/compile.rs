@@ -8,12 +8,12 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netcontrol_common::abi::{
-    ALLOW_F_PROTECTED, AllowValue, MAX_PORT_RANGES, PROTO_ANY, PortRange,
+    ALLOW_F_LEARNED, ALLOW_F_PROTECTED, AllowValue, MAX_PORT_RANGES, PROTO_ANY, PortRange,
 };
 
 use super::rule::{Ports, Proto};
@@ -64,66 +64,177 @@ pub struct TooManyRanges {
 }
 
 pub fn compile(grants: &[Grant]) -> Result<Entries, TooManyRanges> {
-    Ok(Entries {
-        v4: compile_family(
-            grants.iter().filter_map(|g| match g.net {
-                IpNet::V4(n) => Some((n.prefix_len(), n.network().octets(), *g)),
-                IpNet::V6(_) => None,
-            }),
-            &PROTECTED_V4.map(|a| a.octets()),
-            |len, a| IpNet::V4(Ipv4Net::new(a.into(), len).expect("valid")),
-        )?,
-        v6: compile_family(
-            grants.iter().filter_map(|g| match g.net {
-                IpNet::V6(n) => Some((n.prefix_len(), n.network().octets(), *g)),
-                IpNet::V4(_) => None,
-            }),
-            &PROTECTED_V6.map(|a| a.octets()),
-            |len, a| IpNet::V6(Ipv6Net::new(a.into(), len).expect("valid")),
-        )?,
-    })
+    Index::new(grants).entries()
 }
 
-fn compile_family<const N: usize>(
-    grants: impl Iterator<Item = (u8, [u8; N], Grant)>,
-    protected: &[[u8; N]],
-    to_net: impl Fn(u8, [u8; N]) -> IpNet,
-) -> Result<BTreeMap<(u8, [u8; N]), AllowValue>, TooManyRanges> {
-    let bits = (N * 8) as u8;
-    // The ranges each distinct prefix grants by itself.
-    let mut own: HashMap<(u8, [u8; N]), Vec<PortRange>> = HashMap::new();
-    for (len, addr, g) in grants {
-        own.entry((len, addr)).or_default().push(PortRange {
-            lo: g.ports.lo,
-            hi: g.ports.hi,
-            proto: g.proto.code(),
-            _pad: 0,
-        });
+/// The granted prefixes and what each grants by itself: every entry's value derives from it.
+/// Kept between compilations so that one host entry (an address learned from DNS) can be
+/// computed without recompiling everything.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    v4: Family<4>,
+    v6: Family<16>,
+}
+
+#[derive(Clone, Debug)]
+struct Family<const N: usize> {
+    own: HashMap<(u8, [u8; N]), Vec<PortRange>>,
+}
+
+impl<const N: usize> Default for Family<N> {
+    fn default() -> Self {
+        Self { own: HashMap::new() }
     }
-    let mut out = BTreeMap::new();
-    for &(len, addr) in own.keys() {
-        let is_protected = len == bits && protected.contains(&addr);
-        let ranges = if is_protected {
-            own[&(len, addr)].clone()
-        } else {
-            // Walk every shorter prefix of this one; each that is a rule contributes.
-            (0..=len).filter_map(|l| own.get(&(l, truncate(addr, l)))).flatten().copied().collect()
-        };
-        let flags = if is_protected { ALLOW_F_PROTECTED } else { 0 };
-        out.insert((len, addr), value(&ranges, flags, || to_net(len, addr))?);
-    }
-    // A protected address covered by a broader rule gets an entry of its own (with only its
-    // exact rules' ports, usually none), so the broader rule cannot reach it.
-    for &p in protected {
-        if out.contains_key(&(bits, p)) {
-            continue;
+}
+
+/// A (protocol, port range) as the kernel stores it.
+pub fn port_range(proto: Proto, ports: Ports) -> PortRange {
+    PortRange { lo: ports.lo, hi: ports.hi, proto: proto.code(), _pad: 0 }
+}
+
+fn range_of(g: &Grant) -> PortRange {
+    port_range(g.proto, g.ports)
+}
+
+impl Index {
+    pub fn new(grants: &[Grant]) -> Self {
+        let mut index = Self::default();
+        for g in grants {
+            match g.net {
+                IpNet::V4(n) => index
+                    .v4
+                    .own
+                    .entry((n.prefix_len(), n.network().octets()))
+                    .or_default()
+                    .push(range_of(g)),
+                IpNet::V6(n) => index
+                    .v6
+                    .own
+                    .entry((n.prefix_len(), n.network().octets()))
+                    .or_default()
+                    .push(range_of(g)),
+            }
         }
-        let covered = (0..bits).any(|l| own.contains_key(&(l, truncate(p, l))));
-        if covered {
-            out.insert((bits, p), AllowValue { flags: ALLOW_F_PROTECTED, ..AllowValue::default() });
+        index
+    }
+
+    /// Every entry the grants need.
+    pub fn entries(&self) -> Result<Entries, TooManyRanges> {
+        Ok(Entries {
+            v4: self.v4.entries(&PROTECTED_V4.map(|a| a.octets()), v4_net)?,
+            v6: self.v6.entries(&PROTECTED_V6.map(|a| a.octets()), v6_net)?,
+        })
+    }
+
+    /// The entry for a single address that also carries `extra` ranges (learned from DNS):
+    /// the ranges of every grant covering it plus `extra`, flagged `ALLOW_F_LEARNED`. A
+    /// protected address ignores `extra`: DNS never opens a metadata address. None when the
+    /// address needs no entry of its own.
+    pub fn host_value(
+        &self,
+        ip: IpAddr,
+        extra: &[PortRange],
+    ) -> Result<Option<AllowValue>, TooManyRanges> {
+        match ip {
+            IpAddr::V4(a) => {
+                self.v4.host_value(a.octets(), extra, &PROTECTED_V4.map(|a| a.octets()), v4_net)
+            }
+            IpAddr::V6(a) => {
+                self.v6.host_value(a.octets(), extra, &PROTECTED_V6.map(|a| a.octets()), v6_net)
+            }
         }
     }
-    Ok(out)
+
+    /// [`Index::entries`] with the learned addresses' host entries on top.
+    pub fn entries_with(
+        &self,
+        learned: &BTreeMap<IpAddr, Vec<PortRange>>,
+    ) -> Result<Entries, TooManyRanges> {
+        let mut e = self.entries()?;
+        for (ip, extra) in learned {
+            let value = self.host_value(*ip, extra)?;
+            match (ip, value) {
+                (IpAddr::V4(a), Some(v)) => {
+                    e.v4.insert((32, a.octets()), v);
+                }
+                (IpAddr::V6(a), Some(v)) => {
+                    e.v6.insert((128, a.octets()), v);
+                }
+                (_, None) => {}
+            }
+        }
+        Ok(e)
+    }
+}
+
+fn v4_net(len: u8, a: [u8; 4]) -> IpNet {
+    IpNet::V4(Ipv4Net::new(a.into(), len).expect("valid"))
+}
+
+fn v6_net(len: u8, a: [u8; 16]) -> IpNet {
+    IpNet::V6(Ipv6Net::new(a.into(), len).expect("valid"))
+}
+
+impl<const N: usize> Family<N> {
+    const BITS: u8 = (N * 8) as u8;
+
+    /// The ranges of every granted prefix covering `(len, addr)`, itself included.
+    fn covering(&self, len: u8, addr: [u8; N]) -> impl Iterator<Item = &PortRange> {
+        (0..=len).filter_map(move |l| self.own.get(&(l, truncate(addr, l)))).flatten()
+    }
+
+    fn entries(
+        &self,
+        protected: &[[u8; N]],
+        to_net: fn(u8, [u8; N]) -> IpNet,
+    ) -> Result<BTreeMap<(u8, [u8; N]), AllowValue>, TooManyRanges> {
+        let mut out = BTreeMap::new();
+        for &(len, addr) in self.own.keys() {
+            let is_protected = len == Self::BITS && protected.contains(&addr);
+            let ranges: Vec<PortRange> = if is_protected {
+                self.own[&(len, addr)].clone()
+            } else {
+                self.covering(len, addr).copied().collect()
+            };
+            let flags = if is_protected { ALLOW_F_PROTECTED } else { 0 };
+            out.insert((len, addr), value(&ranges, flags, || to_net(len, addr))?);
+        }
+        // A protected address covered by a broader rule gets an entry of its own (with only
+        // its exact rules' ports, usually none), so the broader rule cannot reach it.
+        for &p in protected {
+            if out.contains_key(&(Self::BITS, p)) {
+                continue;
+            }
+            let covered = (0..Self::BITS).any(|l| self.own.contains_key(&(l, truncate(p, l))));
+            if covered {
+                out.insert(
+                    (Self::BITS, p),
+                    AllowValue { flags: ALLOW_F_PROTECTED, ..AllowValue::default() },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn host_value(
+        &self,
+        addr: [u8; N],
+        extra: &[PortRange],
+        protected: &[[u8; N]],
+        to_net: fn(u8, [u8; N]) -> IpNet,
+    ) -> Result<Option<AllowValue>, TooManyRanges> {
+        let bits = Self::BITS;
+        if protected.contains(&addr) {
+            // What the static entries say, learned ranges ignored.
+            return Ok(self.entries(protected, to_net)?.remove(&(bits, addr)));
+        }
+        let ranges: Vec<PortRange> = self.covering(bits, addr).chain(extra).copied().collect();
+        if ranges.is_empty() {
+            return Ok(None);
+        }
+        let flags = if extra.is_empty() { 0 } else { ALLOW_F_LEARNED };
+        value(&ranges, flags, || to_net(bits, addr)).map(Some)
+    }
 }
 
 /// Keep the first `len` bits of `addr`.
@@ -279,6 +390,40 @@ mod tests {
         let err = compile(&grants).expect_err("too many");
         assert_eq!(err.count, 20);
         assert!(err.to_string().contains("10.0.0.1/32"), "{err}");
+    }
+
+    #[test]
+    fn learned_hosts_merge_with_covering_grants_and_never_open_metadata() {
+        let index = Index::new(&[
+            g("10.0.0.0/8", Proto::Tcp, 443, 443),
+            g("0.0.0.0/0", Proto::Udp, 53, 53),
+        ]);
+        let learned = [PortRange { lo: 80, hi: 80, proto: PROTO_TCP, _pad: 0 }];
+        let v = index
+            .host_value("10.1.2.3".parse().expect("ip"), &learned)
+            .expect("value")
+            .expect("some");
+        assert_eq!(v.flags, ALLOW_F_LEARNED);
+        for (proto, port) in [(PROTO_TCP, 443), (PROTO_TCP, 80), (PROTO_UDP, 53)] {
+            assert_eq!(judge_destination(Some(&v), proto, port), REASON_NONE, "{proto}/{port}");
+        }
+        assert_eq!(judge_destination(Some(&v), PROTO_TCP, 22), REASON_PORT_NOT_ALLOWED);
+        // A DNS answer pointing at the metadata address (rebinding) opens nothing.
+        let md = index
+            .host_value("169.254.169.254".parse().expect("ip"), &learned)
+            .expect("value")
+            .expect("some");
+        assert_eq!(judge_destination(Some(&md), PROTO_TCP, 80), REASON_METADATA);
+        // Nothing to allow: no entry.
+        assert_eq!(
+            Index::new(&[]).host_value("192.0.2.1".parse().expect("ip"), &[]).expect("value"),
+            None
+        );
+        // The same through a full compilation.
+        let all = index
+            .entries_with(&[("10.1.2.3".parse().expect("ip"), learned.to_vec())].into())
+            .expect("entries");
+        assert_eq!(all.v4[&(32, [10, 1, 2, 3])], v);
     }
 
     #[test]

@@ -11,12 +11,16 @@
 //!     protocol: tcp              # tcp, udp, icmp or any (the default)
 //!   - cidr: 192.168.0.0/16
 //! dns:
+//!   mode: proxy                  # or resolver
 //!   servers: [127.0.0.53]        # default: the nameservers of /etc/resolv.conf
 //!   min_ttl: 5s
 //!   max_ttl: 1h
 //!   grace: 5m
 //!   max_ips_per_name: 1000
 //!   timeout: 2s
+//!   refuse_with: nxdomain        # or refused
+//!   max_queries_per_second: 100
+//!   max_name_length: 253
 //! sockets:
 //!   raw: false
 //!   ping: false
@@ -36,7 +40,9 @@ use serde::{
     de::{self, MapAccess, Visitor},
 };
 
-use super::{DnsSettings, Mode, Policy, Ports, Proto, Rule, Target, name::Pattern};
+use super::{
+    DnsMode, DnsSettings, Mode, Policy, Ports, Proto, Refusal, Rule, Target, name::Pattern,
+};
 
 /// A policy file that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -119,12 +125,30 @@ enum RawMode {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDns {
+    mode: Option<RawDnsMode>,
     servers: Option<Vec<Server>>,
+    refuse_with: Option<RawRefusal>,
+    max_queries_per_second: Option<u32>,
+    max_name_length: Option<usize>,
     min_ttl: Option<Seconds>,
     max_ttl: Option<Seconds>,
     grace: Option<Seconds>,
     max_ips_per_name: Option<usize>,
     timeout: Option<Seconds>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawDnsMode {
+    Proxy,
+    Resolver,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawRefusal {
+    Nxdomain,
+    Refused,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +162,20 @@ impl RawPolicy {
     fn into_policy(self) -> Policy {
         let defaults = DnsSettings::default();
         let dns = self.dns.map_or(defaults.clone(), |d| DnsSettings {
+            mode: match d.mode {
+                Some(RawDnsMode::Resolver) => DnsMode::Resolver,
+                Some(RawDnsMode::Proxy) => DnsMode::Proxy,
+                None => defaults.mode,
+            },
+            refuse_with: match d.refuse_with {
+                Some(RawRefusal::Refused) => Refusal::Refused,
+                Some(RawRefusal::Nxdomain) => Refusal::NxDomain,
+                None => defaults.refuse_with,
+            },
+            max_queries_per_second: d
+                .max_queries_per_second
+                .unwrap_or(defaults.max_queries_per_second),
+            max_name_length: d.max_name_length.unwrap_or(defaults.max_name_length),
             servers: d.servers.map(|s| s.into_iter().map(|s| s.0).collect()),
             min_ttl: d.min_ttl.map_or(defaults.min_ttl, |s| s.0),
             max_ttl: d.max_ttl.map_or(defaults.max_ttl, |s| s.0),
@@ -326,7 +364,7 @@ pub fn render(p: &Policy, system_servers: Option<&[SocketAddr]>) -> String {
         out.push_str("allow:\n");
         for r in &p.allow {
             let note = match &r.target {
-                Target::Domain(pat) if pat.is_wildcard() => {
+                Target::Domain(pat) if pat.is_wildcard() && p.dns.mode == DnsMode::Resolver => {
                     "  # wildcard: cannot be resolved in advance, so it allows nothing in resolver mode"
                 }
                 _ => "",
@@ -336,6 +374,7 @@ pub fn render(p: &Policy, system_servers: Option<&[SocketAddr]>) -> String {
     }
     let d = &p.dns;
     out.push_str("dns:\n");
+    out.push_str(&format!("  mode: {}\n", d.mode.name()));
     match (&d.servers, system_servers) {
         (Some(s), _) => {
             let list: Vec<String> = s.iter().map(|a| q(&a.to_string())).collect();
@@ -358,6 +397,13 @@ pub fn render(p: &Policy, system_servers: Option<&[SocketAddr]>) -> String {
     out.push_str(&format!("  grace: {}\n", dur(d.grace)));
     out.push_str(&format!("  max_ips_per_name: {}\n", d.max_ips_per_name));
     out.push_str(&format!("  timeout: {}\n", dur(d.timeout)));
+    let refuse = match d.refuse_with {
+        Refusal::NxDomain => "nxdomain",
+        Refusal::Refused => "refused",
+    };
+    out.push_str(&format!("  refuse_with: {refuse}\n"));
+    out.push_str(&format!("  max_queries_per_second: {}\n", d.max_queries_per_second));
+    out.push_str(&format!("  max_name_length: {}\n", d.max_name_length));
     out.push_str(&format!("sockets:\n  raw: {}\n  ping: {}\n", p.allow_raw_sockets, p.allow_icmp));
     out
 }
@@ -453,11 +499,16 @@ sockets:
     #[test]
     fn rendering_round_trips() {
         let p = ok(
-            "allow:\n  - api.github.com:443\n  - \"**.example.test:80/tcp\"\n  - \"[::1]:53/udp\"\ndns:\n  servers: [127.0.0.53]\n  grace: 90s\n",
+            "allow:\n  - api.github.com:443\n  - \"**.example.test:80/tcp\"\n  - \"[::1]:53/udp\"\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n  grace: 90s\n  refuse_with: refused\n",
         );
         let text = render(&p, None);
         assert!(text.contains("\"**.example.test:80/tcp\"  # wildcard"), "{text}");
         assert_eq!(ok(&text), p, "{text}");
+        // In proxy mode (the default) wildcards work: no warning.
+        let proxy = ok("allow:\n  - \"**.example.test:80\"\n");
+        let text = render(&proxy, None);
+        assert!(text.contains("mode: proxy") && !text.contains("# wildcard"), "{text}");
+        assert_eq!(ok(&text), proxy, "{text}");
         let empty = ok("allow: []\n");
         assert_eq!(ok(&render(&empty, None)), empty);
     }

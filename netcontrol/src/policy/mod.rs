@@ -39,10 +39,42 @@ impl Mode {
     }
 }
 
+/// How domain rules become addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DnsMode {
+    /// DNS-aware: the sandbox's DNS goes through netcontrol's proxy, which answers allowed names
+    /// only and allows the addresses of its answers before releasing them.
+    #[default]
+    Proxy,
+    /// netcontrol resolves the names itself and follows them; the sandbox's own DNS is not
+    /// looked at (it may reach its resolvers, and only them, on port 53).
+    Resolver,
+}
+
+impl DnsMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Resolver => "resolver",
+        }
+    }
+}
+
+/// How the proxy answers a query it does not forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Refusal {
+    /// NXDOMAIN: "no such name". Resolvers handle it well (musl gives up on REFUSED).
+    #[default]
+    NxDomain,
+    Refused,
+}
+
 /// How domain rules are resolved and followed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsSettings {
-    /// Servers to resolve through; None: the nameservers of /etc/resolv.conf.
+    pub mode: DnsMode,
+    /// Servers to resolve through (and, in proxy mode, to forward to); None: the nameservers
+    /// of /etc/resolv.conf.
     pub servers: Option<Vec<SocketAddr>>,
     /// TTLs below this are raised to it (how often a name is re-resolved at most).
     pub min_ttl: Duration,
@@ -55,6 +87,12 @@ pub struct DnsSettings {
     pub max_ips_per_name: usize,
     /// Per query.
     pub timeout: Duration,
+    /// Proxy mode: the answer to names that are not allowed.
+    pub refuse_with: Refusal,
+    /// Proxy mode: queries per second of the sandbox (bursts of twice as many).
+    pub max_queries_per_second: u32,
+    /// Proxy mode: longer names are refused (long names carry exfiltrated data).
+    pub max_name_length: usize,
 }
 
 impl Default for DnsSettings {
@@ -66,6 +104,10 @@ impl Default for DnsSettings {
             grace: Duration::from_secs(300),
             max_ips_per_name: 1000,
             timeout: Duration::from_secs(2),
+            mode: DnsMode::Proxy,
+            refuse_with: Refusal::NxDomain,
+            max_queries_per_second: 100,
+            max_name_length: 253,
         }
     }
 }
@@ -153,10 +195,23 @@ impl Policy {
         })
     }
 
-    /// Whether the sandbox needs to reach DNS servers: it has domain rules, or servers were
-    /// named explicitly.
+    /// Whether the policy needs DNS servers: it has domain rules, or servers were named.
     pub fn uses_dns(&self) -> bool {
         self.domain_rules().next().is_some() || self.dns.servers.is_some()
+    }
+
+    /// The (protocol, port range) pairs the domain rules matching `name` allow: what an address
+    /// the name resolves to is allowed (proxy mode).
+    pub fn ranges_for_name(&self, name: &str) -> Vec<netcontrol_common::abi::PortRange> {
+        self.domain_rules()
+            .filter(|(p, _)| p.matches(name))
+            .map(|(_, r)| compile::port_range(r.proto, r.ports))
+            .collect()
+    }
+
+    /// Every domain pattern (proxy mode answers for names these match).
+    pub fn patterns(&self) -> Vec<Pattern> {
+        self.domain_rules().map(|(p, _)| p.clone()).collect()
     }
 
     /// Everything this policy grants, given what its names resolve to and which DNS servers
@@ -177,7 +232,8 @@ impl Policy {
                 }
             }
         }
-        if self.uses_dns() {
+        // In proxy mode the kernel sends all DNS to the proxy: the servers stay closed.
+        if self.uses_dns() && self.dns.mode == DnsMode::Resolver {
             for s in dns_servers {
                 let port = Ports { lo: s.port(), hi: s.port() };
                 let net: IpNet = rule::host(s.ip());
@@ -230,7 +286,8 @@ mod tests {
 
     #[test]
     fn resolved_names_and_dns_servers_become_grants() {
-        let p = policy(&["api.github.com:443/tcp", "10.0.0.0/8"]);
+        let mut p = policy(&["api.github.com:443/tcp", "10.0.0.0/8"]);
+        p.dns.mode = DnsMode::Resolver;
         let resolved: Resolved =
             [("api.github.com".to_owned(), ["127.0.0.20".parse().expect("ip")].into())].into();
         let dns: SocketAddr = "127.0.0.53:53".parse().expect("addr");
@@ -253,6 +310,9 @@ mod tests {
             }));
         }
         assert_eq!(g.len(), 4);
+        // In proxy mode the kernel sends DNS to the proxy: the servers stay closed.
+        p.dns.mode = DnsMode::Proxy;
+        assert_eq!(p.grants(&resolved, &[dns]).len(), 2);
         // Without domain rules (or named servers) the resolver is not opened.
         assert_eq!(policy(&["10.0.0.0/8"]).grants(&resolved, &[dns]).len(), 1);
     }

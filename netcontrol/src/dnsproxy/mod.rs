@@ -1,0 +1,488 @@
+//! The DNS proxy of DNS-aware mode. The kernel sends every DNS query of the sandbox here (UDP
+//! and TCP port 53, whatever server it was for). The proxy:
+//!
+//! - answers names the policy does not allow with NXDOMAIN (or REFUSED) and reports them;
+//! - forwards the others to the upstream servers;
+//! - has the answer's addresses allowed **before** it releases the answer (waiting at most
+//!   [`HOLD`]), so the connection that follows the lookup finds them;
+//! - limits the sandbox's query rate and name length.
+//!
+//! [`message`] reads and writes DNS messages (hickory-proto), [`upstream`] forwards, [`asker`]
+//! finds the process behind a refused query.
+
+pub mod asker;
+pub mod message;
+pub mod upstream;
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use netcontrol_common::abi::{AF_INET, DNS_PROXY_V4, DNS_PROXY_V6, DnsOrigin, EVENT_F_V4_MAPPED};
+use tokio::{
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+
+use self::{
+    asker::Asker,
+    message::{Malformed, Question, Refusal},
+    upstream::Transport,
+};
+use crate::{
+    bpf::maps::Origins,
+    error::{Error, Result},
+    events::{EventRecord, Injector, Labels},
+    netns::Netns,
+    policy::Pattern,
+};
+
+/// The longest a DNS answer waits for its addresses to be allowed.
+pub const HOLD: Duration = Duration::from_millis(100);
+
+/// How a sandbox's queries are handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub upstream: Vec<SocketAddr>,
+    /// Per upstream server and query.
+    pub timeout: Duration,
+    pub refuse_with: Refusal,
+    /// Queries per second (a burst of twice as many is allowed).
+    pub max_queries_per_second: u32,
+    pub max_name_length: usize,
+}
+
+/// The names the proxy answers for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub patterns: Vec<Pattern>,
+    /// Audit mode: names that are not allowed are answered anyway, and reported.
+    pub audit: bool,
+}
+
+impl Rules {
+    pub fn allows(&self, name: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(name))
+    }
+}
+
+/// Addresses from an answer, to be allowed before the answer is released (`done`).
+#[derive(Debug)]
+pub struct Learned {
+    pub name: String,
+    pub ips: Vec<(IpAddr, Duration)>,
+    pub done: oneshot::Sender<()>,
+}
+
+/// What the proxy has done, for status and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub allowed: AtomicU64,
+    pub blocked: AtomicU64,
+    pub would_block: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub name_too_long: AtomicU64,
+    pub malformed: AtomicU64,
+    pub upstream_failures: AtomicU64,
+    /// Answers released before their addresses were allowed (the hold ran out).
+    pub hold_timeouts: AtomicU64,
+}
+
+impl Stats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queries refused so far.
+    pub fn refused(&self) -> u64 {
+        [&self.blocked, &self.rate_limited, &self.name_too_long]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+pub struct Proxy {
+    pub port4: u16,
+    /// 0 when the namespace has no IPv6 loopback.
+    pub port6: u16,
+    settings: watch::Sender<Arc<(Config, Rules)>>,
+    pub stats: Arc<Stats>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// What the proxy is connected to.
+pub struct Links {
+    /// Where answers' addresses go to be allowed.
+    pub learn: mpsc::Sender<Learned>,
+    pub events: Injector,
+    pub labels: Labels,
+    pub sandbox_id: u64,
+    /// The kernel's record of redirected queries, to name the asking process.
+    pub origins: Origins,
+}
+
+/// What a query is handled with, shared by every task of one proxy.
+struct Ctx {
+    /// Reloadable: a policy reload replaces it.
+    settings: watch::Receiver<Arc<(Config, Rules)>>,
+    learn: mpsc::Sender<Learned>,
+    events: Injector,
+    labels: Labels,
+    sandbox_id: u64,
+    asker: Asker,
+    stats: Arc<Stats>,
+    bucket: Mutex<Bucket>,
+}
+
+impl Proxy {
+    /// Open the proxy's sockets on the loopback of the sandbox's network namespace (`ns`, or
+    /// netcontrol's own) and serve them.
+    pub fn start(ns: Option<&Netns>, config: Config, rules: Rules, links: Links) -> Result<Self> {
+        let Links { learn, events, labels, sandbox_id, origins } = links;
+        let sockets = crate::netns::within(ns, bind_all)
+            .map_err(|e| Error::io("opening the DNS proxy's sockets", e))?;
+        let qps = config.max_queries_per_second.max(1);
+        let (settings_tx, settings_rx) = watch::channel(Arc::new((config, rules)));
+        let stats = Arc::new(Stats::default());
+        let ctx = Arc::new(Ctx {
+            settings: settings_rx,
+            learn,
+            events,
+            labels,
+            sandbox_id,
+            asker: Asker::new(ns, Arc::new(origins))
+                .map_err(|e| Error::io("opening sock_diag", e))?,
+            stats: stats.clone(),
+            bucket: Mutex::new(Bucket::new(qps)),
+        });
+        let mut tasks = Vec::new();
+        let (port4, port6) = (sockets.v4.port, sockets.v6.as_ref().map_or(0, |s| s.port));
+        for pair in std::iter::once(sockets.v4).chain(sockets.v6) {
+            let udp =
+                UdpSocket::from_std(pair.udp).map_err(|e| Error::io("serving DNS over UDP", e))?;
+            let tcp = TcpListener::from_std(pair.tcp)
+                .map_err(|e| Error::io("serving DNS over TCP", e))?;
+            tasks.push(tokio::spawn(serve_udp(Arc::new(udp), ctx.clone())));
+            tasks.push(tokio::spawn(serve_tcp(tcp, ctx.clone())));
+        }
+        Ok(Self { port4, port6, settings: settings_tx, stats, tasks })
+    }
+
+    /// New servers, limits and names from now on (a policy reload).
+    pub fn set(&self, config: Config, rules: Rules) {
+        self.settings.send_replace(Arc::new((config, rules)));
+    }
+}
+
+struct Pair {
+    port: u16,
+    udp: StdUdpSocket,
+    tcp: StdTcpListener,
+}
+
+struct Sockets {
+    v4: Pair,
+    v6: Option<Pair>,
+}
+
+/// UDP and TCP on one port of 127.0.0.1, and of ::1 if the namespace has it.
+fn bind_all() -> std::io::Result<Sockets> {
+    let v4 = bind_pair(IpAddr::from(DNS_PROXY_V4))?;
+    let v6 = bind_pair(IpAddr::from(DNS_PROXY_V6)).ok();
+    Ok(Sockets { v4, v6 })
+}
+
+fn bind_pair(ip: IpAddr) -> std::io::Result<Pair> {
+    // The UDP port picked by the kernel may be taken for TCP: try a few.
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = StdUdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let port = udp.local_addr()?.port();
+        match StdTcpListener::bind(SocketAddr::new(ip, port)) {
+            Ok(tcp) => {
+                udp.set_nonblocking(true)?;
+                tcp.set_nonblocking(true)?;
+                return Ok(Pair { port, udp, tcp });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port for the DNS proxy")))
+}
+
+async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
+    let local = sock.local_addr().ok();
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let Ok((n, client)) = sock.recv_from(&mut buf).await else { continue };
+        let query = buf[..n].to_vec();
+        let (sock, ctx) = (sock.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let proxy = local.unwrap_or_else(|| SocketAddr::new(IpAddr::from(DNS_PROXY_V4), 0));
+            if let Some(answer) = handle(&ctx, &query, client, proxy, Transport::Udp).await {
+                let _ = sock.send_to(&answer, client).await;
+            }
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, ctx: Arc<Ctx>) {
+    loop {
+        let Ok((stream, client)) = listener.accept().await else { continue };
+        tokio::spawn(tcp_session(stream, client, ctx.clone()));
+    }
+}
+
+/// Queries on one TCP connection, one after the other, until it closes or idles.
+async fn tcp_session(mut stream: TcpStream, client: SocketAddr, ctx: Arc<Ctx>) {
+    let proxy =
+        stream.local_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from(DNS_PROXY_V4), 0));
+    loop {
+        let query = match tokio::time::timeout(
+            Duration::from_secs(10),
+            upstream::read_message(&mut stream),
+        )
+        .await
+        {
+            Ok(Ok(q)) => q,
+            _ => return,
+        };
+        let Some(answer) = handle(&ctx, &query, client, proxy, Transport::Tcp).await else {
+            return;
+        };
+        if upstream::write_message(&mut stream, &answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Why a query was not forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    NotAllowed,
+    RateLimited,
+    NameTooLong,
+}
+
+impl Refused {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::NotAllowed => "name_not_allowed",
+            Self::RateLimited => "rate_limited",
+            Self::NameTooLong => "name_too_long",
+        }
+    }
+}
+
+/// One query: the answer to send back, if any.
+async fn handle(
+    ctx: &Ctx,
+    query: &[u8],
+    client: SocketAddr,
+    proxy: SocketAddr,
+    transport: Transport,
+) -> Option<Vec<u8>> {
+    let q = match message::question(query) {
+        Ok(q) => q,
+        Err(Malformed::Unreadable) => {
+            Stats::bump(&ctx.stats.malformed);
+            return None;
+        }
+        Err(Malformed::NotOneQuestion { id, op_code }) => {
+            Stats::bump(&ctx.stats.malformed);
+            return message::format_error(id, op_code);
+        }
+    };
+    let settings = ctx.settings.borrow().clone();
+    let (config, rules) = (&settings.0, &settings.1);
+    let refused = if !ctx
+        .bucket
+        .lock()
+        .is_ok_and(|mut b| b.take(Instant::now(), config.max_queries_per_second))
+    {
+        Some(Refused::RateLimited)
+    } else if q.name.len() > config.max_name_length {
+        Some(Refused::NameTooLong)
+    } else if !rules.allows(&q.name) {
+        Some(Refused::NotAllowed)
+    } else {
+        None
+    };
+    if let Some(why) = refused {
+        Stats::bump(match why {
+            Refused::RateLimited => &ctx.stats.rate_limited,
+            Refused::NameTooLong => &ctx.stats.name_too_long,
+            Refused::NotAllowed if rules.audit => &ctx.stats.would_block,
+            Refused::NotAllowed => &ctx.stats.blocked,
+        });
+        // Rate limits and name length hold in audit mode too: they protect netcontrol.
+        let audit_only = rules.audit && why == Refused::NotAllowed;
+        report(ctx, &q, why, audit_only, client, proxy, transport);
+        if !audit_only {
+            return message::refusal(query, config.refuse_with);
+        }
+    }
+    let answer = match upstream::forward(&config.upstream, query, transport, config.timeout).await {
+        Ok(a) => a,
+        Err(e) => {
+            Stats::bump(&ctx.stats.upstream_failures);
+            tracing::warn!("DNS proxy: {} {}: upstream failed: {e}", q.qtype, q.name);
+            return message::reply(query, hickory_resolver::proto::op::ResponseCode::ServFail);
+        }
+    };
+    Stats::bump(&ctx.stats.allowed);
+    if let Some(ips) = message::addresses(&answer, &q).filter(|ips| !ips.is_empty()) {
+        let (done, allowed) = oneshot::channel();
+        if ctx.learn.send(Learned { name: q.name.clone(), ips, done }).await.is_ok()
+            && tokio::time::timeout(HOLD, allowed).await.is_err()
+        {
+            Stats::bump(&ctx.stats.hold_timeouts);
+            tracing::warn!(
+                "DNS proxy: {}: answer released before its addresses were allowed",
+                q.name
+            );
+        }
+    }
+    Some(answer)
+}
+
+/// A `dns` event for a refused (or, in audit mode, would-be refused) query, naming the process.
+fn report(
+    ctx: &Ctx,
+    q: &Question,
+    why: Refused,
+    audit: bool,
+    client: SocketAddr,
+    proxy: SocketAddr,
+    t: Transport,
+) {
+    let origin = ctx.asker.lookup(t, client, proxy);
+    ctx.events.send(dns_event(
+        q,
+        why.reason(),
+        audit,
+        t,
+        origin.as_ref(),
+        ctx.sandbox_id,
+        &ctx.labels,
+    ));
+}
+
+fn dns_event(
+    q: &Question,
+    reason: &'static str,
+    audit: bool,
+    t: Transport,
+    o: Option<&DnsOrigin>,
+    sandbox_id: u64,
+    labels: &Labels,
+) -> EventRecord {
+    let server = o.map(|o| {
+        if o.family == AF_INET || o.flags & EVENT_F_V4_MAPPED != 0 {
+            IpAddr::from([o.addr[0], o.addr[1], o.addr[2], o.addr[3]])
+        } else {
+            IpAddr::from(o.addr)
+        }
+    });
+    let comm = o.map(|o| {
+        let end = o.comm.iter().position(|&b| b == 0).unwrap_or(o.comm.len());
+        String::from_utf8_lossy(&o.comm[..end]).into_owned()
+    });
+    EventRecord {
+        time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+        event: "dns",
+        verdict: if audit { "would_block" } else { "blocked" },
+        reason,
+        hook: "dns_proxy",
+        family: match server {
+            Some(IpAddr::V6(_)) => "ipv6",
+            _ => "ipv4",
+        },
+        protocol: if t == Transport::Tcp { "tcp" } else { "udp" },
+        dst_ip: server,
+        dst_port: o.map(|o| o.port),
+        v4_mapped: o.is_some_and(|o| o.flags & EVENT_F_V4_MAPPED != 0),
+        socket_type: None,
+        pid: o.map_or(0, |o| (o.pid_tgid >> 32) as u32),
+        tid: o.map_or(0, |o| o.pid_tgid as u32),
+        uid: o.map_or(0, |o| o.uid_gid as u32),
+        gid: o.map_or(0, |o| (o.uid_gid >> 32) as u32),
+        comm: comm.unwrap_or_default(),
+        cgroup_id: o.map_or(0, |o| o.cgroup_id),
+        sandbox_id,
+        sandbox: labels.sandbox(sandbox_id),
+        domain: Some(q.name.clone()),
+        dns_type: Some(q.qtype.to_string()),
+    }
+}
+
+/// A token bucket: `rate` per second, bursts of twice that.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        Self { tokens: f64::from(rate) * 2.0, last: Instant::now() }
+    }
+
+    /// `rate` is passed each time: a reload may change it.
+    fn take(&mut self, now: Instant, rate: u32) -> bool {
+        let rate = f64::from(rate.max(1));
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * rate;
+        self.tokens = (self.tokens + refill).min(rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_bursts_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10);
+        assert_eq!((0..30).filter(|_| b.take(t0, 10)).count(), 20, "a burst of twice the rate");
+        assert!(!b.take(t0, 10));
+        assert!(b.take(t0 + Duration::from_millis(100), 10), "one token per 100 ms");
+        assert!(!b.take(t0 + Duration::from_millis(100), 10));
+    }
+
+    #[test]
+    fn rules_match_exact_and_wildcard_names() {
+        let r = Rules {
+            patterns: vec![
+                Pattern::parse("api.github.com").expect("p"),
+                Pattern::parse("**.example.test").expect("p"),
+            ],
+            audit: false,
+        };
+        assert!(r.allows("api.github.com"));
+        assert!(r.allows("a.b.example.test"));
+        assert!(!r.allows("example.test"));
+        assert!(!r.allows("exfil-data.attacker.test"));
+    }
+}
