@@ -103,10 +103,12 @@ fn judge<const V6_CTX: bool>(ctx: &SockAddrContext, a: Attempt) -> i32 {
         return program_return(d.verdict);
     };
     let dns = a.port == DNS_PORT && (a.protocol == PROTO_UDP || a.protocol == PROTO_TCP);
-    if dns
-        && sb.flags & SANDBOX_F_DNS_REDIRECT != 0
-        && dns::redirect::<V6_CTX>(ctx, &a, &sb, cgroup_id)
-    {
+    let redirected = sb.flags & SANDBOX_F_DNS_REDIRECT != 0
+        && ((dns && dns::redirect::<V6_CTX>(ctx, &a, &sb, cgroup_id))
+            // Already addressed to the proxy: a dual-stack socket connected to a redirected
+            // v4-mapped server sends each datagram with that address again (sendmsg4).
+            || dns::is_proxy(&a, &sb));
+    if redirected {
         let d = Decision {
             cgroup_id,
             sandbox_id: sb.id,

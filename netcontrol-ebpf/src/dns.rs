@@ -172,3 +172,18 @@ pub fn restore_v6(ctx: &SockAddrContext) -> i32 {
     }
     1
 }
+
+/// Whether the attempt goes to the sandbox's own DNS proxy.
+#[inline(always)]
+pub fn is_proxy(a: &Attempt, sb: &Sandbox) -> bool {
+    if a.family == AF_INET {
+        sb.dns_port4 != 0
+            && a.port == sb.dns_port4
+            && a.addr[0] == DNS_PROXY_V4[0]
+            && a.addr[1] == DNS_PROXY_V4[1]
+            && a.addr[2] == DNS_PROXY_V4[2]
+            && a.addr[3] == DNS_PROXY_V4[3]
+    } else {
+        sb.dns_port6 != 0 && a.port == sb.dns_port6 && a.addr == DNS_PROXY_V6
+    }
+}

@@ -24,10 +24,18 @@ use crate::{
     error::{Error, Result},
     events::{Labels, Sink},
     learn::LearnedSet,
-    netns::Netns,
     policy::{Compiled, DnsMode, Policy, Resolved, compile::Index},
     resolve::{Follower, NameUpdate, Settings, Status, system_servers},
 };
+
+/// Where the sandbox's processes live, network-wise (where the DNS proxy must listen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NsChoice {
+    /// netcontrol's own namespace (`run`).
+    Own,
+    /// That of the processes already in the cgroup (`attach`: a container has its own).
+    OfProcesses,
+}
 
 pub struct Sandbox {
     policy: Policy,
@@ -64,20 +72,26 @@ const LEARN_QUEUE: usize = 1024;
 
 impl Sandbox {
     /// Enforce `policy` on `cgroup`. Domain names are ready before anything is attached: in
-    /// resolver mode each has had its first answer; in proxy mode the proxy is listening (in
-    /// `ns`, the sandbox's network namespace, when it is not netcontrol's own).
+    /// resolver mode each has had its first answer; in proxy mode the proxy is listening, in
+    /// the network namespace `ns` says.
     pub async fn start(
         cgroup_path: &Path,
         policy: Policy,
         sink: Sink,
         opts: &Options,
-        ns: Option<Netns>,
+        ns: NsChoice,
     ) -> Result<Self> {
         // Everything that can be checked without the kernel is checked first.
         policy.compile(&Default::default(), &[])?;
         crate::privileges::check()?;
         let cgroup = cgroup::validate(cgroup_path)?;
         let sandbox_id = cgroup::id(&cgroup)?;
+        let ns = match ns {
+            NsChoice::Own => None,
+            NsChoice::OfProcesses => crate::netns::of_cgroup(&cgroup).map_err(|e| {
+                Error::io(format!("finding the network namespace of {}", cgroup.display()), e)
+            })?,
+        };
         let servers = dns_servers(&policy)?;
         let labels = Labels::default();
         let mut staged = Enforcer::load(opts, sink, labels.clone())?;

@@ -10,7 +10,7 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
@@ -78,6 +78,9 @@ pub const TEST_PIN_ROOT: &str = "/sys/fs/bpf/netcontrol-test";
 pub fn isolate_network(extra: &[&str]) {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
     sh("ip link set lo up");
+    // An address other than 127.0.0.1, so that getaddrinfo's AI_ADDRCONFIG (without one glibc
+    // skips DNS entirely) behaves as on a real host. On lo, like everything else here.
+    sh("ip addr add 192.0.2.1/32 dev lo");
     for a in extra {
         let prefix = if a.contains(':') { 128 } else { 32 };
         sh(&format!("ip addr add {a}/{prefix} dev lo"));
@@ -207,6 +210,8 @@ pub struct Probe {
     pub errno: i32,
     pub error: String,
     pub elapsed: Duration,
+    /// The whole result line (DNS ops add rcode, answers, p50_us, p99_us).
+    pub json: Value,
 }
 
 impl Probe {
@@ -228,6 +233,7 @@ pub fn parse_probes(stdout: &[u8]) -> Vec<Probe> {
             errno: v["errno"].as_i64().unwrap_or(-1) as i32,
             error: v["error"].as_str().unwrap_or_default().to_owned(),
             elapsed: Duration::from_micros(v["elapsed_us"].as_u64().unwrap_or(0)),
+            json: v,
         })
         .collect()
 }
@@ -448,8 +454,44 @@ pub fn world_executable(bin: &Path) -> (tempfile::TempDir, PathBuf) {
     (dir, copy)
 }
 
-/// Write a file (helper for scripts in tests).
-pub fn write_file(path: &Path, text: &str) {
-    let mut f = fs::File::create(path).expect("create");
-    f.write_all(text.as_bytes()).expect("write");
+/// Servers on each of `ips` at one shared port.
+pub fn servers(ips: &[&str]) -> (Vec<Server>, u16) {
+    let first = Server::start(ips[0]);
+    let port = first.addr.port();
+    let mut all = vec![first];
+    for ip in &ips[1..] {
+        all.push(Server::at(&format!("{ip}:{port}")));
+    }
+    (all, port)
+}
+
+/// Replace a file at once (write aside, rename), as editors and ConfigMaps do.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).expect("write");
+    fs::rename(&tmp, path).expect("rename");
+}
+
+/// `dir/policy.yaml` with `text`.
+pub fn policy_file(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("policy.yaml");
+    write_atomic(&p, text);
+    p
+}
+
+/// One TCP connect from inside the sandbox.
+pub fn tcp(sb: &Attached, ip: &str, port: u16) -> Probe {
+    sb.probe(&[("tcp", &format!("{ip}:{port}"))]).remove(0)
+}
+
+/// Poll until `f` holds; how long it took, or None after `limit`.
+pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
 }

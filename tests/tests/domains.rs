@@ -5,59 +5,20 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use netcontrol_tests::{
-    Attached, Probe, Server, TEST_PIN_ROOT, dns::Dnsmasq, dns::private_resolv_conf, find_event,
-    isolate_network, kernel_tests_enabled, netcontrol_bin, show,
+    Attached, TEST_PIN_ROOT, dns::Dnsmasq, dns::private_resolv_conf, find_event, isolate_network,
+    kernel_tests_enabled, netcontrol_bin, policy_file, servers, show, tcp, within,
+    write_atomic as write,
 };
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use serde_json::json;
-
-/// Servers on each of `ips` at one shared port.
-fn servers(ips: &[&str]) -> (Vec<Server>, u16) {
-    let first = Server::start(ips[0]);
-    let port = first.addr.port();
-    let mut all = vec![first];
-    for ip in &ips[1..] {
-        all.push(Server::at(&format!("{ip}:{port}")));
-    }
-    (all, port)
-}
-
-fn write(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-fn policy_file(dir: &Path, text: &str) -> PathBuf {
-    let p = dir.join("policy.yaml");
-    write(&p, text);
-    p
-}
-
-fn tcp(sb: &Attached, ip: &str, port: u16) -> Probe {
-    sb.probe(&[("tcp", &format!("{ip}:{port}"))]).remove(0)
-}
-
-/// Poll until `f` holds; how long it took, or None after `limit`.
-fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
-}
 
 /// An address change in DNS is allowed within TTL + 1 s, and the old address goes after its TTL.
 #[test]

@@ -113,8 +113,17 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-const TEST_PACKAGES: &[&str] =
-    &["iproute2", "procps", "python3", "curl", "util-linux", "dnsmasq", "dnsutils"];
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "procps",
+    "python3",
+    "curl",
+    "util-linux",
+    "dnsmasq",
+    "dnsutils",
+    "musl-tools",
+    "busybox-static",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn setup() -> Result<()> {

@@ -6,7 +6,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{AttachArgs, PolicyArgs, summary};
 use crate::{
     error::{Error, Result},
-    sandbox::Sandbox,
+    sandbox::{NsChoice, Sandbox},
     watch::FileWatch,
 };
 
@@ -18,11 +18,9 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
     let mut watch = args.policy.file.as_deref().map(FileWatch::new).transpose()?;
     let sink = args.output.sink()?;
     // The DNS proxy listens where the sandbox's processes are: their network namespace.
-    let ns = crate::netns::of_cgroup(&args.cgroup).map_err(|e| {
-        Error::io(format!("finding the network namespace of {}", args.cgroup.display()), e)
-    })?;
     let mut sandbox =
-        Sandbox::start(&args.cgroup, policy, sink, &args.kernel.options(), ns).await?;
+        Sandbox::start(&args.cgroup, policy, sink, &args.kernel.options(), NsChoice::OfProcesses)
+            .await?;
     eprintln!(
         "netcontrol: enforcing on {} (cgroup id {}): {} rules, {} allow entries, {} mode; SIGINT or SIGTERM detaches",
         sandbox.enforcer().cgroup().display(),

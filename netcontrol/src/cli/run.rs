@@ -20,7 +20,7 @@ use crate::{
     cgroup,
     error::{Error, Result},
     privileges,
-    sandbox::Sandbox,
+    sandbox::{NsChoice, Sandbox},
 };
 
 /// Exit codes of a shell for a command that was not found / could not be executed.
@@ -43,7 +43,7 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     // Domains are resolved before CMD starts, so its first connection already finds them.
     // CMD starts in netcontrol's own network namespace.
     let mut enforced =
-        Sandbox::start(&sandbox.path, policy, sink, &args.kernel.options(), None).await?;
+        Sandbox::start(&sandbox.path, policy, sink, &args.kernel.options(), NsChoice::Own).await?;
 
     let outcome = run_command(&sandbox.path, &args.command, identity, signals, &mut enforced).await;
 

@@ -9,6 +9,11 @@
 //! OPs: tcp, udp-connect, udp-sendto, udp-sendmmsg, udp-storm:N (N denied sends expected), tfo-sendto (MSG_FASTOPEN), tfo-connect
 //! (TCP_FASTOPEN_CONNECT), raw4, raw6, ping4, ping6 (socket only), ping-connect (ICMP datagram
 //! socket connected to TARGET), serve (listen on TARGET for TCP and UDP until killed).
+//!
+//! DNS ops take TARGET = SERVER/NAME (SERVER as above, NAME with an optional `:TYPE`, default A):
+//! `dns` (UDP; the reply must come from SERVER, as resolvers check), `dns-tcp`, `dns-connected`
+//! (UDP on a connected socket, as glibc does). Their result line adds "rcode" and "answers".
+//! `dns-bench:N` sends N queries one after the other and adds "p50_us", "p99_us".
 
 use std::{
     io,
@@ -29,6 +34,10 @@ fn main() {
         let (op, target) = (pair[0].as_str(), pair[1].as_str());
         if op == "serve" {
             serve(target);
+        }
+        if op.starts_with("dns") {
+            all_ok &= dns::run(op, target);
+            continue;
         }
         let start = Instant::now();
         let result = run(op, target);
@@ -239,4 +248,146 @@ fn serve(target: &str) -> ! {
         drop(conn);
     }
     std::process::exit(0)
+}
+
+/// DNS queries, made and read with hickory-proto.
+mod dns {
+    use std::{
+        io::{self, Read, Write},
+        net::{SocketAddr, TcpStream, UdpSocket},
+        time::{Duration, Instant},
+    };
+
+    use hickory_proto::{
+        op::{Message, MessageType, OpCode, Query},
+        rr::{Name, RecordType},
+    };
+
+    pub fn run(op: &str, target: &str) -> bool {
+        let (result, extra) = match parse(target) {
+            Err(e) => (Err(e), String::new()),
+            Ok((server, name, qtype)) => match op {
+                "dns" | "dns-connected" | "dns-tcp" => {
+                    let start = Instant::now();
+                    let r = ask(op, server, &name, qtype);
+                    let us = start.elapsed().as_micros();
+                    match r {
+                        Ok(m) => (Ok(()), format!(",{},\"elapsed_us\":{us}", describe(&m))),
+                        Err(e) => (Err(e), format!(",\"elapsed_us\":{us}")),
+                    }
+                }
+                op if op.starts_with("dns-bench:") => {
+                    let n: usize = op["dns-bench:".len()..].parse().unwrap_or(100);
+                    bench(server, &name, qtype, n)
+                }
+                other => (Err(io::Error::other(format!("unknown op {other}"))), String::new()),
+            },
+        };
+        let (ok, errno, error) = match &result {
+            Ok(()) => (true, 0, String::new()),
+            Err(e) => (false, e.raw_os_error().unwrap_or(-1), e.to_string()),
+        };
+        println!(
+            "{{\"op\":{op:?},\"target\":{target:?},\"ok\":{ok},\"errno\":{errno},\"error\":{error:?}{extra}}}"
+        );
+        ok
+    }
+
+    fn parse(target: &str) -> io::Result<(SocketAddr, String, RecordType)> {
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{target}: want SERVER/NAME[:TYPE]"),
+            )
+        };
+        let (server, rest) = target.rsplit_once('/').ok_or_else(bad)?;
+        let (name, qtype) = rest.split_once(':').unwrap_or((rest, "A"));
+        let qtype: RecordType = qtype.parse().map_err(|_| bad())?;
+        Ok((server.parse().map_err(|_| bad())?, name.to_owned(), qtype))
+    }
+
+    fn query(name: &str, qtype: RecordType, id: u16) -> io::Result<Vec<u8>> {
+        let name = Name::from_ascii(format!("{name}.")).map_err(io::Error::other)?;
+        let mut m = Message::new();
+        m.set_id(id)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true);
+        m.add_query(Query::query(name, qtype));
+        m.to_vec().map_err(io::Error::other)
+    }
+
+    fn any(a: SocketAddr) -> SocketAddr {
+        if a.is_ipv4() {
+            "0.0.0.0:0".parse().expect("addr")
+        } else {
+            "[::]:0".parse().expect("addr")
+        }
+    }
+
+    fn ask(op: &str, server: SocketAddr, name: &str, qtype: RecordType) -> io::Result<Message> {
+        let id = (std::process::id() as u16) ^ 0x5a5a;
+        let q = query(name, qtype, id)?;
+        let answer = match op {
+            "dns-tcp" => {
+                let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                s.write_all(&(q.len() as u16).to_be_bytes())?;
+                s.write_all(&q)?;
+                let mut len = [0u8; 2];
+                s.read_exact(&mut len)?;
+                let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                s.read_exact(&mut buf)?;
+                buf
+            }
+            _ => {
+                let s = UdpSocket::bind(any(server))?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                if op == "dns-connected" {
+                    s.connect(server)?;
+                    s.send(&q)?;
+                } else {
+                    s.send_to(&q, server)?;
+                }
+                let mut buf = vec![0u8; 65_535];
+                let (n, from) = s.recv_from(&mut buf)?;
+                // What resolvers check: the reply must come from the server asked.
+                if from != server {
+                    return Err(io::Error::other(format!("reply from {from}, not from {server}")));
+                }
+                buf.truncate(n);
+                buf
+            }
+        };
+        let m = Message::from_vec(&answer).map_err(io::Error::other)?;
+        if m.id() != id {
+            return Err(io::Error::other("reply with another id"));
+        }
+        Ok(m)
+    }
+
+    fn describe(m: &Message) -> String {
+        let answers: Vec<String> =
+            m.answers().iter().map(|r| format!("{:?}", r.data().to_string())).collect();
+        format!("\"rcode\":\"{}\",\"answers\":[{}]", m.response_code(), answers.join(","))
+    }
+
+    fn bench(
+        server: SocketAddr,
+        name: &str,
+        qtype: RecordType,
+        n: usize,
+    ) -> (io::Result<()>, String) {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = Instant::now();
+            if let Err(e) = ask("dns", server, name, qtype) {
+                return (Err(e), String::new());
+            }
+            times.push(start.elapsed().as_micros());
+        }
+        times.sort_unstable();
+        let pct = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
+        (Ok(()), format!(",\"p50_us\":{},\"p99_us\":{}", pct(50), pct(99)))
+    }
 }
