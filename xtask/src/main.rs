@@ -33,6 +33,12 @@ enum Task {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Run the benchmarks (root) and write their reports under docs/benchmarks/.
+    Bench {
+        /// A short run that checks the benchmarks still work, without timing goals or reports.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Run every test: formatting, clippy, unit tests, and the privileged kernel tests (root).
     Test {
         /// Leave out the kernel tests (they need root).
@@ -56,6 +62,7 @@ fn main() -> Result<()> {
             demo()
         }
         Task::Test { no_kernel, filter } => test(no_kernel, &filter),
+        Task::Bench { smoke } => bench(smoke),
     }
 }
 
@@ -300,8 +307,45 @@ fn test(no_kernel: bool, filter: &[String]) -> Result<()> {
             .args(filter)
             .env("NETCONTROL_REQUIRE_EBPF", "1")
             .env("NETCONTROL_REQUIRE_KERNEL_TESTS", "1"))?;
+        // The benchmarks, briefly, so that they cannot rot.
+        bench(true)?;
     }
     eprintln!("test: all passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+// ---- bench -------------------------------------------------------------------------------
+
+/// The benchmark scenarios of nc-bench.
+const SCENARIOS: &[&str] = &["dns"];
+
+fn bench(smoke: bool) -> Result<()> {
+    ensure!(
+        is_root(),
+        "the benchmarks load eBPF programs and need root: run `sudo cargo xtask bench`"
+    );
+    // Reports come from release builds; the smoke run only checks that the scenarios work and
+    // reuses the debug build the tests made.
+    let profile = if smoke { "debug" } else { "release" };
+    let mut build = Command::new("cargo");
+    build.args(["build", "-p", "netcontrol", "-p", "netcontrol-tests", "--bins"]);
+    if !smoke {
+        build.arg("--release");
+    }
+    run(build.env("NETCONTROL_REQUIRE_EBPF", "1"))?;
+    let bin = workspace_root().join("target").join(profile).join("nc-bench");
+    let out_dir = workspace_root().join("docs/benchmarks");
+    fs::create_dir_all(&out_dir)?;
+    for scenario in SCENARIOS {
+        let mut cmd = Command::new(&bin);
+        cmd.arg(scenario);
+        if smoke {
+            cmd.args(["--smoke", "--rounds", "1", "--queries", "20"]);
+        } else {
+            cmd.arg("--out").arg(out_dir.join(format!("{scenario}.md")));
+        }
+        run(&mut cmd)?;
+    }
     Ok(())
 }
 
