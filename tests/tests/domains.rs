@@ -4,14 +4,13 @@
 //! access to its resolver. DNS-aware (proxy) mode is tested in dns_aware.rs.
 
 use std::{
-    net::SocketAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use netcontrol_tests::{
-    Attached, TEST_PIN_ROOT, dns::Dnsmasq, dns::private_resolv_conf, find_event, isolate_network,
-    kernel_tests_enabled, netcontrol_bin, policy_file, servers, show, tcp, within,
+    Attached, HttpServer, TEST_PIN_ROOT, dns::Dnsmasq, dns::private_resolv_conf, find_event,
+    isolate_network, kernel_tests_enabled, netcontrol_bin, policy_file, servers, show, tcp, within,
     write_atomic as write,
 };
 use nix::{
@@ -287,23 +286,10 @@ fn run_follows_dnsmasq_for_an_allowed_name() {
     let dns = Dnsmasq::start("127.0.0.53", 2);
     let _resolv = private_resolv_conf(dns.addr);
     dns.set("api.github.com", &["127.0.0.20"]);
-    let mut http: Vec<std::process::Child> = ["127.0.0.20", "127.0.0.21", "127.0.0.30"]
+    let _http: Vec<HttpServer> = ["127.0.0.20", "127.0.0.21", "127.0.0.30"]
         .iter()
-        .map(|ip| {
-            Command::new("python3")
-                .args(["-m", "http.server", "443", "--bind", ip])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("http.server")
-        })
+        .map(|ip| HttpServer::start(ip, 443))
         .collect();
-    within(Duration::from_secs(10), || {
-        ["127.0.0.20:443", "127.0.0.21:443", "127.0.0.30:443"]
-            .iter()
-            .all(|a| std::net::TcpStream::connect(a.parse::<SocketAddr>().expect("addr")).is_ok())
-    })
-    .expect("http servers up");
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = policy_file(
         dir.path(),
@@ -343,10 +329,6 @@ fn run_follows_dnsmasq_for_an_allowed_name() {
         "{stderr}"
     );
     assert!(out.status.success(), "{}", show(&out));
-    for h in &mut http {
-        let _ = h.kill();
-        let _ = h.wait();
-    }
 }
 
 /// `--allow` takes domains too; without `dns.servers` they are resolved through the

@@ -135,10 +135,9 @@ fn ipv6_udp() {
     );
 }
 
-/// `::ffff:a.b.c.d` on an IPv6 socket is judged by the IPv4 rules: an IPv4 rule opens it, and
-/// even `::/0` does not.
-#[test]
-fn v4_mapped_tcp_connect() {
+/// `op` to `::ffff:a.b.c.d` on an IPv6 socket, judged by the IPv4 rules: an IPv4 rule opens it,
+/// and even `::/0` does not. The event must have `expect`.
+fn v4_mapped_case(op: &str, expect: &[(&str, Value)]) {
     if !kernel_tests_enabled() {
         return;
     }
@@ -146,50 +145,30 @@ fn v4_mapped_tcp_connect() {
     let (allowed, denied) = (Server::start("127.0.0.11"), Server::start("127.0.0.10"));
     let mapped = |s: &Server| format!("[::ffff:{}]:{}", s.addr.ip(), s.addr.port());
     let mut sb = Attached::start(&["--allow", &allowed.target(), "--allow", "::/0"]);
-    let r = sb.probe(&[("tcp", &mapped(&allowed)), ("tcp", &mapped(&denied))]);
+    let r = sb.probe(&[(op, &mapped(&allowed)), (op, &mapped(&denied))]);
     assert_allowed(&r[0]);
     assert_denied(&r[1]);
-    assert_allowed(&probe_outside("tcp", &mapped(&denied)));
-    let events = sb.events_at_least(1);
-    find_event(
-        &events,
-        &[
-            ("hook", json!("connect6")),
-            ("family", json!("ipv4")),
-            ("v4_mapped", json!(true)),
-            ("dst_ip", json!("127.0.0.10")),
-            ("dst_port", json!(denied.addr.port())),
-            ("reason", json!("not_allowlisted")),
-        ],
-    );
+    assert_allowed(&probe_outside(op, &mapped(&denied)));
+    let mut fields = vec![
+        ("family", json!("ipv4")),
+        ("dst_ip", json!("127.0.0.10")),
+        ("dst_port", json!(denied.addr.port())),
+        ("reason", json!("not_allowlisted")),
+    ];
+    fields.extend(expect.iter().cloned());
+    find_event(&sb.events_at_least(1), &fields);
     sb.stop();
+}
+
+#[test]
+fn v4_mapped_tcp_connect() {
+    v4_mapped_case("tcp", &[("hook", json!("connect6")), ("v4_mapped", json!(true))]);
 }
 
 /// An unconnected mapped sendto is turned into an IPv4 send by the kernel (sendmsg4).
 #[test]
 fn v4_mapped_udp_sendto() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    isolate_network(&[]);
-    let (allowed, denied) = (Server::start("127.0.0.11"), Server::start("127.0.0.10"));
-    let mapped = |s: &Server| format!("[::ffff:{}]:{}", s.addr.ip(), s.addr.port());
-    let mut sb = Attached::start(&["--allow", &allowed.target(), "--allow", "::/0"]);
-    let r = sb.probe(&[("udp-sendto", &mapped(&allowed)), ("udp-sendto", &mapped(&denied))]);
-    assert_allowed(&r[0]);
-    assert_denied(&r[1]);
-    assert_allowed(&probe_outside("udp-sendto", &mapped(&denied)));
-    let events = sb.events_at_least(1);
-    find_event(
-        &events,
-        &[
-            ("family", json!("ipv4")),
-            ("protocol", json!("udp")),
-            ("dst_ip", json!("127.0.0.10")),
-            ("dst_port", json!(denied.addr.port())),
-        ],
-    );
-    sb.stop();
+    v4_mapped_case("udp-sendto", &[("hook", json!("sendmsg4")), ("protocol", json!("udp"))]);
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::{
 };
 
 use netcontrol_tests::{
-    Server, TEST_PIN_ROOT, cgroup2_mount, find_event, isolate_network, kernel_tests_enabled,
-    netcontrol, netcontrol_bin, parse_probes, probe_bin, read_events, show,
+    HttpServer, Server, TEST_PIN_ROOT, cgroup2_mount, find_event, isolate_network,
+    kernel_tests_enabled, netcontrol, netcontrol_bin, parse_probes, probe_bin, read_events, show,
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -89,25 +89,8 @@ fn curl_is_blocked_immediately_with_an_event() {
         return;
     }
     isolate_network(&[]);
-    let mut servers: Vec<Child> = ["127.0.0.10", "127.0.0.11"]
-        .iter()
-        .map(|ip| {
-            Command::new("python3")
-                .args(["-m", "http.server", "8080", "--bind", ip])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("python3 http.server")
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ["127.0.0.10:8080", "127.0.0.11:8080"]
-        .iter()
-        .any(|a| std::net::TcpStream::connect(a).is_err())
-    {
-        assert!(Instant::now() < deadline, "http servers did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _http: Vec<HttpServer> =
+        ["127.0.0.10", "127.0.0.11"].iter().map(|ip| HttpServer::start(ip, 8080)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let events = dir.path().join("events.jsonl");
     let ev = events.to_str().expect("utf8");
@@ -178,10 +161,6 @@ fn curl_is_blocked_immediately_with_an_event() {
             ("verdict", json!("blocked")),
         ],
     );
-    for s in &mut servers {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
 }
 
 #[test]
