@@ -73,6 +73,12 @@ pub enum Error {
     #[error("no bpffs to pin to: {0}")]
     NoBpffs(String),
 
+    #[error(
+        "pinned map {path} was made by another netcontrol version ({found}; this one needs \
+         {expected}); remove the old pins with `netcontrol uninstall`"
+    )]
+    PinnedMismatch { path: PathBuf, found: String, expected: String },
+
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
 

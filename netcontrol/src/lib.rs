@@ -3,13 +3,15 @@
 //! The data path, in module order:
 //! [`policy`] (rules and files -> allow entries), [`resolve`] (domain names followed in DNS)
 //! -> [`bpf`] (maps, programs, links, pins) -> kernel verdicts (netcontrol-ebpf) -> [`events`]
-//! (ring buffer -> JSON) and counters ([`enforcer::Counts`]). [`enforcer`] holds one sandbox's
-//! kernel side, [`sandbox`] drives it from a policy and DNS, [`watch`] notices policy file
-//! changes; [`cli`] is the command line.
+//! (ring buffer -> JSON) and counters ([`datapath::Counts`]). [`datapath`] is the loaded
+//! programs and maps shared by every sandbox of a process, [`enforcer`] one sandbox's part of
+//! them, [`sandbox`] drives it from a policy and DNS, [`watch`] notices policy file changes;
+//! [`cli`] is the command line.
 
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
+pub mod datapath;
 pub mod dnsproxy;
 pub mod enforcer;
 pub mod error;

@@ -10,19 +10,19 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use netcontrol_common::abi::SANDBOX_F_DNS_REDIRECT;
+use netcontrol_common::abi::{ALLOW_F_LEARNED, AllowValue, PortRange, SANDBOX_F_DNS_REDIRECT};
 use tokio::sync::mpsc;
 
 use crate::{
     cgroup,
+    datapath::{Counts, Datapath},
     dnsproxy::{self, Links, Proxy},
-    enforcer::{Counts, Enforcer, Options},
+    enforcer::{Enforcer, LinkPins},
     error::{Error, Result},
-    events::{Labels, Sink},
     learn::LearnedSet,
     policy::{Compiled, DnsMode, Policy, Resolved, compile::Index},
     resolve::{Follower, NameUpdate, Settings, Status, system_servers},
@@ -37,11 +37,24 @@ pub enum NsChoice {
     OfProcesses,
 }
 
+/// What to enforce where.
+#[derive(Debug)]
+pub struct Spec {
+    /// How events, metrics and status name the sandbox.
+    pub name: String,
+    pub cgroup: PathBuf,
+    pub policy: Policy,
+    /// The sandbox's rules in the shared allow tries (unique among the datapath's sandboxes).
+    pub policy_id: u32,
+    pub link_pins: LinkPins,
+    pub ns: NsChoice,
+}
+
 pub struct Sandbox {
+    name: String,
     policy: Policy,
     servers: Vec<SocketAddr>,
     dns: Dns,
-    labels: Labels,
     enforcer: Enforcer,
 }
 
@@ -54,14 +67,17 @@ struct ProxyMode {
     proxy: Proxy,
     learn_rx: mpsc::Receiver<dnsproxy::Learned>,
     learned: LearnedSet,
+    /// Learned entries found in pinned maps (a restarted daemon): their names are not known,
+    /// so they keep their ports until the grace period runs out unused, or a reload.
+    carried: BTreeMap<IpAddr, (Vec<PortRange>, Instant)>,
     /// The policy's static grants, for computing learned addresses' entries.
     index: Index,
     sweep: tokio::time::Interval,
     reported_drops: u64,
 }
 
-/// Something happened to DNS that needs applying.
-enum Change {
+/// Something happened to DNS that needs applying ([`Sandbox::next_change`]).
+pub enum Change {
     Names(Vec<NameUpdate>),
     Learned(dnsproxy::Learned),
     Sweep,
@@ -71,20 +87,14 @@ enum Change {
 const LEARN_QUEUE: usize = 1024;
 
 impl Sandbox {
-    /// Enforce `policy` on `cgroup`. Domain names are ready before anything is attached: in
-    /// resolver mode each has had its first answer; in proxy mode the proxy is listening, in
-    /// the network namespace `ns` says.
-    pub async fn start(
-        cgroup_path: &Path,
-        policy: Policy,
-        sink: Sink,
-        opts: &Options,
-        ns: NsChoice,
-    ) -> Result<Self> {
+    /// Enforce `spec.policy` on `spec.cgroup`. Domain names are ready before anything is
+    /// attached: in resolver mode each has had its first answer; in proxy mode the proxy is
+    /// listening, in the network namespace `spec.ns` says.
+    pub async fn start(dp: &mut Datapath, spec: Spec) -> Result<Self> {
+        let Spec { name, cgroup: cgroup_path, policy, policy_id, link_pins, ns } = spec;
         // Everything that can be checked without the kernel is checked first.
         policy.compile(&Default::default(), &[])?;
-        crate::privileges::check()?;
-        let cgroup = cgroup::validate(cgroup_path)?;
+        let cgroup = cgroup::validate(&cgroup_path)?;
         let sandbox_id = cgroup::id(&cgroup)?;
         let ns = match ns {
             NsChoice::Own => None,
@@ -93,12 +103,11 @@ impl Sandbox {
             })?,
         };
         let servers = dns_servers(&policy)?;
-        let labels = Labels::default();
-        let mut staged = Enforcer::load(opts, sink, labels.clone())?;
+        dp.labels().set_sandbox(sandbox_id, name.clone());
         let (dns, compiled) = match policy.dns.mode {
             DnsMode::Resolver => {
                 report_wildcards(&policy);
-                let follower = follow(&policy, &servers, &labels).await;
+                let follower = follow(&name, &policy, &servers, dp).await;
                 let compiled = policy.compile(&follower.resolved, &servers)?;
                 (Dns::Resolver(follower), compiled)
             }
@@ -106,12 +115,10 @@ impl Sandbox {
                 let (learn, learn_rx) = mpsc::channel(LEARN_QUEUE);
                 let links = Links {
                     learn,
-                    events: staged.injector(),
-                    labels: labels.clone(),
+                    events: dp.injector(),
+                    labels: dp.labels().clone(),
                     sandbox_id,
-                    origins: staged
-                        .take_origins()
-                        .ok_or_else(|| Error::MissingMap("DNS_ORIGINS"))?,
+                    origins: dp.origins(),
                 };
                 let proxy = Proxy::start(
                     ns.as_ref(),
@@ -122,8 +129,13 @@ impl Sandbox {
                 let index = Index::new(&policy.grants(&Resolved::new(), &servers));
                 let mut sweep = tokio::time::interval(Duration::from_secs(1));
                 sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let carried = match link_pins {
+                    LinkPins::Daemon(_) => carried(dp, policy_id, policy.dns.grace)?,
+                    _ => BTreeMap::new(),
+                };
                 let mode = ProxyMode {
                     learned: LearnedSet::new(Settings::from(&policy.dns)),
+                    carried,
                     proxy,
                     learn_rx,
                     index,
@@ -134,8 +146,12 @@ impl Sandbox {
                 (Dns::Proxy(Box::new(mode)), compiled)
             }
         };
-        let enforcer = staged.attach(&cgroup, compiled, opts)?;
-        Ok(Self { policy, servers, dns, labels, enforcer })
+        let enforcer = Enforcer::attach(dp, &cgroup, sandbox_id, policy_id, compiled, &link_pins)?;
+        Ok(Self { name, policy, servers, dns, enforcer })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn enforcer(&self) -> &Enforcer {
@@ -146,61 +162,82 @@ impl Sandbox {
         &self.policy
     }
 
-    /// DNS queries the proxy refused so far (proxy mode).
-    pub fn dns_refused(&self) -> u64 {
+    /// The DNS proxy's counters (proxy mode).
+    pub fn dns_stats(&self) -> Option<&dnsproxy::Stats> {
         match &self.dns {
-            Dns::Proxy(p) => p.proxy.stats.refused(),
-            Dns::Resolver(_) => 0,
+            Dns::Proxy(p) => Some(&p.proxy.stats),
+            Dns::Resolver(_) => None,
         }
     }
 
-    /// Wait for DNS to change what the policy allows (cancel-safe), then apply it.
-    pub async fn follow_dns(&mut self) -> Result<()> {
-        let change = match &mut self.dns {
-            Dns::Resolver(f) => {
+    /// What the kernel and the DNS proxy have counted for this sandbox.
+    pub fn counts(&self, dp: &Datapath) -> Result<Counts> {
+        let mut counts = dp.counts(self.enforcer.sandbox_id())?;
+        counts.dns_refused = self.dns_stats().map_or(0, dnsproxy::Stats::refused);
+        Ok(counts)
+    }
+
+    /// Wait until DNS changes what the policy allows. Cancel-safe: nothing is lost when the
+    /// future is dropped, so it can sit in a `select!` with other work.
+    pub async fn next_change(&mut self) -> Change {
+        match &mut self.dns {
+            Dns::Resolver(f) => loop {
                 let updates = f.changed().await;
-                if updates.is_empty() {
-                    return std::future::pending().await;
+                if !updates.is_empty() {
+                    return Change::Names(updates);
                 }
-                Change::Names(updates)
-            }
+                std::future::pending::<()>().await;
+            },
             Dns::Proxy(p) => tokio::select! {
                 Some(l) = p.learn_rx.recv() => Change::Learned(l),
                 _ = p.sweep.tick() => Change::Sweep,
             },
-        };
-        self.apply(change)
+        }
     }
 
-    fn apply(&mut self, change: Change) -> Result<()> {
+    /// Apply what [`Sandbox::next_change`] returned to the maps.
+    pub fn apply(&mut self, dp: &mut Datapath, change: Change) -> Result<()> {
         match (change, &mut self.dns) {
             (Change::Names(updates), Dns::Resolver(f)) => {
-                learn_labels(&self.labels, &updates);
-                report(&updates);
+                learn_labels(dp, &updates);
+                report(&self.name, &updates);
                 let compiled = self.policy.compile(&f.resolved, &self.servers)?;
-                self.enforcer.update(compiled)
+                self.enforcer.update(dp, compiled)
             }
             (Change::Learned(l), Dns::Proxy(p)) => {
-                let changed = p.learned.learn(Instant::now(), &l.name, &l.ips);
+                let mut changed = p.learned.learn(Instant::now(), &l.name, &l.ips);
                 for (ip, _) in &l.ips {
-                    self.labels.set_domain(*ip, &l.name);
+                    dp.labels().set_domain(*ip, &l.name);
+                    // Its names are known now: the entry follows them from here.
+                    if p.carried.remove(ip).is_some() {
+                        changed.insert(*ip);
+                    }
                 }
-                let result = p.refresh(&mut self.enforcer, &self.policy, changed);
+                let result = p.refresh(dp, &mut self.enforcer, &self.policy, changed);
                 // The answer may go now (also if allowing failed: holding it would not help).
                 let _ = l.done.send(());
-                p.report_drops(&l.name);
+                p.report_drops(&self.name, &l.name);
                 result
             }
             (Change::Sweep, Dns::Proxy(p)) => {
                 let grace = self.policy.dns.grace;
                 let now_ns = monotonic_ns();
                 let enforcer = &self.enforcer;
-                let changed = p.learned.expire(Instant::now(), |ip| {
+                let in_use = |ip| {
                     enforcer
-                        .last_use(ip)
+                        .last_use(dp, ip)
                         .is_some_and(|t| u128::from(now_ns.saturating_sub(t)) < grace.as_nanos())
+                };
+                let now = Instant::now();
+                let mut changed = p.learned.expire(now, in_use);
+                p.carried.retain(|ip, (_, until)| {
+                    let keep = *until > now || in_use(*ip);
+                    if !keep {
+                        changed.insert(*ip);
+                    }
+                    keep
                 });
-                p.refresh(&mut self.enforcer, &self.policy, changed)
+                p.refresh(dp, &mut self.enforcer, &self.policy, changed)
             }
             _ => Ok(()),
         }
@@ -208,7 +245,7 @@ impl Sandbox {
 
     /// Switch to `policy`. Validated first; in resolver mode its new names are resolved before
     /// the maps change. The maps then move to it additions first, removals last.
-    pub async fn reload(&mut self, policy: Policy) -> Result<()> {
+    pub async fn reload(&mut self, dp: &mut Datapath, policy: Policy) -> Result<()> {
         policy.compile(&Default::default(), &[])?;
         if policy.dns.mode != self.policy.dns.mode {
             return Err(Error::Reload(format!(
@@ -223,7 +260,7 @@ impl Sandbox {
                 report_wildcards(&policy);
                 if servers != self.servers || policy.dns != self.policy.dns {
                     // Other servers or settings: follow everything anew, with the new ones.
-                    *f = follow(&policy, &servers, &self.labels).await;
+                    *f = follow(&self.name, &policy, &servers, dp).await;
                 } else {
                     let new: BTreeSet<String> = policy
                         .names()
@@ -232,8 +269,8 @@ impl Sandbox {
                         .collect();
                     f.add(&new);
                     let first = f.settle(&new, Follower::settle_deadline(&policy.dns)).await;
-                    learn_labels(&self.labels, &first);
-                    report(&first);
+                    learn_labels(dp, &first);
+                    report(&self.name, &first);
                     report_silent(f, &new);
                 }
                 policy.compile(&f.resolved, &servers)?
@@ -242,11 +279,13 @@ impl Sandbox {
                 p.proxy.set(proxy_config(&policy, &servers), rules(&policy));
                 p.learned.set_settings(Settings::from(&policy.dns));
                 p.learned.retain_names(|n| !policy.ranges_for_name(n).is_empty());
+                // Carried entries' names are unknown: the new policy may not allow them.
+                p.carried.clear();
                 p.index = Index::new(&policy.grants(&Resolved::new(), &servers));
                 p.compiled(&policy)?
             }
         };
-        self.enforcer.update(compiled)?;
+        self.enforcer.update(dp, compiled)?;
         if let Dns::Resolver(f) = &mut self.dns {
             f.retain(&policy.names());
         }
@@ -255,24 +294,62 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Detach, deliver every queued event, and return the final counts and the sink.
-    pub async fn stop(self) -> Result<(Counts, Sink)> {
-        let dns_refused = self.dns_refused();
-        let (mut counts, sink) = self.enforcer.stop().await?;
+    /// Detach, forget the sandbox's entries, and return what was counted for it.
+    pub fn detach(self, dp: &mut Datapath) -> Result<Counts> {
+        let dns_refused = self.dns_stats().map_or(0, dnsproxy::Stats::refused);
+        let mut counts = self.enforcer.detach(dp)?;
         counts.dns_refused = dns_refused;
-        Ok((counts, sink))
+        Ok(counts)
+    }
+
+    /// Stop managing the sandbox but leave it enforced as it is (pinned links and map
+    /// entries), for a restarted daemon to re-adopt.
+    pub fn leave_pinned(self) {
+        self.enforcer.leave_pinned();
     }
 }
 
+/// The learned entries a pinned map holds for `policy_id`, kept for `grace` from now.
+fn carried(
+    dp: &Datapath,
+    policy_id: u32,
+    grace: Duration,
+) -> Result<BTreeMap<IpAddr, (Vec<PortRange>, Instant)>> {
+    let until = Instant::now() + grace;
+    let entries = dp.maps_ref().entries_of(policy_id)?;
+    let ranges = |v: &AllowValue| v.ranges[..(v.count as usize).min(v.ranges.len())].to_vec();
+    let v4 = entries
+        .v4
+        .iter()
+        .filter(|((len, _), v)| *len == 32 && v.flags & ALLOW_F_LEARNED != 0)
+        .map(|((_, a), v)| (IpAddr::from(*a), (ranges(v), until)));
+    let v6 = entries
+        .v6
+        .iter()
+        .filter(|((len, _), v)| *len == 128 && v.flags & ALLOW_F_LEARNED != 0)
+        .map(|((_, a), v)| (IpAddr::from(*a), (ranges(v), until)));
+    Ok(v4.chain(v6).collect())
+}
+
 impl ProxyMode {
+    /// The extra ports DNS opened for `ip`: those of the names it answered for, or those it
+    /// was carried over with.
+    fn ranges(&self, policy: &Policy, ip: IpAddr) -> Vec<PortRange> {
+        let mut ranges: Vec<PortRange> =
+            self.learned.names(ip).flat_map(|n| policy.ranges_for_name(n)).collect();
+        if let Some((carried, _)) = self.carried.get(&ip) {
+            ranges.extend(carried);
+        }
+        ranges
+    }
+
     /// Everything the maps should hold: the static entries and the learned addresses.
     fn compiled(&self, policy: &Policy) -> Result<Compiled> {
         let learned: BTreeMap<IpAddr, Vec<_>> = self
             .learned
             .ips()
-            .map(|ip| {
-                (ip, self.learned.names(ip).flat_map(|n| policy.ranges_for_name(n)).collect())
-            })
+            .chain(self.carried.keys().copied())
+            .map(|ip| (ip, self.ranges(policy, ip)))
             .collect();
         Ok(Compiled {
             flags: policy.sandbox_flags() | SANDBOX_F_DNS_REDIRECT,
@@ -285,23 +362,24 @@ impl ProxyMode {
     /// Bring the entries of `ips` in line with what they were learned for.
     fn refresh(
         &self,
+        dp: &mut Datapath,
         enforcer: &mut Enforcer,
         policy: &Policy,
         ips: BTreeSet<IpAddr>,
     ) -> Result<()> {
         for ip in ips {
-            let ranges: Vec<_> =
-                self.learned.names(ip).flat_map(|n| policy.ranges_for_name(n)).collect();
+            let ranges = self.ranges(policy, ip);
             let value =
                 self.index.host_value(ip, &ranges).map_err(crate::policy::PolicyError::from)?;
-            enforcer.set_host(ip, value)?;
+            enforcer.set_host(dp, ip, value)?;
         }
         Ok(())
     }
 
-    fn report_drops(&mut self, name: &str) {
+    fn report_drops(&mut self, sandbox: &str, name: &str) {
         if self.learned.dropped_by_cap > self.reported_drops {
             tracing::warn!(
+                sandbox,
                 "{name}: DNS answers hold more addresses than dns.max_ips_per_name allows; {} dropped so far (those expiring first)",
                 self.learned.dropped_by_cap
             );
@@ -335,13 +413,13 @@ fn rules(policy: &Policy) -> dnsproxy::Rules {
 }
 
 /// Resolve the policy's names (resolver mode), each to its first answer.
-async fn follow(policy: &Policy, servers: &[SocketAddr], labels: &Labels) -> Follower {
+async fn follow(sandbox: &str, policy: &Policy, servers: &[SocketAddr], dp: &Datapath) -> Follower {
     let mut follower = Follower::new(servers, &policy.dns);
     let names = policy.names();
     follower.add(&names);
     let first = follower.settle(&names, Follower::settle_deadline(&policy.dns)).await;
-    learn_labels(labels, &first);
-    report(&first);
+    learn_labels(dp, &first);
+    report(sandbox, &first);
     report_silent(&follower, &names);
     follower
 }
@@ -359,32 +437,37 @@ fn dns_servers(policy: &Policy) -> Result<Vec<SocketAddr>> {
 }
 
 /// Remember which name each address belongs to, for events.
-fn learn_labels(labels: &Labels, updates: &[NameUpdate]) {
+fn learn_labels(dp: &Datapath, updates: &[NameUpdate]) {
     for u in updates {
         for ip in &u.ips {
-            labels.set_domain(*ip, &u.name);
+            dp.labels().set_domain(*ip, &u.name);
         }
     }
 }
 
 /// Say what changed about names, as a user needs to hear it.
-fn report(updates: &[NameUpdate]) {
+fn report(sandbox: &str, updates: &[NameUpdate]) {
     for u in updates {
         let n = u.ips.len();
         match &u.status {
             Status::Pending => {}
-            Status::Resolved => tracing::info!("{}: {n} address{} allowed", u.name, plural(n)),
+            Status::Resolved => {
+                tracing::info!(sandbox, "{}: {n} address{} allowed", u.name, plural(n))
+            }
             Status::NoSuchName => tracing::warn!(
+                sandbox,
                 "{}: no such domain (NXDOMAIN); {}",
                 u.name,
                 keeping(n, "nothing is allowed for it")
             ),
             Status::NoAddresses => tracing::warn!(
+                sandbox,
                 "{}: the name has no A or AAAA records; {}",
                 u.name,
                 keeping(n, "nothing is allowed for it")
             ),
             Status::Failing { error } => tracing::warn!(
+                sandbox,
                 "{}: DNS lookup failed ({error}); {}",
                 u.name,
                 keeping(n, "nothing is allowed for it yet")
@@ -392,6 +475,7 @@ fn report(updates: &[NameUpdate]) {
         }
         if u.dropped_by_cap > 0 {
             tracing::warn!(
+                sandbox,
                 "{}: its answers hold more addresses than dns.max_ips_per_name allows; {} dropped so far (least recently seen first)",
                 u.name,
                 u.dropped_by_cap

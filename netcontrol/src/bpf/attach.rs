@@ -8,26 +8,25 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{
-    Ebpf,
-    programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError,
-        links::{FdLink, LinkError, PinnedLink},
-    },
+use aya::programs::{
+    CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType,
+    Program, ProgramError,
+    links::{FdLink, LinkError, PinnedLink},
 };
 use netcontrol_common::abi::program;
 
+use super::{Loaded, pins};
 use crate::{
     cgroup,
     error::{Error, Result},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub enum HookKind {
     /// BPF_PROG_TYPE_CGROUP_SOCK_ADDR
-    SockAddr,
+    SockAddr(CgroupSockAddrAttachType),
     /// BPF_PROG_TYPE_CGROUP_SOCK
-    Sock,
+    Sock(CgroupSockAttachType),
 }
 
 #[derive(Debug)]
@@ -41,37 +40,38 @@ pub struct Hook {
     pub kind: HookKind,
 }
 
+const fn hook(
+    program: &'static str,
+    name: &'static str,
+    since: &'static str,
+    t: CgroupSockAddrAttachType,
+) -> Hook {
+    Hook { program, name, since, kind: HookKind::SockAddr(t) }
+}
+
 pub static HOOKS: &[Hook] = &[
     Hook {
         program: program::SOCK_CREATE,
         name: "sock_create",
         since: "4.10",
-        kind: HookKind::Sock,
+        kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
     },
-    Hook { program: program::CONNECT4, name: "connect4", since: "4.17", kind: HookKind::SockAddr },
-    Hook { program: program::CONNECT6, name: "connect6", since: "4.17", kind: HookKind::SockAddr },
-    Hook { program: program::SENDMSG4, name: "sendmsg4", since: "4.18", kind: HookKind::SockAddr },
-    Hook { program: program::SENDMSG6, name: "sendmsg6", since: "4.18", kind: HookKind::SockAddr },
-    Hook { program: program::RECVMSG4, name: "recvmsg4", since: "5.2", kind: HookKind::SockAddr },
-    Hook { program: program::RECVMSG6, name: "recvmsg6", since: "5.2", kind: HookKind::SockAddr },
-    Hook {
-        program: program::GETPEERNAME4,
-        name: "getpeername4",
-        since: "5.8",
-        kind: HookKind::SockAddr,
-    },
-    Hook {
-        program: program::GETPEERNAME6,
-        name: "getpeername6",
-        since: "5.8",
-        kind: HookKind::SockAddr,
-    },
+    hook(program::CONNECT4, "connect4", "4.17", CgroupSockAddrAttachType::Connect4),
+    hook(program::CONNECT6, "connect6", "4.17", CgroupSockAddrAttachType::Connect6),
+    hook(program::SENDMSG4, "sendmsg4", "4.18", CgroupSockAddrAttachType::UDPSendMsg4),
+    hook(program::SENDMSG6, "sendmsg6", "4.18", CgroupSockAddrAttachType::UDPSendMsg6),
+    hook(program::RECVMSG4, "recvmsg4", "5.2", CgroupSockAddrAttachType::UDPRecvMsg4),
+    hook(program::RECVMSG6, "recvmsg6", "5.2", CgroupSockAddrAttachType::UDPRecvMsg6),
+    hook(program::GETPEERNAME4, "getpeername4", "5.8", CgroupSockAddrAttachType::GetPeerName4),
+    hook(program::GETPEERNAME6, "getpeername6", "5.8", CgroupSockAddrAttachType::GetPeerName6),
 ];
 
 /// The links of all hooks on one cgroup. Dropping it detaches them (and removes their pins).
 pub struct Attachment {
     pub cgroup: PathBuf,
     links: Vec<Held>,
+    /// How many links were adopted from pins rather than attached.
+    pub adopted: usize,
     /// Holds this attachment's pins (nothing else); removed on detach.
     pin_dir: Option<PathBuf>,
 }
@@ -88,8 +88,10 @@ const EPERM_HINT: &str = "\n(an ancestor cgroup may have a program attached with
 
 impl Attachment {
     /// Attach every hook's program to `cgroup`. With `pin_dir`, each link is also pinned there
-    /// (one file per hook) so that enforcement continues if this process dies.
-    pub fn attach(ebpf: &mut Ebpf, cgroup_path: &Path, pin_dir: Option<&Path>) -> Result<Self> {
+    /// (one file per hook) so that enforcement continues if this process dies. A link pinned
+    /// there already that runs the same program is adopted; one that runs another (an older
+    /// build) is replaced make-before-break: ours is attached before the old one goes.
+    pub fn attach(loaded: &mut Loaded, cgroup_path: &Path, pin_dir: Option<&Path>) -> Result<Self> {
         let dir = cgroup::open(cgroup_path)?;
         if let Some(d) = pin_dir {
             fs::create_dir_all(d).map_err(|source| Error::Pin {
@@ -102,32 +104,75 @@ impl Attachment {
         let mut this = Self {
             cgroup: cgroup_path.to_owned(),
             links: Vec::new(),
+            adopted: 0,
             pin_dir: pin_dir.map(Path::to_owned),
         };
         for hook in HOOKS {
-            let link =
-                attach_one(ebpf, hook, &dir).map_err(|e| attach_error(hook, cgroup_path, e))?;
-            this.links.push(match pin_dir {
-                None => Held::Fd(link),
-                Some(d) => {
-                    let path = d.join(hook.name);
-                    // A leftover pin of ours from an earlier, dead process: replace it.
-                    let _ = fs::remove_file(&path);
-                    let pinned = link.pin(&path).map_err(|e| Error::Pin {
-                        op: "pinning link",
-                        path: path.clone(),
-                        source: io::Error::other(e),
-                    })?;
-                    Held::Pinned(pinned, path)
+            match this.attach_hook(loaded, hook, &dir) {
+                Ok(held) => this.links.push(held),
+                Err(e) => {
+                    // Adopted links were enforcing before we came: they stay (fail closed).
+                    if this.adopted > 0 {
+                        this.keep_pins();
+                    }
+                    return Err(e);
                 }
-            });
+            }
         }
         Ok(this)
+    }
+
+    fn attach_hook(&mut self, loaded: &mut Loaded, hook: &Hook, dir: &fs::File) -> Result<Held> {
+        let prog = loaded.program_mut(hook).ok_or(Error::MissingProgram(hook.program))?;
+        let Some(pin_dir) = &self.pin_dir else {
+            let link =
+                attach_one(prog, hook, dir).map_err(|e| attach_error(hook, &self.cgroup, e))?;
+            return Ok(Held::Fd(link));
+        };
+        let path = pin_dir.join(hook.name);
+        if let Ok(old) = PinnedLink::from_pin(&path) {
+            let ours = prog.info().map(|i| i.id()).ok();
+            let theirs = FdLink::from(old).info().map(|i| i.program_id()).ok();
+            if ours.is_some() && ours == theirs {
+                self.adopted += 1;
+                return Ok(Held::Pinned(pins::open_link(&path)?, path));
+            }
+        }
+        let link = attach_one(prog, hook, dir).map_err(|e| attach_error(hook, &self.cgroup, e))?;
+        // Pin beside the old pin, then rename over it: there is always a pin, and the old
+        // link goes only once ours enforces. (bpffs names cannot contain dots.)
+        let fresh = pin_dir.join(format!("new_{}", hook.name));
+        let _ = fs::remove_file(&fresh);
+        let pinned = link.pin(&fresh).map_err(|e| Error::Pin {
+            op: "pinning link",
+            path: fresh.clone(),
+            source: pins::pin_io(e),
+        })?;
+        fs::rename(&fresh, &path).map_err(|source| Error::Pin {
+            op: "renaming pinned link",
+            path: fresh.clone(),
+            source,
+        })?;
+        // Keep our fd until the pin under its final name is open.
+        let _fd = FdLink::from(pinned);
+        let pinned = pins::open_link(&path)?;
+        Ok(Held::Pinned(pinned, path))
     }
 
     /// Detach now, reporting failures (Drop does the same silently).
     pub fn detach(mut self) -> Result<()> {
         self.detach_all()
+    }
+
+    /// Let go without detaching: pinned links keep enforcing after this process (a daemon that
+    /// stops, to be re-adopted when it starts again).
+    pub fn leave_pinned(mut self) {
+        self.keep_pins();
+    }
+
+    fn keep_pins(&mut self) {
+        self.links.retain(|h| matches!(h, Held::Fd(_)));
+        self.pin_dir = None;
     }
 
     fn detach_all(&mut self) -> Result<()> {
@@ -159,19 +204,16 @@ impl Drop for Attachment {
     }
 }
 
-fn attach_one(ebpf: &mut Ebpf, hook: &Hook, cgroup: &fs::File) -> Result<FdLink, io::Error> {
-    let prog = ebpf
-        .program_mut(hook.program)
-        .ok_or_else(|| io::Error::other("program not in the object"))?;
+fn attach_one(prog: &mut Program, hook: &Hook, cgroup: &fs::File) -> Result<FdLink, io::Error> {
     // Link-based cgroup attachment rejects explicit flags (aya pitfall P1); it is
     // multi-attach regardless.
     let link: Result<FdLink, LinkError> = match hook.kind {
-        HookKind::SockAddr => {
+        HookKind::SockAddr(_) => {
             let p: &mut CgroupSockAddr = prog.try_into().map_err(program_io)?;
             let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(program_io)?;
             p.take_link(id).map_err(program_io)?.try_into()
         }
-        HookKind::Sock => {
+        HookKind::Sock(_) => {
             let p: &mut CgroupSock = prog.try_into().map_err(program_io)?;
             let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(program_io)?;
             p.take_link(id).map_err(program_io)?.try_into()

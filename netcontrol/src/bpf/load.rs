@@ -1,10 +1,14 @@
 //! Loading the embedded eBPF object and its programs, with errors a user can act on.
 
-use std::io;
+use std::{
+    hash::{Hash, Hasher},
+    io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    programs::{CgroupSock, CgroupSockAddr, ProgramError},
+    programs::{CgroupSock, CgroupSockAddr, Program, ProgramError},
     util::KernelVersion,
 };
 use netcontrol_common::abi;
@@ -27,11 +31,19 @@ pub struct LoadOptions {
     /// Size of the event ring buffer in bytes (a power of two, at least a page); None keeps
     /// the object's 1 MiB.
     pub events_bytes: Option<u32>,
+    /// Maps to re-adopt from (or pin to) these bpffs paths.
+    pub map_pins: Vec<(&'static str, PathBuf)>,
+    /// Pin the programs under this bpffs directory, and re-adopt the ones a run of the same
+    /// build pinned there (the daemon: one set of programs across restarts).
+    pub program_pins: Option<PathBuf>,
 }
 
 /// A loaded object with all programs verified and loaded, not yet attached anywhere.
 pub struct Loaded {
+    /// Its maps; its programs unless they were adopted.
     pub ebpf: Ebpf,
+    /// Programs re-adopted from pins, in [`HOOKS`] order.
+    adopted: Option<Vec<Program>>,
     /// Kernel-side logs, when enabled: hand it to [`super::log::Forwarder`].
     pub logger: Option<super::log::Logger>,
 }
@@ -51,29 +63,107 @@ impl Loaded {
         if let Some(n) = opts.events_bytes {
             loader.map_max_entries(abi::map::EVENTS, n);
         }
+        for (name, path) in &opts.map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
         let mut ebpf = loader.load(object).map_err(|e| match e {
             aya::EbpfError::MapError(ref m) if is_eperm(m) => not_privileged(),
             e => Error::Load(e),
         })?;
         // Must exist before the programs load: they refer to its map (aya pitfall P4).
         let logger = if level > 0 { Some(super::log::init(&mut ebpf)?) } else { None };
+        let pins = opts.program_pins.as_deref().map(|d| d.join(build_key(object, level)));
+        // Pinned programs log into their own AYA_LOGS, not this object's: with logging on,
+        // load fresh ones.
+        if let Some(dir) = &pins
+            && logger.is_none()
+            && let Some(adopted) = adopt_programs(dir)
+        {
+            tracing::info!("re-adopted the programs pinned in {}", dir.display());
+            return Ok(Self { ebpf, adopted: Some(adopted), logger });
+        }
         for hook in HOOKS {
             load_program(&mut ebpf, hook)?;
         }
-        Ok(Self { ebpf, logger })
+        if let Some(dir) = &pins {
+            pin_programs(&mut ebpf, dir)?;
+        }
+        Ok(Self { ebpf, adopted: None, logger })
     }
+
+    /// The loaded program of a hook.
+    pub fn program_mut(&mut self, hook: &Hook) -> Option<&mut Program> {
+        match &mut self.adopted {
+            Some(progs) => HOOKS.iter().position(|h| h.name == hook.name).map(|i| &mut progs[i]),
+            None => self.ebpf.program_mut(hook.program),
+        }
+    }
+
+    /// Whether the programs were re-adopted from pins rather than loaded.
+    pub fn adopted(&self) -> bool {
+        self.adopted.is_some()
+    }
+}
+
+/// Names the build of the programs: pins are re-adopted only by the build that made them.
+fn build_key(object: &[u8], log_level: u8) -> String {
+    // SipHash with fixed keys: the same bytes give the same key in every process.
+    let mut h = std::hash::DefaultHasher::new();
+    object.hash(&mut h);
+    log_level.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Every hook's program from `dir`, or None if any is missing.
+fn adopt_programs(dir: &Path) -> Option<Vec<Program>> {
+    HOOKS
+        .iter()
+        .map(|hook| {
+            let path = dir.join(hook.name);
+            Some(match hook.kind {
+                HookKind::SockAddr(t) => {
+                    Program::CgroupSockAddr(CgroupSockAddr::from_pin(&path, t).ok()?)
+                }
+                HookKind::Sock(t) => Program::CgroupSock(CgroupSock::from_pin(&path, t).ok()?),
+            })
+        })
+        .collect()
+}
+
+/// Pin the loaded programs in `dir`, and drop the pins of other builds' programs next to it
+/// (links that still run one keep it loaded).
+fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
+    let pin_err = |op, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Pin { op, path, source }
+    };
+    if let Some(parent) = dir.parent()
+        && let Ok(entries) = std::fs::read_dir(parent)
+    {
+        for e in entries.flatten().filter(|e| e.path() != dir) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(pin_err("creating", dir))?;
+    for hook in HOOKS {
+        let prog = ebpf.program_mut(hook.program).ok_or(Error::MissingProgram(hook.program))?;
+        let path = dir.join(hook.name);
+        prog.pin(&path).map_err(super::pins::pin_io).map_err(pin_err("pinning program", &path))?;
+    }
+    Ok(())
 }
 
 fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
     let prog = ebpf.program_mut(hook.program).ok_or(Error::MissingProgram(hook.program))?;
     let result = match hook.kind {
-        HookKind::SockAddr => {
+        HookKind::SockAddr(_) => {
             let p: &mut CgroupSockAddr = prog
                 .try_into()
                 .map_err(|source| Error::Program { program: hook.program, source })?;
             p.load()
         }
-        HookKind::Sock => {
+        HookKind::Sock(_) => {
             let p: &mut CgroupSock = prog
                 .try_into()
                 .map_err(|source| Error::Program { program: hook.program, source })?;

@@ -121,6 +121,93 @@ impl Maps {
         self.recent.get(&RecentKey { policy_id, family, addr }, 0).ok()
     }
 
+    /// Every sandbox entry (a restarted daemon re-adopts them).
+    pub fn sandboxes(&self) -> Result<Vec<(u64, SandboxValue)>> {
+        self.sandboxes
+            .iter()
+            .map(|kv| kv.map_err(map_err("reading", abi::map::SANDBOXES)))
+            .collect()
+    }
+
+    pub fn remove_sandbox(&mut self, cgroup_id: u64) -> Result<()> {
+        ignore_missing(self.sandboxes.remove(&cgroup_id))
+            .map_err(map_err("removing from", abi::map::SANDBOXES))
+    }
+
+    /// Drop a sandbox's counters (it is gone; the map is shared and bounded).
+    pub fn remove_stats(&mut self, sandbox_id: u64) -> Result<()> {
+        let keys: Vec<StatsKey> = self
+            .stats
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.sandbox_id == sandbox_id)
+            .collect();
+        for k in keys {
+            ignore_missing(self.stats.remove(&k))
+                .map_err(map_err("removing from", abi::map::STATS))?;
+        }
+        Ok(())
+    }
+
+    /// Remove the entries of every policy id not in `keep` (left behind by sandboxes a
+    /// restarted daemon no longer has). Returns how many went.
+    pub fn purge_policies(&mut self, keep: &std::collections::BTreeSet<u32>) -> Result<usize> {
+        let stale = |data: &[u8]| {
+            let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            !keep.contains(&id)
+        };
+        let v4: Vec<_> =
+            self.allow_v4.keys().filter_map(|k| k.ok()).filter(|k| stale(&k.data())).collect();
+        let v6: Vec<_> =
+            self.allow_v6.keys().filter_map(|k| k.ok()).filter(|k| stale(&k.data())).collect();
+        let n = v4.len() + v6.len();
+        for k in v4 {
+            ignore_missing(self.allow_v4.remove(&k))
+                .map_err(map_err("removing from", abi::map::ALLOW_V4))?;
+        }
+        for k in v6 {
+            ignore_missing(self.allow_v6.remove(&k))
+                .map_err(map_err("removing from", abi::map::ALLOW_V6))?;
+        }
+        Ok(n)
+    }
+
+    /// The entries of one policy as they are in the tries now.
+    pub fn entries_of(&self, policy_id: u32) -> Result<Entries> {
+        let mut e = Entries::default();
+        let id = policy_id.to_be_bytes();
+        for kv in self.allow_v4.iter() {
+            let (k, v) = kv.map_err(map_err("reading", abi::map::ALLOW_V4))?;
+            let data = k.data();
+            if data[..4] == id {
+                let len = (k.prefix_len() - POLICY_ID_BITS) as u8;
+                e.v4.insert((len, [data[4], data[5], data[6], data[7]]), v);
+            }
+        }
+        for kv in self.allow_v6.iter() {
+            let (k, v) = kv.map_err(map_err("reading", abi::map::ALLOW_V6))?;
+            let data = k.data();
+            if data[..4] == id {
+                let mut addr = [0u8; 16];
+                addr.copy_from_slice(&data[4..]);
+                e.v6.insert(((k.prefix_len() - POLICY_ID_BITS) as u8, addr), v);
+            }
+        }
+        Ok(e)
+    }
+
+    /// Entries in the tries and their capacities, for status and metrics.
+    pub fn usage(&self) -> Vec<(&'static str, usize, u32)> {
+        let count_v4 = self.allow_v4.keys().count();
+        let count_v6 = self.allow_v6.keys().count();
+        vec![
+            (abi::map::ALLOW_V4, count_v4, abi::ALLOW_V4_MAX),
+            (abi::map::ALLOW_V6, count_v6, abi::ALLOW_V6_MAX),
+            (abi::map::SANDBOXES, self.sandboxes.keys().count(), abi::SANDBOXES_MAX),
+            (abi::map::STATS, self.stats.keys().count(), abi::STATS_MAX),
+        ]
+    }
+
     pub fn set_sandbox(&mut self, cgroup_id: u64, value: SandboxValue) -> Result<()> {
         self.sandboxes.insert(cgroup_id, value, 0).map_err(map_err("updating", abi::map::SANDBOXES))
     }

@@ -8,7 +8,7 @@
 //!   The owner is in the name, so a later netcontrol can tell live owners from dead ones.
 
 use std::{
-    fs,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -79,6 +79,30 @@ impl PinRoot {
         self.path.join("standalone")
     }
 
+    /// The daemon's maps.
+    pub fn daemon_maps(&self) -> PathBuf {
+        self.path.join("daemon/maps")
+    }
+
+    /// The daemon's programs (one directory per build).
+    pub fn daemon_programs(&self) -> PathBuf {
+        self.path.join("daemon/programs")
+    }
+
+    /// The daemon's links for a cgroup.
+    pub fn daemon_links(&self, cgroup_id: u64) -> PathBuf {
+        self.path.join("daemon/links").join(cgroup_id.to_string())
+    }
+
+    /// Cgroup ids with daemon links pinned.
+    pub fn daemon_link_dirs(&self) -> Vec<(u64, PathBuf)> {
+        let Ok(entries) = fs::read_dir(self.path.join("daemon/links")) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+            .collect()
+    }
+
     /// Where a `run` / `attach` process pins its links for a cgroup.
     pub fn standalone_dir(&self, cgroup_id: u64, owner: Owner) -> PathBuf {
         self.standalone().join(format!("{cgroup_id}-{}-{}", owner.pid, owner.start))
@@ -115,7 +139,7 @@ pub fn remove_dir(dir: &Path) -> Result<()> {
     }
     match fs::remove_dir(dir) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(Error::Pin { op: "removing", path: dir.to_owned(), source }),
     }
 }
@@ -192,4 +216,29 @@ pub fn collect_garbage(root: &PinRoot, mount: &Path, adopting: Option<u64>) -> V
         tracing::debug!("removed stale pins {}", orphan.dir.display());
     }
     adopted
+}
+
+/// The errno behind a failed pin (aya's error hides it in its source).
+pub fn pin_io(e: aya::pin::PinError) -> io::Error {
+    match e {
+        aya::pin::PinError::SyscallError(s) => s.io_error,
+        other => io::Error::other(other),
+    }
+}
+
+/// The errno behind a failed link operation.
+pub fn link_io(e: aya::programs::links::LinkError) -> io::Error {
+    match e {
+        aya::programs::links::LinkError::SyscallError(s) => s.io_error,
+        other => io::Error::other(other),
+    }
+}
+
+/// Open the link pinned at `path`.
+pub fn open_link(path: &Path) -> Result<aya::programs::links::PinnedLink> {
+    aya::programs::links::PinnedLink::from_pin(path).map_err(|e| Error::Pin {
+        op: "opening pinned link",
+        path: path.to_owned(),
+        source: link_io(e),
+    })
 }

@@ -3,10 +3,10 @@
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{AttachArgs, PolicyArgs, summary};
+use super::{AttachArgs, PolicyArgs, single::Single, summary};
 use crate::{
     error::{Error, Result},
-    sandbox::{NsChoice, Sandbox},
+    sandbox::NsChoice,
     watch::FileWatch,
 };
 
@@ -18,32 +18,31 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
     let mut watch = args.policy.file.as_deref().map(FileWatch::new).transpose()?;
     let sink = args.output.sink()?;
     // The DNS proxy listens where the sandbox's processes are: their network namespace.
-    let mut sandbox =
-        Sandbox::start(&args.cgroup, policy, sink, &args.kernel.options(), NsChoice::OfProcesses)
-            .await?;
+    let mut single =
+        Single::start(&args.cgroup, policy, sink, &args.kernel, NsChoice::OfProcesses).await?;
     eprintln!(
         "netcontrol: enforcing on {} (cgroup id {}): {} rules, {} allow entries, {} mode; SIGINT or SIGTERM detaches",
-        sandbox.enforcer().cgroup().display(),
-        sandbox.enforcer().sandbox_id(),
-        sandbox.policy().allow.len(),
-        sandbox.enforcer().entries(),
-        sandbox.policy().mode.name(),
+        single.sandbox.enforcer().cgroup().display(),
+        single.sandbox.enforcer().sandbox_id(),
+        single.sandbox.policy().allow.len(),
+        single.sandbox.enforcer().current().entries.len(),
+        single.sandbox.policy().mode.name(),
     );
     loop {
         tokio::select! {
             _ = int.recv() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => reload(&args.policy, &mut sandbox, "SIGHUP").await,
+            _ = hup.recv() => reload(&args.policy, &mut single, "SIGHUP").await,
             () = changed(&mut watch) => {
                 if let Some(w) = watch.as_mut() {
                     w.settle().await;
                 }
-                reload(&args.policy, &mut sandbox, "policy file changed").await;
+                reload(&args.policy, &mut single, "policy file changed").await;
             }
-            r = sandbox.follow_dns() => r?,
+            r = single.follow_dns() => r?,
         }
     }
-    let (counts, sink) = sandbox.stop().await?;
+    let (counts, sink) = single.stop().await?;
     eprintln!("netcontrol: detached from {}", args.cgroup.display());
     if let Some(line) = summary(&counts, &sink) {
         eprintln!("{line}");
@@ -59,26 +58,26 @@ async fn changed(watch: &mut Option<FileWatch>) {
 }
 
 /// Re-read the policy; a policy that does not validate is reported and the old one stays.
-async fn reload(args: &PolicyArgs, sandbox: &mut Sandbox, why: &str) {
+async fn reload(args: &PolicyArgs, single: &mut Single, why: &str) {
     let Some(file) = &args.file else {
         eprintln!("netcontrol: {why}: nothing to reload (no --policy file)");
         return;
     };
     let result = match args.policy() {
-        Ok(p) if &p == sandbox.policy() => {
+        Ok(p) if &p == single.sandbox.policy() => {
             tracing::info!("{why}: {} is unchanged", file.display());
             return;
         }
-        Ok(p) => sandbox.reload(p).await,
+        Ok(p) => single.reload(p).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(()) => eprintln!(
             "netcontrol: {why}: reloaded {}: {} rules, {} allow entries, {} mode",
             file.display(),
-            sandbox.policy().allow.len(),
-            sandbox.enforcer().entries(),
-            sandbox.policy().mode.name()
+            single.sandbox.policy().allow.len(),
+            single.sandbox.enforcer().current().entries.len(),
+            single.sandbox.policy().mode.name()
         ),
         Err(e) => eprintln!("netcontrol: {why}: {e}\nnetcontrol: keeping the previous policy"),
     }

@@ -3,14 +3,16 @@
 pub mod attach;
 pub mod check_policy;
 pub mod run;
+pub mod single;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    bpf::{LoadOptions, pins::DEFAULT_ROOT},
-    enforcer::{Counts, Options},
+    bpf::{LoadOptions, PinRoot, pins::DEFAULT_ROOT},
+    datapath::Counts,
+    enforcer::LinkPins,
     events::Sink,
     policy::{Mode, Policy, Rule},
 };
@@ -250,14 +252,20 @@ pub enum BpfLog {
 }
 
 impl KernelArgs {
-    pub fn options(&self) -> Options {
-        Options {
-            load: LoadOptions {
-                bpf_log_level: self.bpf_log as u8,
-                events_bytes: Some(self.event_buffer * 1024),
-            },
-            pin_root: (!self.no_pin).then(|| self.pin_root.clone()),
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            bpf_log_level: self.bpf_log as u8,
+            events_bytes: Some(self.event_buffer * 1024),
+            ..LoadOptions::default()
         }
+    }
+
+    /// Where a standalone sandbox pins its links (--no-pin: nowhere).
+    pub fn link_pins(&self) -> crate::Result<LinkPins> {
+        Ok(match self.no_pin {
+            true => LinkPins::None,
+            false => LinkPins::Standalone(PinRoot::open(&self.pin_root)?),
+        })
     }
 }
 

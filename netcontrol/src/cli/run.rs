@@ -15,12 +15,12 @@ use nix::{
 };
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{RunArgs, summary};
+use super::{RunArgs, single::Single, summary};
 use crate::{
     cgroup,
     error::{Error, Result},
     privileges,
-    sandbox::{NsChoice, Sandbox},
+    sandbox::NsChoice,
 };
 
 /// Exit codes of a shell for a command that was not found / could not be executed.
@@ -43,7 +43,7 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     // Domains are resolved before CMD starts, so its first connection already finds them.
     // CMD starts in netcontrol's own network namespace.
     let mut enforced =
-        Sandbox::start(&sandbox.path, policy, sink, &args.kernel.options(), NsChoice::Own).await?;
+        Single::start(&sandbox.path, policy, sink, &args.kernel, NsChoice::Own).await?;
 
     let outcome = run_command(&sandbox.path, &args.command, identity, signals, &mut enforced).await;
 
@@ -66,7 +66,7 @@ async fn run_command(
     argv: &[OsString],
     identity: Option<Identity>,
     mut signals: Signals,
-    sandbox: &mut Sandbox,
+    sandbox: &mut Single,
 ) -> Result<i32> {
     let procs_path = cgroup_path.join("cgroup.procs");
     let procs = std::fs::OpenOptions::new()

@@ -133,7 +133,7 @@ pub struct Links {
     pub labels: Labels,
     pub sandbox_id: u64,
     /// The kernel's record of redirected queries, to name the asking process.
-    pub origins: Origins,
+    pub origins: Arc<Origins>,
 }
 
 /// What a query is handled with, shared by every task of one proxy.
@@ -165,8 +165,7 @@ impl Proxy {
             events,
             labels,
             sandbox_id,
-            asker: Asker::new(ns, Arc::new(origins))
-                .map_err(|e| Error::io("opening sock_diag", e))?,
+            asker: Asker::new(ns, origins).map_err(|e| Error::io("opening sock_diag", e))?,
             stats: stats.clone(),
             bucket: Mutex::new(Bucket::new(qps)),
         });

@@ -1,0 +1,236 @@
+//! The loaded programs and their maps: one set per process, serving every sandbox it enforces
+//! (`run` and `attach` have one, the daemon many), and the event stream they feed.
+//!
+//! With a map pin directory (the daemon), the maps live on in bpffs: a restarted daemon
+//! re-adopts them (after checking their layout is the one this version expects), so that
+//! policies, learned addresses, counters and queued events carry over.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use aya::maps::{MapInfo, MapType};
+use netcontrol_common::abi::{
+    self, AllowValue, COUNTER_ATTEMPTS, COUNTER_EVENTS_LOST, DnsOrigin, RecentKey, SandboxValue,
+    StatsKey, V4Key, V6Key, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+};
+
+use crate::{
+    bpf::{Attachment, LoadOptions, Loaded, Maps, PinRoot, log, maps::Origins},
+    error::{Error, Result},
+    events::{EventPump, Injector, Labels, Sink},
+};
+
+/// Attempts by verdict, as the kernel counted them for one sandbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub allowed: u64,
+    pub blocked: u64,
+    pub would_block: u64,
+    /// Queries sent to the DNS proxy (DNS-aware mode).
+    pub redirected: u64,
+    pub events_lost: u64,
+    /// DNS queries the proxy refused (DNS-aware mode).
+    pub dns_refused: u64,
+}
+
+/// A map a daemon pins, and the layout a pinned copy must have to be re-adopted.
+struct Pinned {
+    name: &'static str,
+    kind: MapType,
+    key_size: usize,
+    value_size: usize,
+}
+
+const LPM_KEY_PREFIX: usize = 4; // the prefix length word in front of LPM key data
+
+const PINNED: &[Pinned] = &[
+    Pinned {
+        name: abi::map::SANDBOXES,
+        kind: MapType::Hash,
+        key_size: 8,
+        value_size: size_of::<SandboxValue>(),
+    },
+    Pinned {
+        name: abi::map::ALLOW_V4,
+        kind: MapType::LpmTrie,
+        key_size: LPM_KEY_PREFIX + size_of::<V4Key>(),
+        value_size: size_of::<AllowValue>(),
+    },
+    Pinned {
+        name: abi::map::ALLOW_V6,
+        kind: MapType::LpmTrie,
+        key_size: LPM_KEY_PREFIX + size_of::<V6Key>(),
+        value_size: size_of::<AllowValue>(),
+    },
+    Pinned {
+        name: abi::map::STATS,
+        kind: MapType::PerCpuHash,
+        key_size: size_of::<StatsKey>(),
+        value_size: 8,
+    },
+    Pinned { name: abi::map::GLOBAL, kind: MapType::PerCpuArray, key_size: 4, value_size: 8 },
+    Pinned { name: abi::map::EVENTS, kind: MapType::RingBuf, key_size: 0, value_size: 0 },
+    Pinned {
+        name: abi::map::DNS_ORIGINS,
+        kind: MapType::LruHash,
+        key_size: 8,
+        value_size: size_of::<DnsOrigin>(),
+    },
+    Pinned {
+        name: abi::map::RECENT,
+        kind: MapType::LruHash,
+        key_size: size_of::<RecentKey>(),
+        value_size: 8,
+    },
+];
+
+pub struct Datapath {
+    // Field order is drop order: stop the readers before the maps go.
+    pump: Option<EventPump>,
+    injector: Injector,
+    _bpf_log: Option<log::Forwarder>,
+    maps: Maps,
+    loaded: Loaded,
+    origins: Arc<Origins>,
+    labels: Labels,
+}
+
+impl Datapath {
+    /// Load the programs and create the maps — or, with `pins` (the daemon), re-adopt the
+    /// programs and maps pinned there and pin what is missing — and start delivering events
+    /// to `sink` (events name sandboxes and domains through `labels`).
+    pub fn load(
+        opts: &LoadOptions,
+        pins: Option<&PinRoot>,
+        sink: Sink,
+        labels: Labels,
+    ) -> Result<Self> {
+        crate::privileges::check()?;
+        let mut opts = opts.clone();
+        if let Some(root) = pins {
+            let dir = root.daemon_maps();
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Pin {
+                op: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+            check_pinned(&dir)?;
+            opts.map_pins = PINNED.iter().map(|m| (m.name, dir.join(m.name))).collect();
+            opts.program_pins = Some(root.daemon_programs());
+        }
+        let mut loaded = Loaded::new(&opts)?;
+        let (maps, others) = Maps::take(&mut loaded.ebpf)?;
+        let pump = EventPump::start(others.events, sink, labels.clone())?;
+        let bpf_log = loaded.logger.take().map(log::Forwarder::start).transpose()?;
+        let origins = others.origins.ok_or(Error::MissingMap(abi::map::DNS_ORIGINS))?;
+        Ok(Self {
+            injector: pump.injector(),
+            pump: Some(pump),
+            _bpf_log: bpf_log,
+            maps,
+            loaded,
+            origins: Arc::new(origins),
+            labels,
+        })
+    }
+
+    /// Attach every program to `cgroup`, pinning the links in `pin_dir` if given. Links already
+    /// pinned there (by an earlier run) are adopted, not attached again.
+    pub fn attach(&mut self, cgroup: &Path, pin_dir: Option<&Path>) -> Result<Attachment> {
+        Attachment::attach(&mut self.loaded, cgroup, pin_dir)
+    }
+
+    pub fn maps(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
+    pub fn maps_ref(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn injector(&self) -> Injector {
+        self.injector.clone()
+    }
+
+    /// The kernel's record of redirected DNS queries (for the DNS proxies).
+    pub fn origins(&self) -> Arc<Origins> {
+        self.origins.clone()
+    }
+
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// Whether the programs were re-adopted from pins (a restarted daemon).
+    pub fn programs_adopted(&self) -> bool {
+        self.loaded.adopted()
+    }
+
+    /// What the kernel has counted for one sandbox so far.
+    pub fn counts(&self, sandbox_id: u64) -> Result<Counts> {
+        let mut c = Counts::default();
+        for (k, n) in self.maps.stats()? {
+            if k.sandbox_id != sandbox_id {
+                continue;
+            }
+            match (k.counter, k.verdict) {
+                (COUNTER_EVENTS_LOST, _) => c.events_lost += n,
+                (COUNTER_ATTEMPTS, VERDICT_ALLOW) => c.allowed += n,
+                (COUNTER_ATTEMPTS, VERDICT_DENY) => c.blocked += n,
+                (COUNTER_ATTEMPTS, VERDICT_AUDIT) => c.would_block += n,
+                (COUNTER_ATTEMPTS, abi::VERDICT_REDIRECT) => c.redirected += n,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// Records netcontrol made itself that found the event queue full.
+    pub fn injected_lost(&self) -> u64 {
+        self.injector.lost()
+    }
+
+    /// Stop reading events after delivering every queued one, and hand the sink back.
+    pub async fn finish(mut self) -> Result<Sink> {
+        match self.pump.take() {
+            Some(p) => p.finish().await,
+            None => Sink::new(None, false),
+        }
+    }
+}
+
+/// Refuse pinned maps this version would misread (aya re-adopts pins without looking).
+fn check_pinned(dir: &Path) -> Result<()> {
+    for m in PINNED {
+        let path: PathBuf = dir.join(m.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|e| Error::Pin {
+            op: "reading pinned map",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let kind = info.map_type().ok();
+        let fits = kind == Some(m.kind)
+            && (m.key_size == 0 || info.key_size() as usize == m.key_size)
+            && (m.value_size == 0 || info.value_size() as usize == m.value_size);
+        if !fits {
+            return Err(Error::PinnedMismatch {
+                path,
+                found: format!(
+                    "{kind:?}, key {} bytes, value {} bytes",
+                    info.key_size(),
+                    info.value_size()
+                ),
+                expected: format!(
+                    "{:?}, key {} bytes, value {} bytes",
+                    m.kind, m.key_size, m.value_size
+                ),
+            });
+        }
+    }
+    Ok(())
+}
