@@ -35,13 +35,16 @@ impl FileWatch {
                 // Any event naming the file, or one without paths (overflow): look at the file again.
                 // ConfigMaps swap a `..data` symlink next to it, so changes to entries starting
                 // with ".." count too.
+                // Reading the file (ours included) is not a change; writes also come as
+                // modify events.
                 let relevant = event.as_ref().map_or(true, |e| {
-                    e.paths.is_empty()
-                        || e.paths.iter().any(|p| {
-                            p.file_name().is_some_and(|n| {
-                                n == name.as_os_str() || n.to_string_lossy().starts_with("..")
-                            })
-                        })
+                    !e.kind.is_access()
+                        && (e.paths.is_empty()
+                            || e.paths.iter().any(|p| {
+                                p.file_name().is_some_and(|n| {
+                                    n == name.as_os_str() || n.to_string_lossy().starts_with("..")
+                                })
+                            }))
                 });
                 if relevant {
                     let _ = tx.send(());
@@ -74,4 +77,29 @@ fn watch_error(dir: &Path, e: notify::Error) -> Error {
 /// started).
 pub fn policy_path(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn quiet(w: &mut FileWatch) -> bool {
+        tokio::time::timeout(Duration::from_millis(300), w.changed()).await.is_err()
+    }
+
+    #[tokio::test]
+    async fn reading_is_not_a_change_and_replacing_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, "allow: []\n").expect("write");
+        let mut watch = FileWatch::new(&file).expect("watch");
+        // What every reload does: read the file. That must not look like a change, or each
+        // reload would set off the next.
+        std::fs::read_to_string(&file).expect("read");
+        assert!(quiet(&mut watch).await, "reading the file was taken for a change");
+        let tmp = dir.path().join("policy.tmp");
+        std::fs::write(&tmp, "allow: [10.0.0.0/8]\n").expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+        assert!(!quiet(&mut watch).await, "replacing the file went unnoticed");
+    }
 }
