@@ -10,5 +10,5 @@ pub use self::{
     labels::Labels,
     reader::{EventPump, Injector},
     record::{Clock, EventRecord},
-    sink::Sink,
+    sink::{Rotation, Sink},
 };

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::Labels;
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct EventRecord {
     /// RFC 3339 wall-clock time of the attempt.
     pub time: String,
