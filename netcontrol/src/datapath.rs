@@ -177,7 +177,10 @@ impl Datapath {
             }
             match (k.counter, k.verdict) {
                 (COUNTER_EVENTS_LOST, _) => c.events_lost += n,
-                (COUNTER_ATTEMPTS, VERDICT_ALLOW) => c.allowed += n,
+                // Allowed socket creations are not connection attempts.
+                (COUNTER_ATTEMPTS, VERDICT_ALLOW) if k.hook != abi::HOOK_SOCK_CREATE => {
+                    c.allowed += n
+                }
                 (COUNTER_ATTEMPTS, VERDICT_DENY) => c.blocked += n,
                 (COUNTER_ATTEMPTS, VERDICT_AUDIT) => c.would_block += n,
                 (COUNTER_ATTEMPTS, abi::VERDICT_REDIRECT) => c.redirected += n,

@@ -82,6 +82,10 @@ pub enum Error {
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
 
+    /// The daemon refused a request, or none answers.
+    #[error("{0}")]
+    Daemon(String),
+
     #[error("events output {path}: {source}")]
     Events { path: PathBuf, source: io::Error },
 

@@ -11,12 +11,14 @@
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
+pub mod daemon;
 pub mod datapath;
 pub mod dnsproxy;
 pub mod enforcer;
 pub mod error;
 pub mod events;
 pub mod learn;
+pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod privileges;

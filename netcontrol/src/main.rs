@@ -19,6 +19,10 @@ fn main() -> ExitCode {
     let (result, failure) = match cli.command {
         Command::Run(args) => (runtime.block_on(cli::run::main(args)), 125),
         Command::Attach(args) => (runtime.block_on(cli::attach::main(args)), 1),
+        Command::Daemon(args) => (runtime.block_on(cli::daemon::main(args)), 1),
+        Command::Status(args) => (runtime.block_on(cli::status::main(&args)), 1),
+        Command::Detach(args) => (runtime.block_on(cli::detach::main(&args)), 1),
+        Command::Uninstall(args) => (runtime.block_on(cli::uninstall::main(&args)), 1),
         Command::CheckPolicy(args) => (Ok(cli::check_policy::main(&args)), 1),
     };
     match result {
@@ -37,7 +41,10 @@ fn init_logging(filter: &str, format: LogFormat) {
         eprintln!("netcontrol: ignoring invalid --log-level {filter:?}: {e}");
         EnvFilter::new("warn")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),

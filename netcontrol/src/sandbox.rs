@@ -163,7 +163,7 @@ impl Sandbox {
     }
 
     /// The DNS proxy's counters (proxy mode).
-    pub fn dns_stats(&self) -> Option<&dnsproxy::Stats> {
+    pub fn dns_stats(&self) -> Option<&std::sync::Arc<dnsproxy::Stats>> {
         match &self.dns {
             Dns::Proxy(p) => Some(&p.proxy.stats),
             Dns::Resolver(_) => None,
@@ -173,7 +173,7 @@ impl Sandbox {
     /// What the kernel and the DNS proxy have counted for this sandbox.
     pub fn counts(&self, dp: &Datapath) -> Result<Counts> {
         let mut counts = dp.counts(self.enforcer.sandbox_id())?;
-        counts.dns_refused = self.dns_stats().map_or(0, dnsproxy::Stats::refused);
+        counts.dns_refused = self.dns_stats().map_or(0, |s| s.refused());
         Ok(counts)
     }
 
@@ -296,7 +296,7 @@ impl Sandbox {
 
     /// Detach, forget the sandbox's entries, and return what was counted for it.
     pub fn detach(self, dp: &mut Datapath) -> Result<Counts> {
-        let dns_refused = self.dns_stats().map_or(0, dnsproxy::Stats::refused);
+        let dns_refused = self.dns_stats().map_or(0, |s| s.refused());
         let mut counts = self.enforcer.detach(dp)?;
         counts.dns_refused = dns_refused;
         Ok(counts)

@@ -24,7 +24,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod daemon;
 pub mod dns;
+pub mod prometheus;
 
 /// Whether kernel tests can run here. Returns false (skip) when not root, unless CI requires
 /// them, in which case it panics with the reason.
@@ -165,24 +167,27 @@ impl TestCgroup {
 
     /// A command that moves itself into this cgroup before exec.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(self.path.join("cgroup.procs"))
-            .expect("cgroup.procs");
-        let mut cmd = Command::new(program);
-        // SAFETY: write(2) in the forked child; `procs` is moved into the closure and lives
-        // as long as the Command.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        cmd
+        in_cgroup(&self.path, program)
     }
+}
+
+/// A command that moves itself into `cgroup` before exec.
+pub fn in_cgroup(cgroup: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let procs =
+        fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs")).expect("cgroup.procs");
+    let mut cmd = Command::new(program);
+    // SAFETY: write(2) in the forked child; `procs` is moved into the closure and lives as
+    // long as the Command.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
 }
 
 impl Default for TestCgroup {
@@ -253,41 +258,20 @@ pub fn read_events(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// `netcontrol attach` running in the background on a test cgroup.
-pub struct Attached {
-    pub cgroup: TestCgroup,
-    pub events: PathBuf,
+/// A process in the background whose stderr the test follows line by line.
+pub struct Background {
     child: Option<Child>,
     stderr: mpsc::Receiver<String>,
     /// Every stderr line received so far, and how many `wait_for_line` has looked at.
     log: Vec<String>,
     cursor: usize,
-    _dir: tempfile::TempDir,
 }
 
-impl Attached {
-    /// Start `netcontrol attach --cgroup <new cgroup> --events <file> ARGS` and wait until it
-    /// says it is enforcing.
-    pub fn start(args: &[&str]) -> Self {
-        Self::start_on(TestCgroup::new(), args)
-    }
-
-    /// Like [`Attached::start`], on a cgroup the test prepared (e.g. with processes in it).
-    pub fn start_on(cgroup: TestCgroup, args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let events = dir.path().join("events.jsonl");
-        let mut child = Command::new(netcontrol_bin())
-            .arg("attach")
-            .arg("--cgroup")
-            .arg(&cgroup.path)
-            .arg("--events")
-            .arg(&events)
-            .args(["--pin-root", TEST_PIN_ROOT])
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn netcontrol attach");
+impl Background {
+    /// Spawn `cmd` with stderr piped to the test.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child =
+            cmd.stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -297,17 +281,7 @@ impl Attached {
                 }
             }
         });
-        let mut this = Self {
-            cgroup,
-            events,
-            child: Some(child),
-            stderr: rx,
-            log: Vec::new(),
-            cursor: 0,
-            _dir: dir,
-        };
-        this.wait_for_line("netcontrol: enforcing on", Duration::from_secs(30));
-        this
+        Self { child: Some(child), stderr: rx, log: Vec::new(), cursor: 0 }
     }
 
     /// Wait for a stderr line containing `needle`, after those earlier calls already matched;
@@ -322,10 +296,7 @@ impl Attached {
                 }
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "no {needle:?} from netcontrol within {timeout:?}; stderr:\n{}",
-                    self.log.join("\n")
-                );
+                panic!("no {needle:?} within {timeout:?}; stderr:\n{}", self.log.join("\n"));
             }
             match self.stderr.recv_timeout(Duration::from_millis(50)) {
                 Ok(l) => self.log.push(l),
@@ -334,16 +305,13 @@ impl Attached {
                         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
                     {
                         panic!(
-                            "netcontrol exited ({status}) before {needle:?}; stderr:\n{}",
+                            "exited ({status}) before {needle:?}; stderr:\n{}",
                             self.log.join("\n")
                         );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "netcontrol closed stderr before {needle:?}; stderr:\n{}",
-                        self.log.join("\n")
-                    )
+                    panic!("closed stderr before {needle:?}; stderr:\n{}", self.log.join("\n"))
                 }
             }
         }
@@ -353,16 +321,90 @@ impl Attached {
         self.child.as_ref().expect("running").id()
     }
 
+    /// SIGTERM it, wait, assert it exited 0, and return all of its stderr.
+    pub fn stop(&mut self) -> String {
+        let status = self.end(nix::sys::signal::Signal::SIGTERM);
+        assert!(status.success(), "exited with {status}; stderr:\n{}", self.log.join("\n"));
+        self.log.join("\n")
+    }
+
+    /// SIGKILL it (no chance to clean up) and wait.
+    pub fn kill9(&mut self) {
+        self.end(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    fn end(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+            .expect("signal the process");
+        let status = child.wait().expect("wait");
+        // The reader thread ends when the process closes stderr.
+        self.log.extend(self.stderr.iter());
+        self.cursor = self.log.len();
+        status
+    }
+
+    /// Everything on stderr so far.
+    pub fn log(&mut self) -> String {
+        self.log.extend(self.stderr.try_iter());
+        self.log.join("\n")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `netcontrol attach` running in the background on a test cgroup.
+pub struct Attached {
+    pub cgroup: TestCgroup,
+    pub events: PathBuf,
+    proc: Background,
+    _dir: tempfile::TempDir,
+}
+
+impl Attached {
+    /// Start `netcontrol attach --cgroup <new cgroup> --events <file> ARGS` and wait until it
+    /// says it is enforcing.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_on(TestCgroup::new(), args)
+    }
+
+    /// Like [`Attached::start`], on a cgroup the test prepared (e.g. with processes in it).
+    pub fn start_on(cgroup: TestCgroup, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.jsonl");
+        let mut cmd = Command::new(netcontrol_bin());
+        cmd.arg("attach")
+            .arg("--cgroup")
+            .arg(&cgroup.path)
+            .arg("--events")
+            .arg(&events)
+            .args(["--pin-root", TEST_PIN_ROOT])
+            .args(args)
+            .stdout(Stdio::null());
+        let mut this = Self { cgroup, events, proc: Background::spawn(cmd), _dir: dir };
+        this.wait_for_line("netcontrol: enforcing on", Duration::from_secs(30));
+        this
+    }
+
+    /// Wait for a stderr line of netcontrol's containing `needle` (see [`Background`]).
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        self.proc.wait_for_line(needle, timeout)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// Run nc-probe with the given ops inside the sandbox cgroup.
     pub fn probe(&self, ops: &[(&str, &str)]) -> Vec<Probe> {
-        let mut cmd = self.cgroup.command(probe_bin());
-        for (op, target) in ops {
-            cmd.args([op, target]);
-        }
-        let out = cmd.output().expect("run nc-probe in the sandbox");
-        let probes = parse_probes(&out.stdout);
-        assert_eq!(probes.len(), ops.len(), "probe output: {out:?}");
-        probes
+        probe_in(&self.cgroup.path, ops)
     }
 
     /// Run a shell command inside the sandbox cgroup.
@@ -372,44 +414,37 @@ impl Attached {
 
     /// Events written so far, waiting up to 5 s until at least `n` are there.
     pub fn events_at_least(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let ev = read_events(&self.events);
-            if ev.len() >= n || Instant::now() > deadline {
-                return ev;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        events_at_least(&self.events, n)
     }
 
-    /// SIGTERM netcontrol, wait for it, and return the rest of its stderr. The cgroup stays
-    /// (until drop), so a test can check what happens after detaching.
+    /// SIGTERM netcontrol, wait for it, and return its stderr. The cgroup stays (until drop),
+    /// so a test can check what happens after detaching.
     pub fn stop(&mut self) -> String {
-        let mut child = self.child.take().expect("running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM netcontrol");
-        let status = child.wait().expect("wait netcontrol");
-        // The reader thread ends when netcontrol closes stderr.
-        self.log.extend(self.stderr.iter());
-        self.cursor = self.log.len();
-        assert!(
-            status.success(),
-            "netcontrol attach exited with {status}; stderr:\n{}",
-            self.log.join("\n")
-        );
-        self.log.join("\n")
+        self.proc.stop()
     }
 }
 
-impl Drop for Attached {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+/// Run nc-probe with the given ops inside a cgroup.
+pub fn probe_in(cgroup: &Path, ops: &[(&str, &str)]) -> Vec<Probe> {
+    let mut cmd = in_cgroup(cgroup, probe_bin());
+    for (op, target) in ops {
+        cmd.args([op, target]);
+    }
+    let out = cmd.output().expect("run nc-probe in the sandbox");
+    let probes = parse_probes(&out.stdout);
+    assert_eq!(probes.len(), ops.len(), "probe output: {out:?}");
+    probes
+}
+
+/// The events in a file, waiting up to 5 s until at least `n` are there.
+pub fn events_at_least(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ev = read_events(path);
+        if ev.len() >= n || Instant::now() > deadline {
+            return ev;
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

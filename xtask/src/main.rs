@@ -130,6 +130,9 @@ const TEST_PACKAGES: &[&str] = &[
     "dnsutils",
     "musl-tools",
     "busybox-static",
+    // The daemon's tests: a real Prometheus (and promtool), and the kernel's view of links.
+    "prometheus",
+    "bpftool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -108,8 +108,8 @@ impl PinRoot {
         self.standalone().join(format!("{cgroup_id}-{}-{}", owner.pid, owner.start))
     }
 
-    /// Standalone pin sets whose owning process has exited.
-    pub fn standalone_orphans(&self) -> Vec<Orphan> {
+    /// Every standalone pin set, with the process that made it.
+    fn standalone_sets(&self) -> Vec<Orphan> {
         let Ok(entries) = fs::read_dir(self.standalone()) else { return Vec::new() };
         entries
             .flatten()
@@ -119,8 +119,22 @@ impl PinRoot {
                 let cgroup_id = parts.next()?.parse().ok()?;
                 let owner =
                     Owner { pid: parts.next()?.parse().ok()?, start: parts.next()?.parse().ok()? };
-                (!owner.is_alive()).then(|| Orphan { dir: e.path(), cgroup_id, owner })
+                Some(Orphan { dir: e.path(), cgroup_id, owner })
             })
+            .collect()
+    }
+
+    /// Standalone pin sets whose owning process has exited.
+    pub fn standalone_orphans(&self) -> Vec<Orphan> {
+        self.standalone_sets().into_iter().filter(|o| !o.owner.is_alive()).collect()
+    }
+
+    /// Live standalone processes (their pids) enforcing on a cgroup.
+    pub fn standalone_owners(&self, cgroup_id: u64) -> Vec<u32> {
+        self.standalone_sets()
+            .into_iter()
+            .filter(|o| o.cgroup_id == cgroup_id && o.owner.is_alive())
+            .map(|o| o.owner.pid)
             .collect()
     }
 }

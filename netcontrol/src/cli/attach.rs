@@ -1,16 +1,22 @@
 //! `netcontrol attach --cgroup PATH`: enforce on an existing cgroup until told to stop;
 //! reload the policy file on SIGHUP and when it changes.
 
+use std::time::Duration;
+
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{AttachArgs, PolicyArgs, single::Single, summary};
 use crate::{
+    daemon::control::{self, PolicyRef, Request},
     error::{Error, Result},
     sandbox::NsChoice,
     watch::FileWatch,
 };
 
 pub async fn main(args: AttachArgs) -> Result<i32> {
+    if args.daemon {
+        return to_daemon(&args).await;
+    }
     let policy = args.policy.policy()?;
     let s = |k| signal(k).map_err(|e| Error::io("installing signal handlers", e));
     let (mut int, mut term, mut hup) =
@@ -80,5 +86,27 @@ async fn reload(args: &PolicyArgs, single: &mut Single, why: &str) {
             single.sandbox.policy().mode.name()
         ),
         Err(e) => eprintln!("netcontrol: {why}: {e}\nnetcontrol: keeping the previous policy"),
+    }
+}
+
+/// `attach --daemon`: the daemon enforces it (and keeps it across its restarts).
+async fn to_daemon(args: &AttachArgs) -> Result<i32> {
+    let policy = match &args.policy_name {
+        Some(name) => PolicyRef::Named(name.clone()),
+        None => {
+            // Checked here, so that errors name the user's file and line.
+            let p = args.policy.policy()?;
+            p.compile(&Default::default(), &[])?;
+            let source = args.policy.file.clone().unwrap_or_else(|| "--allow".into());
+            PolicyRef::Inline { yaml: crate::policy::file::render(&p, None), source }
+        }
+    };
+    let request = Request::Attach { name: args.name.clone(), cgroup: args.cgroup.clone(), policy };
+    let response = control::call(&args.socket.path, &request, Duration::from_secs(60)).await?;
+    if response.ok {
+        eprintln!("netcontrol: {}", response.message.unwrap_or_default());
+        Ok(0)
+    } else {
+        Err(Error::Daemon(response.error.unwrap_or_default()))
     }
 }

@@ -2,8 +2,12 @@
 
 pub mod attach;
 pub mod check_policy;
+pub mod daemon;
+pub mod detach;
 pub mod run;
 pub mod single;
+pub mod status;
+pub mod uninstall;
 
 use std::path::PathBuf;
 
@@ -44,15 +48,9 @@ pub struct Cli {
     pub command: Command,
 
     /// Log filter for netcontrol's own diagnostics (error, warn, info, debug, trace, or a
-    /// tracing-subscriber directive).
-    #[arg(
-        long,
-        global = true,
-        env = "NETCONTROL_LOG",
-        default_value = "warn",
-        value_name = "FILTER"
-    )]
-    pub log_level: String,
+    /// tracing-subscriber directive). Default: info for the daemon, warn otherwise.
+    #[arg(long, global = true, env = "NETCONTROL_LOG", value_name = "FILTER")]
+    pub log_level: Option<String>,
 
     /// Format of netcontrol's own diagnostics on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -68,14 +66,16 @@ pub enum LogFormat {
 impl Cli {
     /// The log filter: --log-level, plus the kernel-side records when --bpf-log asks for them.
     pub fn log_filter(&self) -> String {
-        let kernel = match &self.command {
-            Command::Run(a) => &a.kernel,
-            Command::Attach(a) => &a.kernel,
-            Command::CheckPolicy(_) => return self.log_level.clone(),
+        let (load, default) = match &self.command {
+            Command::Run(a) => (Some(&a.kernel.load), "warn"),
+            Command::Attach(a) => (Some(&a.kernel.load), "warn"),
+            Command::Daemon(a) => (Some(&a.load), "info"),
+            _ => (None, "warn"),
         };
-        match kernel.bpf_log {
-            BpfLog::Off => self.log_level.clone(),
-            _ => format!("{},bpf=trace", self.log_level),
+        let level = self.log_level.clone().unwrap_or_else(|| default.to_owned());
+        match load.map(|l| l.bpf_log) {
+            None | Some(BpfLog::Off) => level,
+            Some(_) => format!("{level},bpf=trace"),
         }
     }
 }
@@ -101,6 +101,26 @@ pub enum Command {
         after_help = "Example:\n  netcontrol attach --cgroup /sys/fs/cgroup/my-sandbox --allow 10.0.0.0/8:443 --events -"
     )]
     Attach(AttachArgs),
+
+    /// Enforce policies on many sandboxes, as a node's agent: one set of programs, pinned so
+    /// that enforcement continues if the daemon dies; Prometheus metrics; a control socket.
+    ///
+    /// Sandboxes and policies come from the configuration file (reloaded on SIGHUP and when it
+    /// changes, validated first) and from `netcontrol attach --daemon`. When the daemon stops
+    /// or is killed, every sandbox stays enforced; a restarted daemon re-adopts them. Remove
+    /// everything with `netcontrol uninstall`.
+    #[command(after_help = DAEMON_CONFIG)]
+    Daemon(DaemonArgs),
+
+    /// Show the running daemon's sandboxes, their policies, counters and map usage.
+    Status(StatusArgs),
+
+    /// Stop enforcing on a cgroup: through the daemon if it runs, else by removing the pins
+    /// netcontrol left for it.
+    Detach(DetachArgs),
+
+    /// Remove every pin under the pin root: links (enforcement ends), maps and programs.
+    Uninstall(UninstallArgs),
 
     /// Validate a policy file and print it normalized (as YAML that loads back unchanged).
     ///
@@ -230,6 +250,12 @@ pub struct KernelArgs {
     #[arg(long)]
     pub no_pin: bool,
 
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
     /// Kernel-side diagnostics through aya-log, forwarded to netcontrol's log (off: the
     /// programs carry no logging cost).
     #[arg(long, env = "NETCONTROL_BPF_LOG", value_enum, default_value_t = BpfLog::Off)]
@@ -251,13 +277,19 @@ pub enum BpfLog {
     Trace,
 }
 
-impl KernelArgs {
-    pub fn load_options(&self) -> LoadOptions {
+impl LoadArgs {
+    pub fn options(&self) -> LoadOptions {
         LoadOptions {
             bpf_log_level: self.bpf_log as u8,
             events_bytes: Some(self.event_buffer * 1024),
             ..LoadOptions::default()
         }
+    }
+}
+
+impl KernelArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        self.load.options()
     }
 
     /// Where a standalone sandbox pins its links (--no-pin: nowhere).
@@ -308,10 +340,144 @@ pub struct AttachArgs {
     pub cgroup: PathBuf,
     #[command(flatten)]
     pub policy: PolicyArgs,
+
+    /// Hand the sandbox to the running daemon (which keeps it across its restarts) and return
+    /// at once, instead of enforcing from this process.
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// With --daemon: a policy of the daemon's configuration, instead of --policy/--allow.
+    #[arg(long, value_name = "NAME", requires = "daemon", conflicts_with_all = ["file", "allow"])]
+    pub policy_name: Option<String>,
+
+    /// With --daemon: how status, events and metrics name the sandbox (default: the cgroup).
+    #[arg(long, value_name = "NAME", requires = "daemon")]
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub socket: SocketArgs,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
     pub kernel: KernelArgs,
+}
+
+const DAEMON_CONFIG: &str = "\
+Configuration file:
+  pin_root: /sys/fs/bpf/netcontrol      # default
+  metrics_addr: 127.0.0.1:9477          # default; \"off\" serves nothing
+  control_socket: /run/netcontrol/control.sock
+  events:
+    path: /var/log/netcontrol/events.jsonl   # \"-\" (the default): stdout
+    max_size: 100MiB                    # rotate at this size...
+    keep: 5                             # ...keeping this many old files
+  policies:                             # in the policy file format (check-policy --help)
+    ci:
+      allow: [api.github.com:443]
+  policy_files:                         # or in files of their own (relative to this one)
+    web: web-policy.yaml
+  sandboxes:
+    - name: job-1                       # names it in status, events and metrics
+      cgroup: ci/job-1                  # relative to the cgroup2 mount, or absolute
+      policy: ci
+A sandbox whose cgroup does not exist yet is attached when it appears (checked every second);
+one whose cgroup goes away is detached. Unknown keys are errors.
+
+Endpoints: /metrics (OpenMetrics), /healthz, /readyz (ready once every pinned sandbox is
+re-adopted and every configured one attached or found missing).";
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The configuration file (YAML; see below).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+
+    /// Where to serve /metrics, /healthz and /readyz (default: the configuration's
+    /// metrics_addr, else 127.0.0.1:9477); `off` serves nothing.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<MetricsAddr>,
+
+    /// bpffs directory for pins (default: the configuration's pin_root, else
+    /// /sys/fs/bpf/netcontrol).
+    #[arg(long, env = "NETCONTROL_PIN_ROOT", value_name = "DIR")]
+    pub pin_root: Option<PathBuf>,
+
+    /// The control socket (default: the configuration's control_socket, else
+    /// /run/netcontrol/control.sock).
+    #[arg(long, env = "NETCONTROL_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Where events go (JSON lines; `-` for stdout), instead of the configuration's.
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// An address for metrics, or none.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|_| format!("{s:?} is not an address and port such as 127.0.0.1:9477 (or `off`)"))
+}
+
+#[derive(Debug, Args)]
+pub struct SocketArgs {
+    /// The daemon's control socket.
+    #[arg(long = "socket", env = "NETCONTROL_SOCKET", value_name = "PATH",
+          default_value = crate::daemon::config::DEFAULT_CONTROL_SOCKET)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["cgroup", "name"]))]
+pub struct DetachArgs {
+    /// The cgroup to stop enforcing on.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// The daemon's sandbox of this name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub socket: SocketArgs,
+
+    /// bpffs directory of the pins (when no daemon runs).
+    #[arg(long, env = "NETCONTROL_PIN_ROOT", default_value = DEFAULT_ROOT, value_name = "DIR")]
+    pub pin_root: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// bpffs directory of the pins.
+    #[arg(long, env = "NETCONTROL_PIN_ROOT", default_value = DEFAULT_ROOT, value_name = "DIR")]
+    pub pin_root: PathBuf,
+
+    #[command(flatten)]
+    pub socket: SocketArgs,
+
+    /// Also while a daemon answers on the control socket (it keeps running, enforcing
+    /// nothing, until restarted).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The line printed at the end, if anything was blocked.

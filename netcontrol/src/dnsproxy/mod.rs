@@ -99,6 +99,21 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Every counter by the name metrics and status give it.
+    pub fn by_verdict(&self) -> [(&'static str, u64); 8] {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("allowed", l(&self.allowed)),
+            ("blocked", l(&self.blocked)),
+            ("would_block", l(&self.would_block)),
+            ("rate_limited", l(&self.rate_limited)),
+            ("name_too_long", l(&self.name_too_long)),
+            ("malformed", l(&self.malformed)),
+            ("upstream_failed", l(&self.upstream_failures)),
+            ("hold_timeout", l(&self.hold_timeouts)),
+        ]
+    }
+
     /// Queries refused so far.
     pub fn refused(&self) -> u64 {
         [&self.blocked, &self.rate_limited, &self.name_too_long]

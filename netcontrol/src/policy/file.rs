@@ -74,21 +74,33 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, FileError> {
             snippet: String::new(),
         });
     }
-    let raw: RawPolicy = serde_saphyr::from_str(text).map_err(|e| {
+    let raw: RawPolicy = parse_yaml(text, path)?;
+    Ok(raw.into_policy())
+}
+
+/// Deserialize YAML text; errors name `path`, the line and the column, with the line shown.
+pub(crate) fn parse_yaml<T: de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, FileError> {
+    serde_saphyr::from_str(text).map_err(|e| {
         let loc = e.location();
         let (line, column) = loc.map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         let plain = e.without_snippet().to_string();
         let suffix = format!(" at line {line}, column {column}");
         let message = plain.strip_suffix(&suffix).unwrap_or(&plain).to_owned();
+        FileError::at(path, text, line, column, message)
+    })
+}
+
+impl FileError {
+    /// An error at a place in `text`, which was read from `path`.
+    pub fn at(path: &Path, text: &str, line: u64, column: u64, message: impl Into<String>) -> Self {
         FileError::Invalid {
             path: path.to_owned(),
             line,
             column,
-            message,
+            message: message.into(),
             snippet: snippet(text, line, column),
         }
-    })?;
-    Ok(raw.into_policy())
+    }
 }
 
 /// The offending line with a caret under the column.
@@ -102,9 +114,10 @@ fn snippet(text: &str, line: u64, column: u64) -> String {
     )
 }
 
+/// A policy as written (also the value of a daemon config's `policies:` entries).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPolicy {
+pub(crate) struct RawPolicy {
     #[serde(default)]
     mode: Option<RawMode>,
     #[serde(default)]
@@ -159,7 +172,7 @@ struct RawSockets {
 }
 
 impl RawPolicy {
-    fn into_policy(self) -> Policy {
+    pub(crate) fn into_policy(self) -> Policy {
         let defaults = DnsSettings::default();
         let dns = self.dns.map_or(defaults.clone(), |d| DnsSettings {
             mode: match d.mode {

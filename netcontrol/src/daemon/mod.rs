@@ -1,0 +1,113 @@
+//! `netcontrol daemon`: one set of programs serving many sandboxes, pinned so that
+//! enforcement outlives the process.
+
+pub mod config;
+pub mod control;
+pub mod runtime;
+pub mod supervisor;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use self::supervisor::Supervisor;
+use crate::{
+    bpf::{LoadOptions, PinRoot},
+    datapath::Datapath,
+    error::{Error, Result},
+    events::{Labels, Sink},
+    metrics::{self, KernelCollector, Shared},
+    watch::FileWatch,
+};
+
+/// What the command line says (it overrides the configuration file).
+#[derive(Debug)]
+pub struct Options {
+    pub config: PathBuf,
+    pub pin_root: Option<PathBuf>,
+    /// `Some(None)`: metrics off.
+    pub metrics_addr: Option<Option<SocketAddr>>,
+    pub control_socket: Option<PathBuf>,
+    pub events: Option<PathBuf>,
+    pub load: LoadOptions,
+}
+
+/// Run until SIGTERM or SIGINT. Sandboxes stay enforced when it stops (their links are
+/// pinned); `netcontrol uninstall` removes everything.
+pub async fn run(opts: Options) -> Result<i32> {
+    let config = config::load(&opts.config).map_err(crate::policy::PolicyError::from)?;
+    crate::privileges::check()?;
+    let s = |k| signal(k).map_err(|e| Error::io("installing signal handlers", e));
+    let (mut int, mut term, mut hup) =
+        (s(SignalKind::interrupt())?, s(SignalKind::terminate())?, s(SignalKind::hangup())?);
+    let pin_root = opts
+        .pin_root
+        .clone()
+        .or_else(|| config.pin_root.clone())
+        .unwrap_or_else(|| PathBuf::from(crate::bpf::pins::DEFAULT_ROOT));
+    let socket = opts.control_socket.clone().unwrap_or_else(|| config.control_socket.clone());
+    let metrics_addr = opts.metrics_addr.unwrap_or(config.metrics_addr);
+    let events = opts.events.clone().unwrap_or_else(|| config.events.path.clone());
+
+    // The socket first: a second daemon must stop before it touches the pins.
+    let (calls_tx, mut calls) = mpsc::channel(16);
+    control::listen(&socket, calls_tx).await?;
+    let _socket = RemoveOnDrop(socket.clone());
+    let root = PinRoot::open(&pin_root)?;
+    let sink = Sink::with_rotation(Some(&events), false, Some(config.events.rotation))?;
+    let dp = Datapath::load(&opts.load, Some(&root), sink, Labels::default())?;
+    let shared = Arc::new(Shared::new());
+    if let Some(addr) = metrics_addr {
+        let collector = KernelCollector::open(&root.daemon_maps(), shared.clone(), dp.injector())?;
+        metrics::serve(addr, shared.clone(), collector).await?;
+    }
+    let mut watch = FileWatch::new(&opts.config)?;
+    let mut sup = Supervisor::new(dp, root, config, shared.clone(), runtime::file_for(&socket))?;
+    sup.start_all().await;
+    shared.set_ready();
+    let status = sup.status();
+    let enforcing = status.sandboxes.iter().filter(|s| s.state == "enforcing").count();
+    tracing::info!(
+        "ready: {enforcing} sandboxes enforcing, {} waiting; control socket {}{}",
+        status.sandboxes.len() - enforcing,
+        socket.display(),
+        metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
+    );
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        shared.beat();
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => drop(sup.reload("SIGHUP").await),
+            () = watch.changed() => {
+                watch.settle().await;
+                drop(sup.reload("configuration file changed").await);
+            }
+            Some((request, reply)) = calls.recv() => {
+                let _ = reply.send(sup.handle(request).await);
+            }
+            _ = tick.tick() => sup.tick().await,
+            (name, change) = sup.next_change() => {
+                sup.apply(&name, change);
+                sup.publish();
+            }
+        }
+    }
+    sup.shutdown().await?;
+    Ok(0)
+}
+
+/// The control socket goes when the daemon does.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,696 @@
+//! The daemon's sandboxes: which are wanted (configuration file and control socket), which
+//! are enforcing, and bringing the one in line with the other — at start (re-adopting what is
+//! pinned), on reload, when cgroups come and go, and on control requests.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::future::select_all;
+use netcontrol_common::abi::GLOBAL_EVENTS_LOST;
+
+use super::{
+    config::{self, Config, SandboxConfig},
+    control::{MapUsage, PolicyRef, Request, Response, SandboxStatus, Status},
+    runtime::{self, Attached},
+};
+use crate::{
+    bpf::{PinRoot, pins},
+    cgroup,
+    datapath::Datapath,
+    enforcer::LinkPins,
+    error::{Error, Result},
+    metrics::{SandboxGauges, Shared, Snapshot},
+    policy::Policy,
+    sandbox::{Change, NsChoice, Sandbox, Spec},
+};
+
+/// How soon a sandbox whose cgroup is missing is looked for again.
+const MISSING_RETRY: Duration = Duration::from_secs(1);
+/// How soon a failed attach is tried again.
+const FAILED_RETRY: Duration = Duration::from_secs(5);
+
+pub struct Supervisor {
+    dp: Datapath,
+    root: PinRoot,
+    mount: PathBuf,
+    config: Config,
+    slots: BTreeMap<String, Slot>,
+    /// cgroup id -> policy id, for every cgroup that has (or may have) entries in the maps.
+    ids: BTreeMap<u64, u32>,
+    shared: Arc<Shared>,
+    runtime_file: PathBuf,
+    attach_errors: BTreeMap<String, u64>,
+    reload_failures: u64,
+}
+
+struct Slot {
+    /// As configured: absolute, or relative to the cgroup2 mount.
+    cgroup: PathBuf,
+    policy_name: String,
+    policy: Policy,
+    origin: Origin,
+    state: State,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Origin {
+    Config,
+    Control(PolicyRef),
+}
+
+enum State {
+    Enforcing(Box<Sandbox>),
+    Waiting { why: String, next_try: Instant },
+}
+
+impl Supervisor {
+    pub fn new(
+        dp: Datapath,
+        root: PinRoot,
+        config: Config,
+        shared: Arc<Shared>,
+        runtime_file: PathBuf,
+    ) -> Result<Self> {
+        // Policy ids of the sandboxes a previous run left in the pinned maps: reused for the
+        // same cgroups, so that their entries are updated in place, never dropped.
+        let ids = dp.maps_ref().sandboxes()?.into_iter().map(|(id, v)| (id, v.policy_id)).collect();
+        Ok(Self {
+            dp,
+            root,
+            mount: cgroup::mount_point()?,
+            config,
+            slots: BTreeMap::new(),
+            ids,
+            shared,
+            runtime_file,
+            attach_errors: BTreeMap::new(),
+            reload_failures: 0,
+        })
+    }
+
+    /// Bring up every configured and control-attached sandbox (re-adopting pinned links), then
+    /// remove what earlier runs left for cgroups that are gone or no longer wanted.
+    pub async fn start_all(&mut self) {
+        for s in self.config.sandboxes.clone() {
+            self.add_config_slot(&s);
+        }
+        for a in runtime::load(&self.runtime_file) {
+            match self.resolve_policy(&a.policy) {
+                Ok((policy_name, policy)) if !self.slots.contains_key(&a.name) => {
+                    self.slots.insert(
+                        a.name.clone(),
+                        Slot::waiting(a.cgroup, policy_name, policy, Origin::Control(a.policy)),
+                    );
+                }
+                Ok(_) => tracing::warn!(
+                    "{}: attached through the control socket, but the configuration now has a sandbox of that name",
+                    a.name
+                ),
+                Err(e) => tracing::warn!("{}: no longer attached: {e}", a.name),
+            }
+        }
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for name in &names {
+            self.try_start(name).await;
+        }
+        self.collect_garbage();
+        self.save_runtime();
+        self.publish();
+    }
+
+    fn add_config_slot(&mut self, s: &SandboxConfig) {
+        let policy = self.config.policies[&s.policy].clone();
+        self.slots.insert(
+            s.name.clone(),
+            Slot::waiting(s.cgroup.clone(), s.policy.clone(), policy, Origin::Config),
+        );
+    }
+
+    fn resolve(&self, cgroup: &Path) -> PathBuf {
+        if cgroup.is_absolute() { cgroup.to_owned() } else { self.mount.join(cgroup) }
+    }
+
+    /// The policy id for a cgroup: the one it had, or the smallest free one.
+    fn policy_id_for(&mut self, cgroup_id: u64) -> u32 {
+        if let Some(id) = self.ids.get(&cgroup_id) {
+            return *id;
+        }
+        let used: BTreeSet<u32> = self.ids.values().copied().collect();
+        let id = (1..).find(|i| !used.contains(i)).unwrap_or(u32::MAX);
+        self.ids.insert(cgroup_id, id);
+        id
+    }
+
+    /// Start enforcing a waiting sandbox if its cgroup exists; otherwise note why not.
+    async fn try_start(&mut self, name: &str) {
+        let Some(slot) = self.slots.get(name) else { return };
+        if matches!(slot.state, State::Enforcing(_)) {
+            return;
+        }
+        let path = self.resolve(&slot.cgroup);
+        let result = self.start_on(name, &path, slot.policy.clone()).await;
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        slot.state = match result {
+            Ok(sandbox) => {
+                let how = if sandbox.enforcer().adopted() { "re-adopted" } else { "enforcing" };
+                tracing::info!(
+                    sandbox = name,
+                    "{how} {} (cgroup id {}): policy {}, {} mode, {} allow entries",
+                    path.display(),
+                    sandbox.enforcer().sandbox_id(),
+                    slot.policy_name,
+                    sandbox.policy().mode.name(),
+                    sandbox.enforcer().current().entries.len()
+                );
+                State::Enforcing(Box::new(sandbox))
+            }
+            Err(Missing(why)) => {
+                if !matches!(&slot.state, State::Waiting { why: w, .. } if *w == why) {
+                    tracing::info!(sandbox = name, "waiting: {why}");
+                }
+                State::Waiting { why, next_try: Instant::now() + MISSING_RETRY }
+            }
+            Err(Failed(e)) => {
+                *self.attach_errors.entry(name.to_owned()).or_default() += 1;
+                tracing::error!(
+                    sandbox = name,
+                    "attaching to {} failed (retrying): {e}",
+                    path.display()
+                );
+                State::Waiting { why: e.to_string(), next_try: Instant::now() + FAILED_RETRY }
+            }
+        };
+    }
+
+    async fn start_on(
+        &mut self,
+        name: &str,
+        path: &Path,
+        policy: Policy,
+    ) -> Result<Sandbox, NotStarted> {
+        if !cgroup::is_cgroup2(path) {
+            return Err(Missing(format!("{} does not exist yet", path.display())));
+        }
+        let cgroup_id = cgroup::id(path).map_err(Failed)?;
+        if let Some(other) = self.enforcing().find(|(_, s)| s.enforcer().sandbox_id() == cgroup_id)
+        {
+            return Err(Missing(format!(
+                "{} is already enforced as sandbox {:?}",
+                path.display(),
+                other.0
+            )));
+        }
+        let policy_id = self.policy_id_for(cgroup_id);
+        let spec = Spec {
+            name: name.to_owned(),
+            cgroup: path.to_owned(),
+            policy,
+            policy_id,
+            link_pins: LinkPins::Daemon(self.root.clone()),
+            ns: NsChoice::OfProcesses,
+        };
+        Sandbox::start(&mut self.dp, spec).await.map_err(Failed)
+    }
+
+    fn enforcing(&self) -> impl Iterator<Item = (&String, &Sandbox)> {
+        self.slots.iter().filter_map(|(n, s)| match &s.state {
+            State::Enforcing(sb) => Some((n, sb.as_ref())),
+            State::Waiting { .. } => None,
+        })
+    }
+
+    /// Stop enforcing a sandbox: its links, pins, map entries and counters go.
+    fn stop(&mut self, name: &str) -> Result<()> {
+        let Some(slot) = self.slots.get_mut(name) else { return Ok(()) };
+        let state = std::mem::replace(
+            &mut slot.state,
+            State::Waiting { why: "detached".into(), next_try: Instant::now() + MISSING_RETRY },
+        );
+        if let State::Enforcing(sandbox) = state {
+            let id = sandbox.enforcer().sandbox_id();
+            let counts = sandbox.detach(&mut self.dp)?;
+            self.ids.remove(&id);
+            tracing::info!(
+                sandbox = name,
+                "detached: {} blocked, {} allowed over its life",
+                counts.blocked,
+                counts.allowed
+            );
+        }
+        Ok(())
+    }
+
+    /// Remove what earlier runs left behind and nobody wants now: links of cgroups that are
+    /// gone or not configured, their sandbox entries, their policies' entries.
+    fn collect_garbage(&mut self) {
+        let mut keep: BTreeSet<u64> = BTreeSet::new();
+        for slot in self.slots.values() {
+            match &slot.state {
+                State::Enforcing(s) => {
+                    keep.insert(s.enforcer().sandbox_id());
+                }
+                // A wanted cgroup that failed to start keeps what enforced it before (fail
+                // closed) until an attach succeeds.
+                State::Waiting { .. } => {
+                    if let Ok(id) = cgroup::id(&self.resolve(&slot.cgroup)) {
+                        keep.insert(id);
+                    }
+                }
+            }
+        }
+        for (id, dir) in self.root.daemon_link_dirs() {
+            if keep.contains(&id) {
+                continue;
+            }
+            let what = match cgroup::path_by_id(&self.mount, id) {
+                Some(p) => format!("{} (no longer configured)", p.display()),
+                None => format!("cgroup {id} (gone)"),
+            };
+            match pins::remove_dir(&dir) {
+                Ok(()) => tracing::info!("removed the pinned links of {what}"),
+                Err(e) => tracing::warn!("removing the pinned links of {what}: {e}"),
+            }
+        }
+        if let Ok(entries) = self.dp.maps_ref().sandboxes() {
+            for (id, _) in entries.into_iter().filter(|(id, _)| !keep.contains(id)) {
+                if let Err(e) =
+                    self.dp.maps().remove_sandbox(id).and_then(|()| self.dp.maps().remove_stats(id))
+                {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        self.ids.retain(|id, _| keep.contains(id));
+        let policies: BTreeSet<u32> = self.ids.values().copied().collect();
+        match self.dp.maps().purge_policies(&policies) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} allow entries of sandboxes that are gone"),
+            Err(e) => tracing::warn!("{e}"),
+        }
+        let _ = pins::collect_garbage(&self.root, &self.mount, None);
+    }
+
+    /// Once a second: attach sandboxes whose cgroup appeared (or whose attach failed), and
+    /// let go of those whose cgroup went away.
+    pub async fn tick(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let mut gone = Vec::new();
+        for (name, slot) in &self.slots {
+            match &slot.state {
+                State::Waiting { next_try, .. } if *next_try <= now => due.push(name.clone()),
+                State::Waiting { .. } => {}
+                State::Enforcing(s) => {
+                    let path = s.enforcer().cgroup();
+                    if cgroup::id(path).ok() != Some(s.enforcer().sandbox_id()) {
+                        gone.push(name.clone());
+                    }
+                }
+            }
+        }
+        for name in gone {
+            tracing::info!(sandbox = name.as_str(), "its cgroup is gone");
+            if let Err(e) = self.stop(&name) {
+                tracing::warn!(sandbox = name.as_str(), "{e}");
+            }
+            if matches!(self.slots.get(&name).map(|s| &s.origin), Some(Origin::Control(_))) {
+                self.slots.remove(&name);
+                self.save_runtime();
+            }
+        }
+        for name in due {
+            self.try_start(&name).await;
+        }
+        self.publish();
+    }
+
+    /// Wait for DNS to change what one of the sandboxes allows. Cancel-safe.
+    pub async fn next_change(&mut self) -> (String, Change) {
+        let waits: Vec<_> = self
+            .slots
+            .iter_mut()
+            .filter_map(|(name, slot)| match &mut slot.state {
+                State::Enforcing(s) => {
+                    Some(Box::pin(async move { (name.clone(), s.next_change().await) }))
+                }
+                State::Waiting { .. } => None,
+            })
+            .collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        select_all(waits).await.0
+    }
+
+    pub fn apply(&mut self, name: &str, change: Change) {
+        if let Some(Slot { state: State::Enforcing(s), .. }) = self.slots.get_mut(name)
+            && let Err(e) = s.apply(&mut self.dp, change)
+        {
+            tracing::warn!(sandbox = name, "{e}");
+        }
+    }
+
+    /// Re-read the configuration: validated as a whole first (an invalid file changes
+    /// nothing), then applied sandbox by sandbox.
+    pub async fn reload(&mut self, why: &str) -> Result<String> {
+        let result = self.reload_inner().await;
+        match &result {
+            Ok(summary) => {
+                tracing::info!("{why}: reloaded {}: {summary}", self.config.path.display())
+            }
+            Err(e) => {
+                self.reload_failures += 1;
+                tracing::error!("{why}: keeping the previous configuration: {e}");
+            }
+        }
+        self.publish();
+        result
+    }
+
+    async fn reload_inner(&mut self) -> Result<String> {
+        let new = config::load(&self.config.path).map_err(crate::policy::PolicyError::from)?;
+        for (name, p) in &new.policies {
+            p.compile(&Default::default(), &[])
+                .map_err(|e| Error::Reload(format!("policy {name:?}: {e}")))?;
+        }
+        if new.pin_root != self.config.pin_root
+            || new.metrics_addr != self.config.metrics_addr
+            || new.control_socket != self.config.control_socket
+            || new.events != self.config.events
+        {
+            tracing::warn!(
+                "pin_root, metrics_addr, control_socket and events take effect at the next start"
+            );
+        }
+        let (mut added, mut changed, mut removed, mut problems) = (0, 0, 0, Vec::new());
+        let wanted: BTreeSet<&String> = new.sandboxes.iter().map(|s| &s.name).collect();
+        let dropped: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(n, s)| s.origin == Origin::Config && !wanted.contains(n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let old = std::mem::replace(&mut self.config, new);
+        for s in self.config.sandboxes.clone() {
+            let policy = self.config.policies[&s.policy].clone();
+            let existing =
+                self.slots.get(&s.name).map(|slot| (slot.cgroup.clone(), slot.origin.clone()));
+            match existing {
+                None => {
+                    self.add_config_slot(&s);
+                    self.try_start(&s.name).await;
+                    added += 1;
+                }
+                Some((cgroup, origin)) if cgroup != s.cgroup || origin != Origin::Config => {
+                    if let Err(e) = self.stop(&s.name) {
+                        problems.push(format!("{}: {e}", s.name));
+                    }
+                    self.add_config_slot(&s);
+                    self.try_start(&s.name).await;
+                    changed += 1;
+                }
+                Some(_) => {
+                    let slot = self.slots.get_mut(&s.name).expect("present");
+                    if slot.policy == policy && slot.policy_name == s.policy {
+                        continue;
+                    }
+                    if let State::Enforcing(sb) = &mut slot.state
+                        && let Err(e) = sb.reload(&mut self.dp, policy.clone()).await
+                    {
+                        problems.push(format!("{}: {e}; it keeps its previous policy", s.name));
+                        continue;
+                    }
+                    slot.policy = policy;
+                    slot.policy_name = s.policy.clone();
+                    changed += 1;
+                }
+            }
+        }
+        for name in dropped {
+            if let Err(e) = self.stop(&name) {
+                problems.push(format!("{name}: {e}"));
+            }
+            self.slots.remove(&name);
+            removed += 1;
+        }
+        drop(old);
+        let summary = format!("{added} sandboxes added, {changed} changed, {removed} removed");
+        if problems.is_empty() {
+            Ok(summary)
+        } else {
+            Err(Error::Reload(format!("{summary}, but:\n  {}", problems.join("\n  "))))
+        }
+    }
+
+    fn resolve_policy(&self, r: &PolicyRef) -> Result<(String, Policy)> {
+        match r {
+            PolicyRef::Named(n) => match self.config.policies.get(n) {
+                Some(p) => Ok((n.clone(), p.clone())),
+                None => Err(Error::Reload(format!(
+                    "no policy named {n:?} in {} (defined: {})",
+                    self.config.path.display(),
+                    self.config.policies.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))),
+            },
+            PolicyRef::Inline { yaml, source } => {
+                let p = crate::policy::file::parse(yaml, source)
+                    .map_err(crate::policy::PolicyError::from)?;
+                Ok((source.display().to_string(), p))
+            }
+        }
+    }
+
+    pub async fn handle(&mut self, request: Request) -> Response {
+        let response = match request {
+            Request::Status => {
+                Response { ok: true, status: Some(self.status()), ..Response::default() }
+            }
+            Request::Reload => match self.reload("control request").await {
+                Ok(s) => Response::done(s),
+                Err(e) => Response::failed(e),
+            },
+            Request::Attach { name, cgroup, policy } => {
+                match self.attach(name, cgroup, policy).await {
+                    Ok(s) => Response::done(s),
+                    Err(e) => Response::failed(e),
+                }
+            }
+            Request::Detach { name, cgroup } => match self.detach(name, cgroup) {
+                Ok(s) => Response::done(s),
+                Err(e) => Response::failed(e),
+            },
+        };
+        self.publish();
+        response
+    }
+
+    async fn attach(
+        &mut self,
+        name: Option<String>,
+        cgroup: PathBuf,
+        policy: PolicyRef,
+    ) -> Result<String> {
+        let name = name.unwrap_or_else(|| cgroup.display().to_string());
+        if self.slots.contains_key(&name) {
+            return Err(Error::Reload(format!("there is already a sandbox named {name:?}")));
+        }
+        let (policy_name, p) = self.resolve_policy(&policy)?;
+        p.compile(&Default::default(), &[])?;
+        let path = self.resolve(&cgroup);
+        cgroup::validate(&path)?;
+        self.slots.insert(
+            name.clone(),
+            Slot::waiting(cgroup.clone(), policy_name, p, Origin::Control(policy)),
+        );
+        self.try_start(&name).await;
+        match &self.slots[&name].state {
+            State::Enforcing(s) => {
+                let msg = format!(
+                    "enforcing on {} (cgroup id {}) as sandbox {name:?}: {} allow entries, {} mode",
+                    path.display(),
+                    s.enforcer().sandbox_id(),
+                    s.enforcer().current().entries.len(),
+                    s.policy().mode.name()
+                );
+                self.save_runtime();
+                Ok(msg)
+            }
+            State::Waiting { why, .. } => {
+                let why = why.clone();
+                self.slots.remove(&name);
+                Err(Error::Reload(why))
+            }
+        }
+    }
+
+    fn detach(&mut self, name: Option<String>, cgroup: Option<PathBuf>) -> Result<String> {
+        let wanted_id = cgroup.as_ref().and_then(|c| cgroup::id(&self.resolve(c)).ok());
+        let found = self.slots.iter().find(|(n, s)| {
+            Some(*n) == name.as_ref()
+                || cgroup.as_ref().is_some_and(|c| {
+                    *c == s.cgroup
+                        || self.resolve(c) == self.resolve(&s.cgroup)
+                        || matches!(&s.state, State::Enforcing(sb) if Some(sb.enforcer().sandbox_id()) == wanted_id)
+                })
+        });
+        let Some((name, slot)) = found else {
+            let what = name.map_or_else(
+                || format!("{}", cgroup.unwrap_or_default().display()),
+                |n| format!("{n:?}"),
+            );
+            return Err(Error::Reload(format!("no sandbox {what} is attached")));
+        };
+        let name = name.clone();
+        if slot.origin == Origin::Config {
+            return Err(Error::Reload(format!(
+                "sandbox {name:?} comes from {}; remove it there and reload",
+                self.config.path.display()
+            )));
+        }
+        self.stop(&name)?;
+        self.slots.remove(&name);
+        self.save_runtime();
+        Ok(format!("detached sandbox {name:?}"))
+    }
+
+    fn save_runtime(&self) {
+        let list: Vec<Attached> = self
+            .slots
+            .iter()
+            .filter_map(|(name, s)| match &s.origin {
+                Origin::Control(policy) => Some(Attached {
+                    name: name.clone(),
+                    cgroup: s.cgroup.clone(),
+                    policy: policy.clone(),
+                }),
+                Origin::Config => None,
+            })
+            .collect();
+        if list.is_empty() && !self.runtime_file.exists() {
+            return;
+        }
+        if let Err(e) = runtime::save(&self.runtime_file, &list) {
+            tracing::error!("saving {}: {e}", self.runtime_file.display());
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let sandboxes = self
+            .slots
+            .iter()
+            .map(|(name, slot)| {
+                let mut s = SandboxStatus {
+                    name: name.clone(),
+                    cgroup: self.resolve(&slot.cgroup),
+                    policy: slot.policy_name.clone(),
+                    mode: slot.policy.mode.name().to_owned(),
+                    dns_mode: slot.policy.dns.mode.name().to_owned(),
+                    origin: match slot.origin {
+                        Origin::Config => "config".into(),
+                        Origin::Control(_) => "control".into(),
+                    },
+                    ..SandboxStatus::default()
+                };
+                match &slot.state {
+                    State::Enforcing(sb) => {
+                        let counts = sb.counts(&self.dp).unwrap_or_default();
+                        let entries = &sb.enforcer().current().entries;
+                        s.state = "enforcing".into();
+                        s.cgroup_id = Some(sb.enforcer().sandbox_id());
+                        s.adopted = sb.enforcer().adopted();
+                        s.allowed = counts.allowed;
+                        s.blocked = counts.blocked;
+                        s.would_block = counts.would_block;
+                        s.events_lost = counts.events_lost;
+                        s.dns_refused = counts.dns_refused;
+                        s.entries_v4 = entries.v4.len();
+                        s.entries_v6 = entries.v6.len();
+                    }
+                    State::Waiting { why, .. } => {
+                        s.state = "waiting".into();
+                        s.detail = Some(why.clone());
+                    }
+                }
+                s
+            })
+            .collect();
+        let maps = self
+            .dp
+            .maps_ref()
+            .usage()
+            .into_iter()
+            .map(|(map, entries, capacity)| MapUsage { map: map.to_owned(), entries, capacity })
+            .collect();
+        let kernel_lost =
+            self.dp.maps_ref().global().map(|g| g[GLOBAL_EVENTS_LOST as usize]).unwrap_or(0);
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            config: self.config.path.clone(),
+            pin_root: self.root.path.clone(),
+            ready: true,
+            programs_adopted: self.dp.programs_adopted(),
+            sandboxes,
+            maps,
+            events_lost: kernel_lost + self.dp.injected_lost(),
+        }
+    }
+
+    /// Hand metrics what changed.
+    pub fn publish(&self) {
+        let sandboxes = self
+            .enforcing()
+            .map(|(name, s)| SandboxGauges {
+                name: name.clone(),
+                cgroup_id: s.enforcer().sandbox_id(),
+                entries_v4: s.enforcer().current().entries.v4.len(),
+                entries_v6: s.enforcer().current().entries.v6.len(),
+                dns: s.dns_stats().cloned(),
+            })
+            .collect::<Vec<_>>();
+        self.shared.publish(Snapshot {
+            waiting: self.slots.len() - sandboxes.len(),
+            sandboxes,
+            attach_errors: self.attach_errors.clone(),
+            reload_failures: self.reload_failures,
+        });
+    }
+
+    /// Stop supervising, leaving every sandbox enforced by its pins (a restarted daemon
+    /// re-adopts them), and deliver the events still queued.
+    pub async fn shutdown(self) -> Result<()> {
+        let Self { dp, slots, .. } = self;
+        let n = slots.values().filter(|s| matches!(s.state, State::Enforcing(_))).count();
+        for slot in slots.into_values() {
+            if let State::Enforcing(s) = slot.state {
+                s.leave_pinned();
+            }
+        }
+        tracing::info!("stopping; {n} sandboxes stay enforced by their pins");
+        dp.finish().await.map(drop)
+    }
+}
+
+impl Slot {
+    fn waiting(cgroup: PathBuf, policy_name: String, policy: Policy, origin: Origin) -> Self {
+        Self {
+            cgroup,
+            policy_name,
+            policy,
+            origin,
+            state: State::Waiting { why: "not started".into(), next_try: Instant::now() },
+        }
+    }
+}
+
+/// Why a sandbox did not start.
+enum NotStarted {
+    /// Its cgroup is not there (yet): not an error.
+    Missing(String),
+    Failed(Error),
+}
+use NotStarted::{Failed, Missing};

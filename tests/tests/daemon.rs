@@ -1,0 +1,469 @@
+//! `netcontrol daemon` on the real kernel: many sandboxes on one set of programs, a real
+//! Prometheus scraping it, kill -9 without failing open, restarts that re-adopt pins, config
+//! reloads validated first, the control socket.
+//!
+//! Every test runs in its own network namespace; "denied" destinations are servers the test
+//! started on its private loopback.
+
+use std::{
+    io::Write,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use netcontrol_tests::{
+    TestCgroup,
+    daemon::{Daemon, METRICS_ADDR},
+    events_at_least, find_event, in_cgroup, isolate_network, kernel_tests_enabled, parse_probes,
+    probe_bin, probe_in,
+    prometheus::Prometheus,
+    servers, show, unique, within,
+};
+use serde_json::json;
+
+fn sandbox_yaml(name: &str, cgroup: &Path, policy: &str) -> String {
+    format!("  - name: {name}\n    cgroup: {}\n    policy: {policy}\n", cgroup.display())
+}
+
+fn tcp_in(cgroup: &Path, target: &str) -> netcontrol_tests::Probe {
+    probe_in(cgroup, &[("tcp", target)]).remove(0)
+}
+
+/// Programs attached to a cgroup, as the kernel lists them.
+fn attached_programs(cgroup: &Path) -> usize {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool: {}", show(&out));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+#[test]
+fn prometheus_counts_blocked_attempts_per_sandbox() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10", "127.0.0.11"]);
+    let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11"]);
+    let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
+    let (alpha, beta) = (TestCgroup::new(), TestCgroup::new());
+    let mut d = Daemon::new(&format!(
+        "policies:\n  web:\n    allow: [\"{allowed}\"]\nsandboxes:\n{}{}",
+        sandbox_yaml("alpha", &alpha.path, "web"),
+        sandbox_yaml("beta", &beta.path, "web")
+    ));
+    d.start();
+    let prom = Prometheus::start(METRICS_ADDR);
+
+    const N: usize = 7;
+    for _ in 0..N {
+        let p = tcp_in(&alpha.path, &denied);
+        assert!(p.is_eperm(), "{p:?}");
+    }
+    for _ in 0..2 {
+        let p = tcp_in(&alpha.path, &allowed);
+        assert!(p.ok, "{p:?}");
+    }
+    assert!(tcp_in(&beta.path, &denied).is_eperm());
+
+    for (query, want) in [
+        (r#"sum(netcontrol_egress_blocked_total{sandbox="alpha"})"#, N as f64),
+        (r#"sum(netcontrol_egress_blocked_total{sandbox="beta"})"#, 1.0),
+        (r#"sum(netcontrol_egress_allowed_total{sandbox="alpha",hook="connect4"})"#, 2.0),
+        (r#"netcontrol_sandboxes{state="enforcing"}"#, 2.0),
+        (r#"netcontrol_allowlist_entries{sandbox="alpha",family="ipv4"}"#, 1.0),
+    ] {
+        if let Err(last) = prom.wait_for(query, want) {
+            panic!("{query}: want {want}, Prometheus says {last:?}\n{}", d.get("/metrics").1);
+        }
+    }
+    // The blocked attempts' reason is a label, the destination is not.
+    let (code, body) = d.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(r#"netcontrol_egress_blocked_total{sandbox="alpha",hook="connect4",family="ipv4",protocol="tcp",reason="not_allowlisted"} 7"#),
+        "{body}"
+    );
+    assert!(!body.contains("127.0.0.10"), "no destinations in labels: {body}");
+
+    // promtool finds nothing to complain about.
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    lint.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write");
+    let lint = lint.wait_with_output().expect("promtool");
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool: {}",
+        show(&lint)
+    );
+
+    assert_eq!(d.get("/healthz").0, 200);
+    assert_eq!(d.get("/readyz").0, 200);
+
+    // Status: sandboxes, policy, mode, counters, map usage against capacity.
+    let a = d.sandbox("alpha");
+    assert_eq!(a["state"], "enforcing");
+    assert_eq!(a["policy"], "web");
+    assert_eq!(a["mode"], "enforce");
+    assert_eq!(a["blocked"], N);
+    assert_eq!(a["allowed"], 2);
+    assert_eq!(a["entries_v4"], 1);
+    let status = d.status();
+    let v4 = status["maps"]
+        .as_array()
+        .expect("maps")
+        .iter()
+        .find(|m| m["map"] == "ALLOW_V4")
+        .expect("ALLOW_V4");
+    assert_eq!(v4["entries"], 2, "one entry per sandbox: {status:#}");
+    assert!(v4["capacity"].as_u64().expect("capacity") >= 1 << 20);
+    let text = d.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("alpha") && text.contains("enforcing") && text.contains("ALLOW_V4 2/"),
+        "{text}"
+    );
+
+    // Events name the sandbox; per-attempt detail is there.
+    let events = events_at_least(&d.events, N + 1);
+    let e = find_event(&events, &[("sandbox", json!("beta"))]);
+    assert_eq!(e["dst_ip"], "127.0.0.10");
+    assert_eq!(e["dst_port"], port);
+}
+
+#[test]
+fn kill_9_never_fails_open_and_a_restart_resumes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10", "127.0.0.11", "127.0.0.12"]);
+    let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11", "127.0.0.12"]);
+    let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
+    let while_down = format!("127.0.0.12:{port}");
+    let cg = TestCgroup::new();
+    let mut d = Daemon::new(&format!(
+        "policies:\n  web:\n    allow: [\"{allowed}\"]\nsandboxes:\n{}",
+        sandbox_yaml("job", &cg.path, "web")
+    ));
+    d.start();
+    assert_eq!(attached_programs(&cg.path), 9, "one program per hook");
+
+    // A sandboxed process keeps trying both, the whole time.
+    let loop_log = d.dir.path().join("loop.jsonl");
+    let mut looper = in_cgroup(&cg.path, "sh")
+        .arg("-c")
+        .arg(format!(
+            "while :; do {} tcp {denied} tcp {allowed}; sleep 0.02; done >> {}",
+            probe_bin().display(),
+            loop_log.display()
+        ))
+        .spawn()
+        .expect("looper");
+    std::thread::sleep(Duration::from_millis(400));
+    let blocked_before = d.sandbox("job")["blocked"].as_u64().expect("blocked");
+
+    d.kill9();
+    // Nothing detached: the kernel still runs the pinned links, and decides as before.
+    assert_eq!(attached_programs(&cg.path), 9);
+    for _ in 0..5 {
+        let p = probe_in(&cg.path, &[("tcp", &while_down), ("tcp", &allowed)]);
+        assert!(p[0].is_eperm(), "denied while the daemon is down: {:?}", p[0]);
+        assert!(p[1].ok, "allowed while the daemon is down: {:?}", p[1]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    d.start();
+    std::thread::sleep(Duration::from_millis(400));
+    let _ = looper.kill();
+    let _ = looper.wait();
+
+    // Attached nothing twice; re-adopted programs, maps and links.
+    assert_eq!(attached_programs(&cg.path), 9, "links adopted, not attached again");
+    let status = d.status();
+    assert_eq!(status["programs_adopted"], true, "{status:#}");
+    let job = d.sandbox("job");
+    assert_eq!(job["adopted"], true);
+    assert_eq!(job["state"], "enforcing");
+
+    // Before, during and after: never a denied connection, always the allowed one.
+    let probes = parse_probes(&std::fs::read(&loop_log).expect("loop log"));
+    assert!(probes.len() > 40, "the loop ran throughout: {} probes", probes.len());
+    for p in &probes {
+        if p.target == denied {
+            assert!(p.is_eperm(), "a denied attempt got through: {p:?}");
+        } else {
+            assert!(p.ok, "an allowed attempt failed: {p:?}");
+        }
+    }
+    // Counters resumed from the pinned maps, with the attempts made while it was down.
+    let blocked_after = job["blocked"].as_u64().expect("blocked");
+    assert!(blocked_after >= blocked_before + 5, "{blocked_before} -> {blocked_after}");
+    // Events of the attempts made while it was down waited in the pinned ring buffer.
+    let events = events_at_least(&d.events, 1);
+    let down: Vec<_> = events.iter().filter(|e| e["dst_ip"] == "127.0.0.12").collect();
+    let all = within(Duration::from_secs(5), || {
+        netcontrol_tests::read_events(&d.events)
+            .iter()
+            .filter(|e| e["dst_ip"] == "127.0.0.12")
+            .count()
+            == 5
+    });
+    assert!(all.is_some(), "events while down: {}", down.len());
+    // And the new daemon keeps counting.
+    assert!(tcp_in(&cg.path, &denied).is_eperm());
+    assert_eq!(d.sandbox("job")["blocked"], blocked_after + 1);
+}
+
+#[test]
+fn an_invalid_config_is_rejected_with_its_line_and_the_old_one_stays() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10", "127.0.0.11"]);
+    let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11"]);
+    let (ten, eleven) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
+    let cg = TestCgroup::new();
+    let body = |allow: &str, extra: &str| {
+        format!(
+            "policies:\n  web:\n    allow: [\"{allow}\"]\n{extra}sandboxes:\n{}",
+            sandbox_yaml("job", &cg.path, "web")
+        )
+    };
+    let mut d = Daemon::new(&body(&eleven, ""));
+    d.start();
+    let header_lines = d.header().lines().count();
+
+    // An unknown key: rejected when the file changes, naming file, line and column.
+    d.write_config(&body(&ten, "    colour: red\n"));
+    let line = d.wait_for_line("keeping the previous configuration", Duration::from_secs(10));
+    let at = format!("daemon.yaml:{}:5", header_lines + 4);
+    assert!(line.contains(&at) && line.contains("colour"), "want {at} in: {line}");
+    // SIGHUP reads it again, and rejects it again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let line = d.wait_for_line("SIGHUP", Duration::from_secs(10));
+    assert!(line.contains(&at), "{line}");
+    // The old policy is enforced as before.
+    assert!(tcp_in(&cg.path, &eleven).ok);
+    assert!(tcp_in(&cg.path, &ten).is_eperm());
+    let (_, metrics) = d.get("/metrics");
+    assert!(metrics.contains("netcontrol_config_reload_failures_total 2"), "{metrics}");
+
+    // A policy that parses but names a policy that does not exist: rejected too.
+    d.write_config(&body(&ten, "").replace("policy: web", "policy: nope"));
+    let line = d.wait_for_line("keeping the previous configuration", Duration::from_secs(10));
+    assert!(line.contains("no policy named \"nope\""), "{line}");
+    assert!(tcp_in(&cg.path, &eleven).ok);
+
+    // A valid change applies: the new destination opens, the old one closes.
+    d.write_config(&body(&ten, ""));
+    d.wait_for_line("reloaded", Duration::from_secs(10));
+    assert!(tcp_in(&cg.path, &ten).ok);
+    assert!(tcp_in(&cg.path, &eleven).is_eperm());
+}
+
+#[test]
+fn sandboxes_follow_their_cgroups_and_restarts_clean_up() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10"]);
+    let (_servers, port) = servers(&["127.0.0.10"]);
+    let denied = format!("127.0.0.10:{port}");
+    let later = netcontrol_tests::cgroup2_mount().join(unique("nc-later"));
+    let kept = TestCgroup::new();
+    let config = |with_kept: bool| {
+        format!(
+            "policies:\n  none:\n    allow: []\nsandboxes:\n{}{}",
+            sandbox_yaml("later", &later, "none"),
+            if with_kept { sandbox_yaml("kept", &kept.path, "none") } else { String::new() }
+        )
+    };
+    let mut d = Daemon::new(&config(true));
+    d.start();
+    assert_eq!(d.sandbox("later")["state"], "waiting");
+    assert_eq!(d.status()["sandboxes"].as_array().map(Vec::len), Some(2));
+
+    // The cgroup appears: attached within a second or two.
+    std::fs::create_dir(&later).expect("create cgroup");
+    let attached = within(Duration::from_secs(5), || d.sandbox("later")["state"] == "enforcing");
+    assert!(attached.is_some(), "{:#}", d.status());
+    assert!(tcp_in(&later, &denied).is_eperm());
+    let id = d.sandbox("later")["cgroup_id"].as_u64().expect("id");
+    let links = d.pin_root.join(format!("v2/daemon/links/{id}"));
+    assert!(links.exists());
+
+    // It goes away: its pins go too, and the sandbox waits for it again.
+    std::fs::remove_dir(&later).expect("rmdir");
+    let cleaned = within(Duration::from_secs(5), || !links.exists());
+    assert!(cleaned.is_some(), "pins of a removed cgroup stay: {}", d.log());
+    assert_eq!(d.sandbox("later")["state"], "waiting");
+
+    // Stopped, the daemon leaves its sandboxes enforced...
+    d.stop();
+    assert!(tcp_in(&kept.path, &denied).is_eperm());
+    // ...and one no longer configured when it starts again is let go.
+    d.write_config(&config(false));
+    d.start();
+    assert!(!d.pin_root.join(format!("v2/daemon/links/{}", kept.id())).exists());
+    assert_eq!(attached_programs(&kept.path), 0);
+    assert!(tcp_in(&kept.path, &denied).ok);
+}
+
+#[test]
+fn the_control_socket_attaches_detaches_and_reports() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10", "127.0.0.11"]);
+    let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11"]);
+    let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
+    let cg = TestCgroup::new();
+    let cgroup = cg.path.to_str().expect("utf-8 path");
+    let mut d = Daemon::new(&format!("policies:\n  web:\n    allow: [\"{allowed}\"]\n"));
+    d.start();
+
+    let out =
+        d.cli(&["attach", "--daemon", "--cgroup", cgroup, "--allow", &allowed, "--name", "dyn"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enforcing on"), "{}", show(&out));
+    assert!(tcp_in(&cg.path, &denied).is_eperm());
+    assert!(tcp_in(&cg.path, &allowed).ok);
+    let s = d.sandbox("dyn");
+    assert_eq!(s["origin"], "control");
+    assert_eq!(s["policy"], "--allow");
+
+    // Clear refusals.
+    let again =
+        d.cli(&["attach", "--daemon", "--cgroup", cgroup, "--policy-name", "web", "--name", "dyn"]);
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already a sandbox named \"dyn\""),
+        "{}",
+        show(&again)
+    );
+    let other = TestCgroup::new();
+    let other_path = other.path.to_str().expect("utf-8");
+    let unknown = d.cli(&["attach", "--daemon", "--cgroup", other_path, "--policy-name", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no policy named \"nope\""),
+        "{}",
+        show(&unknown)
+    );
+    let by_name = d.cli(&["attach", "--daemon", "--cgroup", other_path, "--policy-name", "web"]);
+    assert!(by_name.status.success(), "{}", show(&by_name));
+    assert!(tcp_in(&other.path, &denied).is_eperm());
+
+    // Kept across a restart of the daemon.
+    d.stop();
+    d.start();
+    assert_eq!(d.sandbox("dyn")["adopted"], true);
+    assert!(tcp_in(&cg.path, &denied).is_eperm());
+
+    // Detach through the daemon.
+    let out = d.cli(&["detach", "--cgroup", cgroup]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(tcp_in(&cg.path, &denied).ok);
+    assert_eq!(attached_programs(&cg.path), 0);
+    assert!(d.status()["sandboxes"].as_array().expect("list").iter().all(|s| s["name"] != "dyn"));
+
+    // Without a daemon, detach removes the pins itself.
+    d.stop();
+    assert!(tcp_in(&other.path, &denied).is_eperm(), "still enforced by its pins");
+    let out = d.cli(&["detach", "--cgroup", other_path]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(tcp_in(&other.path, &denied).ok);
+
+    // uninstall refuses while a daemon answers, then removes every pin.
+    d.start();
+    let out = d.cli(&["attach", "--daemon", "--cgroup", cgroup, "--policy-name", "web"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let refused = d.cli(&["uninstall"]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("stop it first"),
+        "{}",
+        show(&refused)
+    );
+    d.stop();
+    let out = d.cli(&["uninstall"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!d.pin_root.exists(), "{}", show(&out));
+    assert!(tcp_in(&cg.path, &denied).ok);
+    assert_eq!(attached_programs(&cg.path), 0);
+}
+
+#[test]
+fn pinned_maps_of_another_layout_are_refused() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let d = Daemon::new("sandboxes: []\n");
+    // A STATS map as another version might have pinned it: other key size.
+    let maps = d.pin_root.join("v2/daemon/maps");
+    std::fs::create_dir_all(&maps).expect("mkdir on bpffs");
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(maps.join("STATS"))
+        .args(["type", "percpu_hash", "key", "4", "value", "8", "entries", "16", "name", "STATS"])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{}", show(&out));
+    let out = d.start_failing();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("STATS was made by another netcontrol version")
+            && err.contains("netcontrol uninstall"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn addresses_learned_from_dns_stay_allowed_across_a_restart() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let dns = netcontrol_tests::dns::Dnsmasq::start("127.0.0.53", 5);
+    dns.set("api.test", &["127.0.0.20"]);
+    let (_servers, port) = servers(&["127.0.0.20", "127.0.0.21"]);
+    let cg = TestCgroup::new();
+    let mut d = Daemon::new(&format!(
+        "policies:\n  api:\n    allow: [\"api.test:{port}\"]\n    dns: {{servers: [127.0.0.53]}}\nsandboxes:\n{}",
+        sandbox_yaml("job", &cg.path, "api")
+    ));
+    d.start();
+    let learned = format!("127.0.0.20:{port}");
+    let (api, other) = (format!("{}/api.test", dns.addr), format!("{}/other.test", dns.addr));
+    let p = probe_in(&cg.path, &[("dns", &api), ("tcp", &learned)]);
+    assert_eq!(p[0].json["answers"], json!(["127.0.0.20"]), "{:?}", p[0]);
+    assert!(p[1].ok, "{:?}", p[1]);
+
+    d.kill9();
+    assert!(tcp_in(&cg.path, &learned).ok, "learned entries stay in the pinned maps");
+    d.start();
+    // Carried over without a new DNS answer (the restarted daemon does not know the name yet).
+    assert!(tcp_in(&cg.path, &learned).ok);
+    assert!(tcp_in(&cg.path, &format!("127.0.0.21:{port}")).is_eperm());
+    // DNS works again through the new daemon's proxy, and a blocked name is refused.
+    let p = probe_in(&cg.path, &[("dns", &api), ("dns", &other)]);
+    assert_eq!(p[0].json["answers"], json!(["127.0.0.20"]), "{:?}", p[0]);
+    assert_eq!(p[1].json["rcode"], "Non-Existent Domain", "{:?}", p[1]);
+    assert_eq!(d.sandbox("job")["dns_refused"], 1);
+}
