@@ -317,15 +317,8 @@ impl Collector for KernelCollector {
         sandboxes.add(vec![("state", "enforcing".into())], snap.sandboxes.len() as f64);
         sandboxes.add(vec![("state", "waiting".into())], snap.waiting as f64);
 
-        let v4: usize = snap.sandboxes.iter().map(|s| s.entries_v4).sum();
-        let v6: usize = snap.sandboxes.iter().map(|s| s.entries_v6).sum();
         let stats_entries = self.stats.lock().map(|s| s.keys().count()).unwrap_or(0);
-        let usage = [
-            (abi::map::ALLOW_V4, v4, abi::ALLOW_V4_MAX),
-            (abi::map::ALLOW_V6, v6, abi::ALLOW_V6_MAX),
-            (abi::map::SANDBOXES, snap.sandboxes.len(), abi::SANDBOXES_MAX),
-            (abi::map::STATS, stats_entries, abi::STATS_MAX),
-        ];
+        let usage = map_usage(&snap.sandboxes, stats_entries);
         let mut map_entries =
             Family::new("netcontrol_map_entries", "Entries in a BPF map", MetricType::Gauge);
         let mut map_capacity =
@@ -375,6 +368,23 @@ impl Collector for KernelCollector {
         }
         Ok(())
     }
+}
+
+/// Entries and capacity of the maps that fill up: the allow tries and the sandbox table from
+/// the daemon's own accounting (it is their only writer; walking a million-entry trie key by
+/// key would take a syscall each), STATS as counted in the kernel.
+pub fn map_usage(
+    sandboxes: &[SandboxGauges],
+    stats_entries: usize,
+) -> [(&'static str, usize, u32); 4] {
+    let v4 = sandboxes.iter().map(|s| s.entries_v4).sum();
+    let v6 = sandboxes.iter().map(|s| s.entries_v6).sum();
+    [
+        (abi::map::ALLOW_V4, v4, abi::ALLOW_V4_MAX),
+        (abi::map::ALLOW_V6, v6, abi::ALLOW_V6_MAX),
+        (abi::map::SANDBOXES, sandboxes.len(), abi::SANDBOXES_MAX),
+        (abi::map::STATS, stats_entries, abi::STATS_MAX),
+    ]
 }
 
 struct Server {

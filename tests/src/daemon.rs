@@ -57,9 +57,15 @@ impl Daemon {
 
     /// Start it and wait until it is ready.
     pub fn start(&mut self) -> &mut Self {
+        self.start_with(&[])
+    }
+
+    /// Start it with extra command-line arguments.
+    pub fn start_with(&mut self, args: &[&str]) -> &mut Self {
         let mut cmd = Command::new(netcontrol_bin());
         cmd.args(["daemon", "--log-level", "info", "--config"])
             .arg(&self.config)
+            .args(args)
             .stdout(Stdio::null());
         let mut proc = Background::spawn(cmd);
         proc.wait_for_line("ready:", Duration::from_secs(30));

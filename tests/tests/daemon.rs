@@ -30,18 +30,47 @@ fn tcp_in(cgroup: &Path, target: &str) -> netcontrol_tests::Probe {
     probe_in(cgroup, &[("tcp", target)]).remove(0)
 }
 
-/// Programs attached to a cgroup, as the kernel lists them.
-fn attached_programs(cgroup: &Path) -> usize {
+/// The ids of the programs attached to a cgroup, as the kernel lists them.
+fn program_ids(cgroup: &Path) -> Vec<u64> {
     let out = Command::new("bpftool")
         .args(["-j", "cgroup", "show"])
         .arg(cgroup)
         .output()
         .expect("bpftool");
     assert!(out.status.success(), "bpftool: {}", show(&out));
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().map(Vec::len))
-        .unwrap_or(0)
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+    list.as_array().map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect()).unwrap_or_default()
+}
+
+fn attached_programs(cgroup: &Path) -> usize {
+    program_ids(cgroup).len()
+}
+
+/// A sandboxed shell loop trying `targets` over and over, its nc-probe lines going to `log`.
+fn keep_trying(cgroup: &Path, targets: &[&str], log: &Path) -> std::process::Child {
+    let ops: String = targets.iter().map(|t| format!(" tcp {t}")).collect();
+    in_cgroup(cgroup, "sh")
+        .arg("-c")
+        .arg(format!(
+            "while :; do {}{ops}; sleep 0.02; done >> {}",
+            probe_bin().display(),
+            log.display()
+        ))
+        .spawn()
+        .expect("looper")
+}
+
+/// Every probe in `log`: none to `denied` got through, every other one did. Returns how many.
+fn never_open(log: &Path, denied: &str) -> usize {
+    let probes = parse_probes(&std::fs::read(log).expect("loop log"));
+    for p in &probes {
+        if p.target == denied {
+            assert!(p.is_eperm(), "a denied attempt got through: {p:?}");
+        } else {
+            assert!(p.ok, "an allowed attempt failed: {p:?}");
+        }
+    }
+    probes.len()
 }
 
 #[test]
@@ -161,15 +190,7 @@ fn kill_9_never_fails_open_and_a_restart_resumes() {
 
     // A sandboxed process keeps trying both, the whole time.
     let loop_log = d.dir.path().join("loop.jsonl");
-    let mut looper = in_cgroup(&cg.path, "sh")
-        .arg("-c")
-        .arg(format!(
-            "while :; do {} tcp {denied} tcp {allowed}; sleep 0.02; done >> {}",
-            probe_bin().display(),
-            loop_log.display()
-        ))
-        .spawn()
-        .expect("looper");
+    let mut looper = keep_trying(&cg.path, &[&denied, &allowed], &loop_log);
     std::thread::sleep(Duration::from_millis(400));
     let blocked_before = d.sandbox("job")["blocked"].as_u64().expect("blocked");
 
@@ -197,15 +218,8 @@ fn kill_9_never_fails_open_and_a_restart_resumes() {
     assert_eq!(job["state"], "enforcing");
 
     // Before, during and after: never a denied connection, always the allowed one.
-    let probes = parse_probes(&std::fs::read(&loop_log).expect("loop log"));
-    assert!(probes.len() > 40, "the loop ran throughout: {} probes", probes.len());
-    for p in &probes {
-        if p.target == denied {
-            assert!(p.is_eperm(), "a denied attempt got through: {p:?}");
-        } else {
-            assert!(p.ok, "an allowed attempt failed: {p:?}");
-        }
-    }
+    let n = never_open(&loop_log, &denied);
+    assert!(n > 40, "the loop ran throughout: {n} probes");
     // Counters resumed from the pinned maps, with the attempts made while it was down.
     let blocked_after = job["blocked"].as_u64().expect("blocked");
     assert!(blocked_after >= blocked_before + 5, "{blocked_before} -> {blocked_after}");
@@ -466,4 +480,39 @@ fn addresses_learned_from_dns_stay_allowed_across_a_restart() {
     assert_eq!(p[0].json["answers"], json!(["127.0.0.20"]), "{:?}", p[0]);
     assert_eq!(p[1].json["rcode"], "Non-Existent Domain", "{:?}", p[1]);
     assert_eq!(d.sandbox("job")["dns_refused"], 1);
+}
+
+#[test]
+fn other_programs_behind_the_links_are_replaced_without_a_gap() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10", "127.0.0.11"]);
+    let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11"]);
+    let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
+    let cg = TestCgroup::new();
+    let mut d = Daemon::new(&format!(
+        "policies:\n  web:\n    allow: [\"{allowed}\"]\nsandboxes:\n{}",
+        sandbox_yaml("job", &cg.path, "web")
+    ));
+    d.start();
+    let before = program_ids(&cg.path);
+    let loop_log = d.dir.path().join("loop.jsonl");
+    let mut looper = keep_trying(&cg.path, &[&denied, &allowed], &loop_log);
+    std::thread::sleep(Duration::from_millis(300));
+    d.stop();
+    // Other programs (as after an upgrade; here: with kernel-side logging compiled in): the
+    // pinned links run the old ones, so each is replaced, the new one attached first.
+    d.start_with(&["--bpf-log", "info"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = program_ids(&cg.path);
+    assert_eq!(after.len(), 9, "one program per hook: {after:?}");
+    assert!(after.iter().all(|id| !before.contains(id)), "{before:?} -> {after:?}");
+    assert_eq!(d.status()["programs_adopted"], false);
+    assert_eq!(d.sandbox("job")["adopted"], false);
+    let _ = looper.kill();
+    let _ = looper.wait();
+    let n = never_open(&loop_log, &denied);
+    assert!(n > 20, "the loop ran throughout: {n} probes");
+    assert!(tcp_in(&cg.path, &denied).is_eperm());
 }

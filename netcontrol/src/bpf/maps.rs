@@ -196,18 +196,6 @@ impl Maps {
         Ok(e)
     }
 
-    /// Entries in the tries and their capacities, for status and metrics.
-    pub fn usage(&self) -> Vec<(&'static str, usize, u32)> {
-        let count_v4 = self.allow_v4.keys().count();
-        let count_v6 = self.allow_v6.keys().count();
-        vec![
-            (abi::map::ALLOW_V4, count_v4, abi::ALLOW_V4_MAX),
-            (abi::map::ALLOW_V6, count_v6, abi::ALLOW_V6_MAX),
-            (abi::map::SANDBOXES, self.sandboxes.keys().count(), abi::SANDBOXES_MAX),
-            (abi::map::STATS, self.stats.keys().count(), abi::STATS_MAX),
-        ]
-    }
-
     pub fn set_sandbox(&mut self, cgroup_id: u64, value: SandboxValue) -> Result<()> {
         self.sandboxes.insert(cgroup_id, value, 0).map_err(map_err("updating", abi::map::SANDBOXES))
     }

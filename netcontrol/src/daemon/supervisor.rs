@@ -618,10 +618,8 @@ impl Supervisor {
                 s
             })
             .collect();
-        let maps = self
-            .dp
-            .maps_ref()
-            .usage()
+        let stats_entries = self.dp.maps_ref().stats().map(|s| s.len()).unwrap_or(0);
+        let maps = crate::metrics::map_usage(&self.gauges(), stats_entries)
             .into_iter()
             .map(|(map, entries, capacity)| MapUsage { map: map.to_owned(), entries, capacity })
             .collect();
@@ -640,10 +638,8 @@ impl Supervisor {
         }
     }
 
-    /// Hand metrics what changed.
-    pub fn publish(&self) {
-        let sandboxes = self
-            .enforcing()
+    fn gauges(&self) -> Vec<SandboxGauges> {
+        self.enforcing()
             .map(|(name, s)| SandboxGauges {
                 name: name.clone(),
                 cgroup_id: s.enforcer().sandbox_id(),
@@ -651,7 +647,12 @@ impl Supervisor {
                 entries_v6: s.enforcer().current().entries.v6.len(),
                 dns: s.dns_stats().cloned(),
             })
-            .collect::<Vec<_>>();
+            .collect()
+    }
+
+    /// Hand metrics what changed.
+    pub fn publish(&self) {
+        let sandboxes = self.gauges();
         self.shared.publish(Snapshot {
             waiting: self.slots.len() - sandboxes.len(),
             sandboxes,
