@@ -361,6 +361,28 @@ fn the_control_socket_attaches_detaches_and_reports() {
     assert_eq!(s["origin"], "control");
     assert_eq!(s["policy"], "--allow");
 
+    // Root only: even if the socket's mode were opened up, the daemon checks who asks.
+    {
+        use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+        let (_copy_dir, bin) =
+            netcontrol_tests::world_executable(&netcontrol_tests::netcontrol_bin());
+        std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let out = Command::new(bin)
+            .args(["status", "--socket"])
+            .arg(&d.socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("status as nobody");
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("for root only"),
+            "{}",
+            show(&out)
+        );
+    }
+
     // Clear refusals.
     let again =
         d.cli(&["attach", "--daemon", "--cgroup", cgroup, "--policy-name", "web", "--name", "dyn"]);

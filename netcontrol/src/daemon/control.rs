@@ -163,12 +163,13 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result<()> 
     // Root only, whatever the file mode says.
     let cred = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
+    // The request is read in any case: answering before it is read would break the pipe
+    // under the client, which would then never see the answer.
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST as u64)).read_line(&mut line).await?;
     let response = if cred.uid() != 0 {
         Response::failed("the control socket is for root only")
     } else {
-        let mut line = String::new();
-        let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
-        reader.read_line(&mut line).await?;
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::failed(format!("not a valid request: {e}")),
             Ok(req) => {
