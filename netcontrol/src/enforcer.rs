@@ -26,6 +26,9 @@ pub enum LinkPins {
     Standalone(PinRoot),
     /// The daemon: under the cgroup's id, re-adopted when the daemon restarts.
     Daemon(PinRoot),
+    /// No links of its own: an ancestor cgroup's links enforce, this sandbox's entry gives its
+    /// processes their own policy (a container under an enforced parent cgroup).
+    Inherited,
 }
 
 pub struct Enforcer {
@@ -51,14 +54,17 @@ impl Enforcer {
     ) -> Result<Self> {
         let before = match link_pins {
             LinkPins::Daemon(_) => dp.maps_ref().entries_of(policy_id)?,
-            LinkPins::None | LinkPins::Standalone(_) => Entries::default(),
+            LinkPins::None | LinkPins::Standalone(_) | LinkPins::Inherited => Entries::default(),
         };
         // The maps are complete before the first program runs for this cgroup.
         dp.maps().apply_entries(policy_id, &before, &policy.entries)?;
         dp.maps().set_sandbox(sandbox_id, policy.sandbox_value(policy_id))?;
         let attachment = match link_pins {
-            LinkPins::None => dp.attach(cgroup, None)?,
-            LinkPins::Daemon(root) => dp.attach(cgroup, Some(&root.daemon_links(sandbox_id)))?,
+            LinkPins::Inherited => None,
+            LinkPins::None => Some(dp.attach(cgroup, None)?),
+            LinkPins::Daemon(root) => {
+                Some(dp.attach(cgroup, Some(&root.daemon_links(sandbox_id)))?)
+            }
             LinkPins::Standalone(root) => {
                 let adopted =
                     pins::collect_garbage(root, &cgroup::mount_point()?, Some(sandbox_id));
@@ -73,16 +79,10 @@ impl Enforcer {
                     );
                     pins::remove_dir(&orphan.dir)?;
                 }
-                attachment
+                Some(attachment)
             }
         };
-        Ok(Self {
-            attachment: Some(attachment),
-            cgroup: cgroup.to_owned(),
-            sandbox_id,
-            policy_id,
-            current: policy,
-        })
+        Ok(Self { attachment, cgroup: cgroup.to_owned(), sandbox_id, policy_id, current: policy })
     }
 
     /// Move the maps to a new policy: entries both allow are never interrupted (additions and

@@ -82,6 +82,10 @@ pub enum Error {
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
 
+    /// Docker is unreachable, or a container is not there or not running.
+    #[error("{0}")]
+    Docker(String),
+
     /// The daemon refused a request, or none answers.
     #[error("{0}")]
     Daemon(String),

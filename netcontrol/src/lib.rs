@@ -14,6 +14,7 @@ pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod dnsproxy;
+pub mod docker;
 pub mod enforcer;
 pub mod error;
 pub mod events;

@@ -23,6 +23,7 @@ use crate::{
     dnsproxy::{self, Links, Proxy},
     enforcer::{Enforcer, LinkPins},
     error::{Error, Result},
+    events::ContainerName,
     learn::LearnedSet,
     policy::{Compiled, DnsMode, Policy, Resolved, compile::Index},
     resolve::{Follower, NameUpdate, Settings, Status, system_servers},
@@ -48,6 +49,8 @@ pub struct Spec {
     pub policy_id: u32,
     pub link_pins: LinkPins,
     pub ns: NsChoice,
+    /// The Docker container it is, for events.
+    pub container: Option<ContainerName>,
 }
 
 pub struct Sandbox {
@@ -91,7 +94,7 @@ impl Sandbox {
     /// attached: in resolver mode each has had its first answer; in proxy mode the proxy is
     /// listening, in the network namespace `spec.ns` says.
     pub async fn start(dp: &mut Datapath, spec: Spec) -> Result<Self> {
-        let Spec { name, cgroup: cgroup_path, policy, policy_id, link_pins, ns } = spec;
+        let Spec { name, cgroup: cgroup_path, policy, policy_id, link_pins, ns, container } = spec;
         // Everything that can be checked without the kernel is checked first.
         policy.compile(&Default::default(), &[])?;
         let cgroup = cgroup::validate(&cgroup_path)?;
@@ -104,6 +107,7 @@ impl Sandbox {
         };
         let servers = dns_servers(&policy)?;
         dp.labels().set_sandbox(sandbox_id, name.clone());
+        dp.labels().set_container(sandbox_id, container);
         let (dns, compiled) = match policy.dns.mode {
             DnsMode::Resolver => {
                 report_wildcards(&policy);
@@ -296,6 +300,8 @@ impl Sandbox {
 
     /// Detach, forget the sandbox's entries, and return what was counted for it.
     pub fn detach(self, dp: &mut Datapath) -> Result<Counts> {
+        // Events still queued for it are named by the sandbox label, which stays.
+        dp.labels().set_container(self.enforcer.sandbox_id(), None);
         let dns_refused = self.dns_stats().map_or(0, |s| s.refused());
         let mut counts = self.enforcer.detach(dp)?;
         counts.dns_refused = dns_refused;

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 pub mod daemon;
 pub mod dns;
+pub mod docker;
 pub mod prometheus;
 
 /// Whether kernel tests can run here. Returns false (skip) when not root, unless CI requires
@@ -325,6 +326,25 @@ impl Background {
     pub fn stop(&mut self) -> String {
         let status = self.end(nix::sys::signal::Signal::SIGTERM);
         assert!(status.success(), "exited with {status}; stderr:\n{}", self.log.join("\n"));
+        self.log.join("\n")
+    }
+
+    /// Wait for it to exit by itself (within `timeout`), assert it exited 0, and return all of
+    /// its stderr.
+    pub fn stop_after_exit(&mut self, timeout: Duration) -> String {
+        let mut child = self.child.take().expect("running");
+        let exited = within(timeout, || child.try_wait().ok().flatten().is_some());
+        if exited.is_none() {
+            let _ = child.kill();
+        }
+        let status = child.wait().expect("wait");
+        self.log.extend(self.stderr.iter());
+        self.cursor = self.log.len();
+        assert!(
+            exited.is_some() && status.success(),
+            "exited with {status}; stderr:\n{}",
+            self.log.join("\n")
+        );
         self.log.join("\n")
     }
 

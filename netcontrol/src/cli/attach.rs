@@ -1,15 +1,14 @@
-//! `netcontrol attach --cgroup PATH`: enforce on an existing cgroup until told to stop;
-//! reload the policy file on SIGHUP and when it changes.
+//! `netcontrol attach`: enforce on an existing cgroup, a Docker container, or a parent cgroup
+//! for containers, until told to stop; reload the policy file on SIGHUP and when it changes.
 
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{AttachArgs, PolicyArgs, single::Single, summary};
+use super::{AttachArgs, PolicyArgs, attach_docker::Target, single::Single, summary};
 use crate::{
     daemon::control::{self, PolicyRef, Request},
     error::{Error, Result},
-    sandbox::NsChoice,
     watch::FileWatch,
 };
 
@@ -18,22 +17,27 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
         return to_daemon(&args).await;
     }
     let policy = args.policy.policy()?;
+    policy.compile(&Default::default(), &[])?;
     let s = |k| signal(k).map_err(|e| Error::io("installing signal handlers", e));
     let (mut int, mut term, mut hup) =
         (s(SignalKind::interrupt())?, s(SignalKind::terminate())?, s(SignalKind::hangup())?);
     let mut watch = args.policy.file.as_deref().map(FileWatch::new).transpose()?;
+    // Docker and the cgroup are checked before anything is loaded.
+    let mut target = Target::resolve(&args).await?;
     let sink = args.output.sink()?;
-    // The DNS proxy listens where the sandbox's processes are: their network namespace.
-    let mut single =
-        Single::start(&args.cgroup, policy, sink, &args.kernel, NsChoice::OfProcesses).await?;
-    eprintln!(
-        "netcontrol: enforcing on {} (cgroup id {}): {} rules, {} allow entries, {} mode; SIGINT or SIGTERM detaches",
-        single.sandbox.enforcer().cgroup().display(),
-        single.sandbox.enforcer().sandbox_id(),
-        single.sandbox.policy().allow.len(),
-        single.sandbox.enforcer().current().entries.len(),
-        single.sandbox.policy().mode.name(),
-    );
+    let mut single = Single::load(policy, sink, &args.kernel)?;
+    target.begin(&mut single).await?;
+    if let Some(s) = &single.sandbox {
+        eprintln!(
+            "netcontrol: enforcing on {} (cgroup id {}): {} rules, {} allow entries, {} mode; SIGINT or SIGTERM detaches",
+            target.describe(s.enforcer().cgroup()),
+            s.enforcer().sandbox_id(),
+            single.policy().allow.len(),
+            s.enforcer().current().entries.len(),
+            single.policy().mode.name(),
+        );
+    }
+    target.hint();
     loop {
         tokio::select! {
             _ = int.recv() => break,
@@ -46,10 +50,15 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
                 reload(&args.policy, &mut single, "policy file changed").await;
             }
             r = single.follow_dns() => r?,
+            Some(event) = target.next() => {
+                if target.handle(event, &mut single).await.is_break() {
+                    break;
+                }
+            }
         }
     }
     let (counts, sink) = single.stop().await?;
-    eprintln!("netcontrol: detached from {}", args.cgroup.display());
+    target.end();
     if let Some(line) = summary(&counts, &sink) {
         eprintln!("{line}");
     }
@@ -70,20 +79,20 @@ async fn reload(args: &PolicyArgs, single: &mut Single, why: &str) {
         return;
     };
     let result = match args.policy() {
-        Ok(p) if &p == single.sandbox.policy() => {
+        Ok(p) if &p == single.policy() => {
             tracing::info!("{why}: {} is unchanged", file.display());
             return;
         }
         Ok(p) => single.reload(p).await,
         Err(e) => Err(e),
     };
+    let entries = single.sandbox.as_ref().map_or(0, |s| s.enforcer().current().entries.len());
     match result {
         Ok(()) => eprintln!(
-            "netcontrol: {why}: reloaded {}: {} rules, {} allow entries, {} mode",
+            "netcontrol: {why}: reloaded {}: {} rules, {entries} allow entries, {} mode",
             file.display(),
-            single.sandbox.policy().allow.len(),
-            single.sandbox.enforcer().current().entries.len(),
-            single.sandbox.policy().mode.name()
+            single.policy().allow.len(),
+            single.policy().mode.name()
         ),
         Err(e) => eprintln!("netcontrol: {why}: {e}\nnetcontrol: keeping the previous policy"),
     }
@@ -91,6 +100,11 @@ async fn reload(args: &PolicyArgs, single: &mut Single, why: &str) {
 
 /// `attach --daemon`: the daemon enforces it (and keeps it across its restarts).
 async fn to_daemon(args: &AttachArgs) -> Result<i32> {
+    let Some(cgroup) = &args.cgroup else {
+        return Err(Error::Daemon(
+            "--daemon takes --cgroup; for containers, give the daemon a `containers:` sandbox in its configuration".into(),
+        ));
+    };
     let policy = match &args.policy_name {
         Some(name) => PolicyRef::Named(name.clone()),
         None => {
@@ -101,7 +115,7 @@ async fn to_daemon(args: &AttachArgs) -> Result<i32> {
             PolicyRef::Inline { yaml: crate::policy::file::render(&p, None), source }
         }
     };
-    let request = Request::Attach { name: args.name.clone(), cgroup: args.cgroup.clone(), policy };
+    let request = Request::Attach { name: args.name.clone(), cgroup: cgroup.clone(), policy };
     let response = control::call(&args.socket.path, &request, Duration::from_secs(60)).await?;
     if response.ok {
         eprintln!("netcontrol: {}", response.message.unwrap_or_default());

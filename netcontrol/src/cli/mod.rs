@@ -1,6 +1,7 @@
 //! The command line: `netcontrol run` and `netcontrol attach`.
 
 pub mod attach;
+pub mod attach_docker;
 pub mod check_policy;
 pub mod daemon;
 pub mod detach;
@@ -334,10 +335,29 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["cgroup", "container", "docker_parent"]))]
 pub struct AttachArgs {
     /// The cgroup v2 directory to enforce on.
     #[arg(long, value_name = "PATH")]
-    pub cgroup: PathBuf,
+    pub cgroup: Option<PathBuf>,
+
+    /// A running Docker container (name or id): its cgroup is found through the Docker API,
+    /// it is enforced again after each restart, and `attach` ends when it is removed. It runs
+    /// unenforced until attached: for enforcement from the first instruction use
+    /// --docker-parent.
+    #[arg(long, value_name = "NAME_OR_ID")]
+    pub container: Option<String>,
+
+    /// Create (if needed) and enforce cgroup NAME under the cgroup2 mount, for containers
+    /// started with `docker run --cgroup-parent=/NAME`: they are enforced from their first
+    /// instruction, and each gets a sandbox of its own (own DNS proxy, events naming it) as
+    /// soon as Docker reports it.
+    #[arg(long, value_name = "NAME")]
+    pub docker_parent: Option<String>,
+
+    /// The Docker API socket (default: DOCKER_HOST, else unix:///var/run/docker.sock).
+    #[arg(long, env = "DOCKER_HOST", value_name = "URL", hide_env_values = true)]
+    pub docker_host: Option<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
 

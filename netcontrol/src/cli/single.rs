@@ -1,25 +1,51 @@
-//! One sandbox on a datapath of its own: what `run` and `attach` share.
+//! The sandboxes of one `run` or `attach` process, on a datapath of their own: the main one
+//! (the command's cgroup, the attached cgroup or container), and with `--docker-parent` one
+//! child per container started under it. All share the command line's policy.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
+
+use futures_util::future::select_all;
 
 use super::KernelArgs;
 use crate::{
     datapath::{Counts, Datapath},
+    docker::Container,
+    enforcer::LinkPins,
     error::Result,
-    events::{Labels, Sink},
+    events::{ContainerName, Labels, Sink},
     policy::Policy,
-    sandbox::{NsChoice, Sandbox, Spec},
+    sandbox::{Change, NsChoice, Sandbox, Spec},
 };
-
-/// This process's programs serve one sandbox, so one policy id.
-const POLICY_ID: u32 = 1;
 
 pub struct Single {
     pub dp: Datapath,
-    pub sandbox: Sandbox,
+    /// None between a container's stop and its next start.
+    pub sandbox: Option<Sandbox>,
+    /// Containers under the main cgroup, by container id.
+    children: BTreeMap<String, Sandbox>,
+    policy: Policy,
+    link_pins: LinkPins,
+    /// What sandboxes that were detached already counted.
+    done: Counts,
 }
 
 impl Single {
+    /// Load the programs; nothing is enforced yet.
+    pub fn load(policy: Policy, sink: Sink, kernel: &KernelArgs) -> Result<Self> {
+        // A bad policy is reported before anything touches the kernel.
+        policy.compile(&Default::default(), &[])?;
+        let link_pins = kernel.link_pins()?;
+        let dp = Datapath::load(&kernel.load_options(), None, sink, Labels::default())?;
+        Ok(Self {
+            dp,
+            sandbox: None,
+            children: BTreeMap::new(),
+            policy,
+            link_pins,
+            done: Counts::default(),
+        })
+    }
+
     /// Load the programs and enforce `policy` on `cgroup`.
     pub async fn start(
         cgroup: &Path,
@@ -28,39 +54,134 @@ impl Single {
         kernel: &KernelArgs,
         ns: NsChoice,
     ) -> Result<Self> {
-        // A bad policy is reported before anything touches the kernel.
-        policy.compile(&Default::default(), &[])?;
-        let link_pins = kernel.link_pins()?;
-        let mut dp = Datapath::load(&kernel.load_options(), None, sink, Labels::default())?;
-        let spec = Spec {
-            name: crate::cgroup::validate(cgroup)?.display().to_string(),
-            cgroup: cgroup.to_owned(),
-            policy,
-            policy_id: POLICY_ID,
-            link_pins,
-            ns,
-        };
-        let sandbox = Sandbox::start(&mut dp, spec).await?;
-        Ok(Self { dp, sandbox })
+        let mut this = Self::load(policy, sink, kernel)?;
+        let name = crate::cgroup::validate(cgroup)?.display().to_string();
+        this.enforce(cgroup, name, ns, None).await?;
+        Ok(this)
     }
 
-    /// Wait for DNS to change what the policy allows, and apply it. Cancel-safe.
+    /// Enforce on `cgroup` as the main sandbox.
+    pub async fn enforce(
+        &mut self,
+        cgroup: &Path,
+        name: String,
+        ns: NsChoice,
+        container: Option<ContainerName>,
+    ) -> Result<()> {
+        let spec = Spec {
+            name,
+            cgroup: cgroup.to_owned(),
+            policy: self.policy.clone(),
+            // The main sandbox is 1, children count up from 2.
+            policy_id: 1,
+            link_pins: self.link_pins.clone(),
+            ns,
+            container,
+        };
+        self.sandbox = Some(Sandbox::start(&mut self.dp, spec).await?);
+        Ok(())
+    }
+
+    /// Stop enforcing the main sandbox (its cgroup went away), keeping its counts.
+    pub fn detach(&mut self) -> Result<()> {
+        if let Some(s) = self.sandbox.take() {
+            self.done = add(self.done, s.detach(&mut self.dp)?);
+        }
+        Ok(())
+    }
+
+    /// Give a container under the main cgroup a sandbox of its own: same policy, its own DNS
+    /// proxy in its network namespace, events naming it. The main cgroup's links enforce.
+    pub async fn add_child(&mut self, c: &Container, cgroup: &Path) -> Result<()> {
+        if self.children.contains_key(&c.id) {
+            return Ok(());
+        }
+        let used: Vec<u32> = self.children.values().map(|s| s.enforcer().policy_id()).collect();
+        let policy_id = (2..).find(|i| !used.contains(i)).unwrap_or(u32::MAX);
+        let spec = Spec {
+            name: c.name.clone(),
+            cgroup: cgroup.to_owned(),
+            policy: self.policy.clone(),
+            policy_id,
+            link_pins: LinkPins::Inherited,
+            ns: NsChoice::OfProcesses,
+            container: Some(c.label()),
+        };
+        let child = Sandbox::start(&mut self.dp, spec).await?;
+        self.children.insert(c.id.clone(), child);
+        Ok(())
+    }
+
+    pub fn remove_child(&mut self, id: &str) -> Result<()> {
+        if let Some(s) = self.children.remove(id) {
+            self.done = add(self.done, s.detach(&mut self.dp)?);
+        }
+        Ok(())
+    }
+
+    /// Wait for DNS to change what one of the sandboxes allows, and apply it. Cancel-safe.
     pub async fn follow_dns(&mut self) -> Result<()> {
-        let change = self.sandbox.next_change().await;
-        self.sandbox.apply(&mut self.dp, change)
+        let waits: Vec<_> = self
+            .sandbox
+            .iter_mut()
+            .map(|s| (None, s))
+            .chain(self.children.iter_mut().map(|(id, s)| (Some(id.clone()), s)))
+            .map(|(id, s)| Box::pin(async move { (id, s.next_change().await) }))
+            .collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        let ((id, change), _, _): ((Option<String>, Change), _, _) = select_all(waits).await;
+        let sandbox = match id {
+            None => self.sandbox.as_mut(),
+            Some(id) => self.children.get_mut(&id),
+        };
+        match sandbox {
+            Some(s) => s.apply(&mut self.dp, change),
+            None => Ok(()),
+        }
     }
 
     pub async fn reload(&mut self, policy: Policy) -> Result<()> {
-        self.sandbox.reload(&mut self.dp, policy).await
+        if let Some(s) = &mut self.sandbox {
+            s.reload(&mut self.dp, policy.clone()).await?;
+        }
+        for (id, child) in &mut self.children {
+            if let Err(e) = child.reload(&mut self.dp, policy.clone()).await {
+                tracing::warn!("container {id}: {e}");
+            }
+        }
+        self.policy = policy;
+        Ok(())
     }
 
-    /// Detach, deliver every queued event, and return the final counts and the sink.
-    pub async fn stop(self) -> Result<(Counts, Sink)> {
-        let Self { mut dp, sandbox } = self;
-        let mut counts = sandbox.detach(&mut dp)?;
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Detach everything, deliver every queued event, and return the counts and the sink.
+    pub async fn stop(mut self) -> Result<(Counts, Sink)> {
+        let ids: Vec<String> = self.children.keys().cloned().collect();
+        for id in ids {
+            self.remove_child(&id)?;
+        }
+        self.detach()?;
+        let Self { dp, done, .. } = self;
         let injected_lost = dp.injected_lost();
         let sink = dp.finish().await?;
+        let mut counts = done;
         counts.events_lost += injected_lost;
         Ok((counts, sink))
+    }
+}
+
+fn add(a: Counts, b: Counts) -> Counts {
+    Counts {
+        allowed: a.allowed + b.allowed,
+        blocked: a.blocked + b.blocked,
+        would_block: a.would_block + b.would_block,
+        redirected: a.redirected + b.redirected,
+        events_lost: a.events_lost + b.events_lost,
+        dns_refused: a.dns_refused + b.dns_refused,
     }
 }

@@ -212,6 +212,7 @@ impl Supervisor {
             policy_id,
             link_pins: LinkPins::Daemon(self.root.clone()),
             ns: NsChoice::OfProcesses,
+            container: None,
         };
         Sandbox::start(&mut self.dp, spec).await.map_err(Failed)
     }

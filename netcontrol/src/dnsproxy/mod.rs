@@ -442,7 +442,10 @@ fn dns_event(
         sandbox: labels.sandbox(sandbox_id),
         domain: Some(q.name.clone()),
         dns_type: Some(q.qtype.to_string()),
+        container_name: None,
+        container_id: None,
     }
+    .in_container(labels)
 }
 
 /// A token bucket: `rate` per second, bursts of twice that.

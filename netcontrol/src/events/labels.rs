@@ -1,5 +1,6 @@
-//! Names that events carry but the kernel does not know: the sandbox behind a cgroup id, and the
-//! domain behind an address. Shared between whoever learns them and the event reader.
+//! Names that events carry but the kernel does not know: the sandbox behind a cgroup id, the
+//! container behind a cgroup id, and the domain behind an address. Shared between whoever
+//! learns them and the event reader.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -10,12 +11,22 @@ use std::{
 /// Addresses remembered for events; beyond it the oldest are forgotten.
 const MAX_DOMAINS: usize = 65_536;
 
+/// A container as events name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerName {
+    pub name: String,
+    /// The 12-digit id.
+    pub id: String,
+}
+
 #[derive(Clone, Default)]
 pub struct Labels(Arc<RwLock<Inner>>);
 
 #[derive(Default)]
 struct Inner {
     sandboxes: HashMap<u64, String>,
+    /// cgroup id -> (container name, short id).
+    containers: HashMap<u64, ContainerName>,
     domains: HashMap<IpAddr, String>,
     /// Insertion order of `domains`, to forget the oldest first.
     order: VecDeque<IpAddr>,
@@ -28,6 +39,21 @@ impl Labels {
 
     pub fn sandbox(&self, id: u64) -> Option<String> {
         self.0.read().expect("labels lock").sandboxes.get(&id).cloned()
+    }
+
+    /// The container whose cgroup has this id (None: forget it).
+    pub fn set_container(&self, cgroup_id: u64, container: Option<ContainerName>) {
+        let mut inner = self.0.write().expect("labels lock");
+        match container {
+            Some(c) => inner.containers.insert(cgroup_id, c),
+            None => inner.containers.remove(&cgroup_id),
+        };
+    }
+
+    /// The container of an attempt: that of the process's cgroup, else that of its sandbox.
+    pub fn container(&self, cgroup_id: u64, sandbox_id: u64) -> Option<ContainerName> {
+        let inner = self.0.read().expect("labels lock");
+        inner.containers.get(&cgroup_id).or_else(|| inner.containers.get(&sandbox_id)).cloned()
     }
 
     /// Remember that `ip` belongs to `name` (the latest name wins for shared addresses). Kept

@@ -7,7 +7,7 @@ pub mod record;
 pub mod sink;
 
 pub use self::{
-    labels::Labels,
+    labels::{ContainerName, Labels},
     reader::{EventPump, Injector},
     record::{Clock, EventRecord},
     sink::{Rotation, Sink},

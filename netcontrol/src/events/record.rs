@@ -51,6 +51,10 @@ pub struct EventRecord {
     pub domain: Option<String>,
     /// DNS events: the record type asked for (A, AAAA, TXT, ...).
     pub dns_type: Option<String>,
+    /// The Docker container the process runs in, if netcontrol knows it.
+    pub container_name: Option<String>,
+    /// Its 12-digit id.
+    pub container_id: Option<String>,
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps into wall-clock time.
@@ -116,7 +120,19 @@ impl EventRecord {
             sandbox: labels.sandbox(e.sandbox_id),
             domain: dst_ip.and_then(|ip| labels.domain(ip)),
             dns_type: None,
+            container_name: None,
+            container_id: None,
         }
+        .in_container(labels)
+    }
+
+    /// Name the container of the process, if known.
+    pub fn in_container(mut self, labels: &Labels) -> Self {
+        if let Some(c) = labels.container(self.cgroup_id, self.sandbox_id) {
+            self.container_name = Some(c.name);
+            self.container_id = Some(c.id);
+        }
+        self
     }
 
     /// One line for a human reading stderr, saying what the process got back.
@@ -149,7 +165,14 @@ impl EventRecord {
         } else {
             ("blocked", "Operation not permitted")
         };
-        format!("netcontrol: {verb} {} (pid {}): {what}: {why} ({outcome})", self.comm, self.pid)
+        let inside = match &self.container_name {
+            Some(c) => format!(" in container {c}"),
+            None => String::new(),
+        };
+        format!(
+            "netcontrol: {verb} {} (pid {}){inside}: {what}: {why} ({outcome})",
+            self.comm, self.pid
+        )
     }
 }
 
