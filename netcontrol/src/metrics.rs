@@ -68,10 +68,23 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct SandboxGauges {
     pub name: String,
+    /// A container's 12-digit id: a label next to `sandbox`.
+    pub container_id: Option<String>,
     pub cgroup_id: u64,
     pub entries_v4: usize,
     pub entries_v6: usize,
     pub dns: Option<Arc<dnsproxy::Stats>>,
+}
+
+impl SandboxGauges {
+    /// The labels naming it: `sandbox`, and `container_id` for a container.
+    fn labels(&self) -> Labels {
+        let mut l = vec![("sandbox", self.name.clone())];
+        if let Some(id) = &self.container_id {
+            l.push(("container_id", id.clone()));
+        }
+        l
+    }
 }
 
 /// A loop that has not turned for this long is reported unhealthy.
@@ -194,12 +207,15 @@ fn sample(kind: MetricType, encoder: MetricEncoder<'_>, v: f64) -> fmt::Result {
 impl Collector for KernelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let snap = self.shared.snapshot();
-        let names: BTreeMap<u64, &str> =
-            snap.sandboxes.iter().map(|s| (s.cgroup_id, s.name.as_str())).collect();
-        let sandbox = |id: u64| match (id, names.get(&id)) {
-            (_, Some(n)) => (*n).to_owned(),
-            (0, None) => "none".to_owned(),
-            (id, None) => format!("cgroup-{id}"),
+        let by_id: BTreeMap<u64, &SandboxGauges> =
+            snap.sandboxes.iter().map(|s| (s.cgroup_id, s)).collect();
+        // The labels naming a sandbox: its name, and a container's id.
+        let sandbox = |id: u64| -> Labels {
+            match (id, by_id.get(&id)) {
+                (_, Some(s)) => s.labels(),
+                (0, None) => vec![("sandbox", "none".to_owned())],
+                (id, None) => vec![("sandbox", format!("cgroup-{id}"))],
+            }
         };
 
         let mut blocked = Family::new(
@@ -224,12 +240,13 @@ impl Collector for KernelCollector {
         );
         for (k, n) in self.read_stats() {
             let base = || -> Labels {
-                vec![
-                    ("sandbox", sandbox(k.sandbox_id)),
+                let mut l = sandbox(k.sandbox_id);
+                l.extend([
                     ("hook", hook_name(k.hook).to_owned()),
                     ("family", family_name(k.family).to_owned()),
                     ("protocol", protocol_name(k.protocol).to_owned()),
-                ]
+                ]);
+                l
             };
             let with_reason = || {
                 let mut l = base();
@@ -241,7 +258,7 @@ impl Collector for KernelCollector {
                 (COUNTER_ATTEMPTS, VERDICT_AUDIT) => audited.add(with_reason(), n as f64),
                 (COUNTER_ATTEMPTS, VERDICT_ALLOW) => allowed.add(base(), n as f64),
                 (COUNTER_ATTEMPTS, VERDICT_REDIRECT) => {
-                    redirected.add(vec![("sandbox", sandbox(k.sandbox_id))], n as f64)
+                    redirected.add(sandbox(k.sandbox_id), n as f64)
                 }
                 _ => {}
             }
@@ -257,23 +274,19 @@ impl Collector for KernelCollector {
             "Entries of the sandbox's policy in the allow tries",
             MetricType::Gauge,
         );
+        let with = |s: &SandboxGauges, k: &'static str, v: &str| {
+            let mut l = s.labels();
+            l.push((k, v.to_owned()));
+            l
+        };
         for s in &snap.sandboxes {
             if let Some(stats) = &s.dns {
                 for (verdict, n) in stats.by_verdict() {
-                    dns.add(
-                        vec![("sandbox", s.name.clone()), ("verdict", verdict.to_owned())],
-                        n as f64,
-                    );
+                    dns.add(with(s, "verdict", verdict), n as f64);
                 }
             }
-            entries.add(
-                vec![("sandbox", s.name.clone()), ("family", "ipv4".into())],
-                s.entries_v4 as f64,
-            );
-            entries.add(
-                vec![("sandbox", s.name.clone()), ("family", "ipv6".into())],
-                s.entries_v6 as f64,
-            );
+            entries.add(with(s, "family", "ipv4"), s.entries_v4 as f64);
+            entries.add(with(s, "family", "ipv6"), s.entries_v6 as f64);
         }
 
         let mut lost = Family::new(

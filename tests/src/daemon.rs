@@ -140,6 +140,15 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no sandbox {name:?} in {status:#}"))
     }
 
+    /// A sandbox's state (`enforcing`, `waiting`), or None if there is no such sandbox.
+    pub fn state_of(&self, name: &str) -> Option<String> {
+        self.status()["sandboxes"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["state"].as_str().map(str::to_owned))
+    }
+
     /// GET a path of the metrics server (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(METRICS_ADDR, path)

@@ -219,12 +219,8 @@ fn the_daemon_follows_containers_by_name_and_label() {
     docker.sleeper("labelled", &["--label", "netcontrol.policy=none"]);
     docker.sleeper("other", &[]);
     let enforcing = |name: &str| {
-        within(Duration::from_secs(10), || {
-            daemon.status()["sandboxes"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(|s| s["name"] == name && s["state"] == "enforcing"))
-        })
-        .is_some()
+        within(Duration::from_secs(10), || daemon.state_of(name).as_deref() == Some("enforcing"))
+            .is_some()
     };
     assert!(enforcing("web-1") && enforcing("labelled"), "{:#}", daemon.status());
     assert!(eperm(docker.connect_from("web-1", BRIDGE_IP, d)));
@@ -251,7 +247,7 @@ fn the_daemon_follows_containers_by_name_and_label() {
         docker
             .connect_from("web-1", BRIDGE_IP, d)
             .is_err_and(|e| e.contains("Operation not permitted"))
-            && daemon.sandbox("web-1")["state"] == "enforcing"
+            && daemon.state_of("web-1").as_deref() == Some("enforcing")
     });
     assert!(again.is_some(), "{:#}", daemon.status());
 
@@ -259,7 +255,7 @@ fn the_daemon_follows_containers_by_name_and_label() {
     daemon.stop();
     assert!(eperm(docker.connect_from("web-1", BRIDGE_IP, d)), "enforced while the daemon is down");
     daemon.start();
-    assert_eq!(daemon.sandbox("web-1")["adopted"], true, "{:#}", daemon.status());
+    assert_eq!(daemon.sandbox("web-1")["adopted"], true, "{:#}\n{}", daemon.status(), daemon.log());
     assert!(eperm(docker.connect_from("web-1", BRIDGE_IP, d)));
 }
 
@@ -303,4 +299,101 @@ fn twenty_start_stop_cycles_leave_no_links_or_pins() {
     }
     let out = netcontrol(&["status", "--socket", daemon.socket.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", show(&out));
+}
+
+#[test]
+fn the_daemon_guards_a_parent_cgroup_and_gives_its_containers_sandboxes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let docker = Dockerd::start();
+    let (allowed, denied) = two_servers();
+    let (a, d) = (allowed.addr.port(), denied.addr.port());
+    let guard = ParentCgroup::new();
+    let mut daemon = Daemon::new(&format!(
+        "docker:\n  host: {}\npolicies:\n  ci:\n    allow: [\"{BRIDGE_IP}:{a}\"]\n\
+         sandboxes:\n  - name: ci\n    cgroup: {}\n    create: true\n    policy: ci\n",
+        docker.host, guard.name
+    ));
+    daemon.start();
+    assert_eq!(daemon.sandbox("ci")["state"], "enforcing");
+    let parent = format!("--cgroup-parent=/{}", guard.name);
+    let first =
+        docker.docker(&["run", "--rm", &parent, IMAGE, "nc", "-w", "2", BRIDGE_IP, &d.to_string()]);
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("Operation not permitted"),
+        "the first connect: {}",
+        show(&first)
+    );
+    docker.sleeper("job", &[&parent]);
+    let child = within(Duration::from_secs(10), || {
+        daemon.status()["sandboxes"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|s| s["name"] == "job" && s["origin"] == "child" && s["state"] == "enforcing")
+        })
+    });
+    assert!(child.is_some(), "{:#}", daemon.status());
+    assert!(eperm(docker.connect_from("job", BRIDGE_IP, d)));
+    assert_eq!(docker.connect_from("job", BRIDGE_IP, a), Ok(()));
+    let ev = events_at_least(&daemon.events, 2);
+    let e = find_event(&ev, &[("container_name", json!("job"))]);
+    assert_eq!(e["sandbox"], "job");
+    assert_eq!(daemon.sandbox("job")["policy"], "ci");
+    docker.ok(&["rm", "-f", "job"]);
+    let gone = within(Duration::from_secs(10), || {
+        daemon.status()["sandboxes"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(|s| s["name"] != "job"))
+    });
+    assert!(gone.is_some(), "{:#}", daemon.status());
+    // The parent stays (and stays enforced) until the configuration drops it.
+    daemon.stop();
+    drop(daemon);
+}
+
+#[test]
+fn dns_aware_mode_answers_a_container_from_the_tests_dnsmasq() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let docker = Dockerd::start();
+    let dns = netcontrol_tests::dns::Dnsmasq::start(BRIDGE_IP, 5);
+    dns.set("api.test", &[BRIDGE_IP]);
+    dns.set("evil.test", &[BRIDGE_IP]);
+    let (allowed, _denied) = two_servers();
+    let a = allowed.addr.port();
+    docker.sleeper("app", &["--dns", BRIDGE_IP]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = netcontrol_tests::policy_file(
+        dir.path(),
+        &format!("allow: [\"api.test:{a}\"]\ndns:\n  servers: [{BRIDGE_IP}]\n"),
+    );
+    let events = dir.path().join("events.jsonl");
+    let mut nc = attach(
+        &docker,
+        &events,
+        &["--container", "app", "--policy", policy.to_str().expect("utf-8")],
+        "enforcing on container app",
+    );
+    // Nothing is allowed before the name is looked up...
+    assert!(eperm(docker.connect_from("app", BRIDGE_IP, a)));
+    // ...the container's own resolver (busybox, --dns) gets its answer through netcontrol...
+    let ok = docker.docker(&["exec", "app", "nslookup", "api.test"]);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success() && text.contains(BRIDGE_IP), "{}", show(&ok));
+    // ...and then the address is allowed, on the rule's port.
+    assert_eq!(docker.connect_from("app", BRIDGE_IP, a), Ok(()));
+    // A name the policy does not allow is refused, with an event naming the container.
+    let refused = docker.docker(&["exec", "app", "nslookup", "evil.test"]);
+    assert!(
+        !String::from_utf8_lossy(&refused.stdout).contains("Address: 172.17.0.1"),
+        "{}",
+        show(&refused)
+    );
+    let ev = events_at_least(&events, 2);
+    let e = find_event(&ev, &[("event", json!("dns")), ("domain", json!("evil.test"))]);
+    assert_eq!(e["container_name"], "app");
+    nc.stop();
 }

@@ -133,6 +133,8 @@ const TEST_PACKAGES: &[&str] = &[
     // The daemon's tests: a real Prometheus (and promtool), and the kernel's view of links.
     "prometheus",
     "bpftool",
+    // Container tests run their own dockerd (no service is started by the package).
+    "docker.io",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -13,10 +13,20 @@
 //!     allow: [api.github.com:443]
 //! policy_files:                         # or kept in their own files (relative to this one)
 //!   web: web-policy.yaml
+//! docker:                               # only for containers (default: DOCKER_HOST)
+//!   host: unix:///var/run/docker.sock
 //! sandboxes:
 //!   - name: job-1                       # how events, metrics and status name it
 //!     cgroup: ci/job-1                  # relative to the cgroup2 mount, or absolute
 //!     policy: ci
+//!   - name: ci-containers               # docker run --cgroup-parent=/netcontrol-ci
+//!     cgroup: netcontrol-ci
+//!     create: true                      # create the cgroup if it is missing
+//!     policy: ci
+//!   - name: web                         # every container whose name matches
+//!     containers: {name: "web-*"}
+//!     policy: web
+//!   - containers: {label: netcontrol.policy}   # the label's value names the policy
 //! ```
 //!
 //! Unknown keys are errors; every error names the file, line and column.
@@ -31,6 +41,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::{
+    docker::Selector,
     events::Rotation,
     policy::{
         Policy,
@@ -53,6 +64,25 @@ pub struct Config {
     pub events: Events,
     pub policies: BTreeMap<String, Policy>,
     pub sandboxes: Vec<SandboxConfig>,
+    /// Sandboxes that select Docker containers.
+    pub containers: Vec<ContainerRule>,
+    /// Where Docker is, when containers are followed (`docker:` or a `containers:` sandbox).
+    pub docker: Option<DockerConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DockerConfig {
+    /// None: DOCKER_HOST, else the default socket.
+    pub host: Option<String>,
+}
+
+/// Containers a sandbox entry selects: each one becomes a sandbox of its own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerRule {
+    pub name: String,
+    pub selector: Selector,
+    /// None: the value of the selector's label names the policy.
+    pub policy: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +98,8 @@ pub struct SandboxConfig {
     /// As written: absolute, or relative to the cgroup2 mount.
     pub cgroup: PathBuf,
     pub policy: String,
+    /// Create the cgroup if it is missing (a parent for `docker run --cgroup-parent`).
+    pub create: bool,
 }
 
 #[derive(Deserialize)]
@@ -81,8 +113,22 @@ struct RawConfig {
     policies: BTreeMap<String, RawPolicy>,
     #[serde(default)]
     policy_files: BTreeMap<String, Spanned<PathBuf>>,
+    docker: Option<RawDocker>,
     #[serde(default)]
-    sandboxes: Vec<RawSandbox>,
+    sandboxes: Vec<Spanned<RawSandbox>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    host: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainers {
+    name: Option<String>,
+    label: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -97,8 +143,10 @@ struct RawEvents {
 #[serde(deny_unknown_fields)]
 struct RawSandbox {
     name: Option<Spanned<String>>,
-    cgroup: Spanned<PathBuf>,
-    policy: Spanned<String>,
+    cgroup: Option<Spanned<PathBuf>>,
+    containers: Option<Spanned<RawContainers>>,
+    policy: Option<Spanned<String>>,
+    create: Option<bool>,
 }
 
 /// A size: a number of bytes, or `"100MiB"`, `"10MB"`, `"512KiB"`...
@@ -169,36 +217,91 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
     }
     let mut names = BTreeSet::new();
     let mut sandboxes = Vec::new();
-    for s in raw.sandboxes {
-        let name = match &s.name {
-            Some(n) => {
-                if n.value.trim().is_empty() {
-                    return Err(at(&n.referenced, "a sandbox name cannot be empty".into()));
-                }
-                n.value.trim().to_owned()
+    let mut containers = Vec::new();
+    let known = |policies: &BTreeMap<String, Policy>| {
+        let k: Vec<&str> = policies.keys().map(String::as_str).collect();
+        if k.is_empty() { "none".to_owned() } else { k.join(", ") }
+    };
+    for entry in raw.sandboxes {
+        let s = entry.value;
+        let policy = match &s.policy {
+            Some(p) if !policies.contains_key(&p.value) => {
+                return Err(at(
+                    &p.referenced,
+                    format!("no policy named {:?} (defined: {})", p.value, known(&policies)),
+                ));
             }
-            None => s.cgroup.value.display().to_string(),
+            p => p.as_ref().map(|p| p.value.clone()),
+        };
+        let (name, target) = match (s.cgroup, s.containers) {
+            (Some(c), None) => {
+                if c.value.as_os_str().is_empty() {
+                    return Err(at(&c.referenced, "the cgroup path is empty".into()));
+                }
+                let policy = policy
+                    .ok_or_else(|| at(&entry.referenced, "a sandbox needs a `policy`".into()))?;
+                let default = c.value.display().to_string();
+                (default, Target::Cgroup(c.value, policy))
+            }
+            (None, Some(sel)) => {
+                let selector = match (&sel.value.name, &sel.value.label) {
+                    (Some(n), None) => Selector::name(n),
+                    (None, Some(l)) => Selector::label(l),
+                    _ => Err("give `containers` either a `name` pattern or a `label`".to_owned()),
+                }
+                .map_err(|m| at(&sel.referenced, m))?;
+                if policy.is_none() && selector.policy_label().is_none() {
+                    return Err(at(
+                        &entry.referenced,
+                        "a sandbox needs a `policy` (only `containers: {label: KEY}` can take it from the label's value)".into(),
+                    ));
+                }
+                (selector.to_string(), Target::Containers(selector, policy))
+            }
+            (Some(_), Some(_)) => {
+                return Err(at(
+                    &entry.referenced,
+                    "give a sandbox either `cgroup` or `containers`, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(at(
+                    &entry.referenced,
+                    "a sandbox needs `cgroup` or `containers`".into(),
+                ));
+            }
+        };
+        let name = match &s.name {
+            Some(n) if n.value.trim().is_empty() => {
+                return Err(at(&n.referenced, "a sandbox name cannot be empty".into()));
+            }
+            Some(n) => n.value.trim().to_owned(),
+            None => name,
         };
         if !names.insert(name.clone()) {
-            let loc = s.name.as_ref().map_or(&s.cgroup.referenced, |n| &n.referenced);
+            let loc = s.name.as_ref().map_or(&entry.referenced, |n| &n.referenced);
             return Err(at(loc, format!("two sandboxes are named {name:?}; names must be unique")));
         }
-        if !policies.contains_key(&s.policy.value) {
-            let known: Vec<&str> = policies.keys().map(String::as_str).collect();
-            return Err(at(
-                &s.policy.referenced,
-                format!(
-                    "no policy named {:?} (defined: {})",
-                    s.policy.value,
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-                ),
-            ));
+        match target {
+            Target::Cgroup(cgroup, policy) => sandboxes.push(SandboxConfig {
+                name,
+                cgroup,
+                policy,
+                create: s.create.unwrap_or(false),
+            }),
+            Target::Containers(selector, policy) => {
+                if s.create.is_some() {
+                    return Err(at(&entry.referenced, "`create` is for `cgroup` sandboxes".into()));
+                }
+                containers.push(ContainerRule { name, selector, policy })
+            }
         }
-        if s.cgroup.value.as_os_str().is_empty() {
-            return Err(at(&s.cgroup.referenced, "the cgroup path is empty".into()));
-        }
-        sandboxes.push(SandboxConfig { name, cgroup: s.cgroup.value, policy: s.policy.value });
     }
+    let docker = match raw.docker {
+        Some(d) => Some(DockerConfig { host: d.host }),
+        None if !containers.is_empty() => Some(DockerConfig::default()),
+        None => None,
+    };
     Ok(Config {
         path: path.to_owned(),
         pin_root: raw.pin_root,
@@ -207,7 +310,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
         events,
         policies,
         sandboxes,
+        containers,
+        docker,
     })
+}
+
+/// What a sandbox entry enforces on.
+enum Target {
+    Cgroup(PathBuf, String),
+    Containers(Selector, Option<String>),
 }
 
 impl Size {
@@ -294,6 +405,33 @@ mod tests {
         assert!(e.contains(":2:13:") && e.contains("not a size"), "{e}");
         let e = parse_str("metrics_addr: localhost\n").expect_err("addr");
         assert!(e.contains(":1:15:") && e.contains("not an address"), "{e}");
+    }
+
+    #[test]
+    fn container_sandboxes() {
+        let c = parse_str(
+            "policies: {web: {allow: []}}\nsandboxes:\n  - name: w\n    containers: {name: \"web-*\"}\n    policy: web\n  - containers: {label: netcontrol.policy}\n  - {cgroup: ci, create: true, policy: web}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.containers.len(), 2);
+        assert_eq!(c.containers[0].name, "w");
+        assert_eq!(c.containers[1].name, "label netcontrol.policy");
+        assert_eq!(c.containers[1].policy, None);
+        assert!(c.sandboxes[0].create);
+        assert_eq!(c.docker, Some(DockerConfig::default()), "containers imply Docker");
+        let e = parse_str(
+            "policies: {web: {allow: []}}\nsandboxes:\n  - containers: {name: \"web-*\"}\n",
+        )
+        .expect_err("no policy");
+        assert!(e.contains(":3:5:") && e.contains("needs a `policy`"), "{e}");
+        let e = parse_str("sandboxes:\n  - {cgroup: a, containers: {name: x}, policy: p}\n")
+            .expect_err("both");
+        assert!(e.contains("no policy named") || e.contains("not both"), "{e}");
+        let e = parse_str("policies: {p: {allow: []}}\nsandboxes:\n  - {containers: {name: x, label: y}, policy: p}\n").expect_err("both selectors");
+        assert!(e.contains("either a `name` pattern or a `label`"), "{e}");
+        let e = parse_str("policies: {p: {allow: []}}\nsandboxes:\n  - {policy: p}\n")
+            .expect_err("no target");
+        assert!(e.contains("needs `cgroup` or `containers`"), "{e}");
     }
 
     #[test]

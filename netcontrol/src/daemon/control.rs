@@ -91,8 +91,13 @@ pub struct SandboxStatus {
     pub mode: String,
     /// proxy | resolver
     pub dns_mode: String,
-    /// "config" (the configuration file) or "control" (attached through the socket).
+    /// "config" (the configuration file), "control" (attached through the socket),
+    /// "container" (a container a `containers:` sandbox selects) or "child" (a container
+    /// under a cgroup sandbox).
     pub origin: String,
+    /// The container's 12-digit id, for containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     /// enforcing | waiting
     pub state: String,
     /// Why it is waiting.

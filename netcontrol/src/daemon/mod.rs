@@ -2,6 +2,7 @@
 //! enforcement outlives the process.
 
 pub mod config;
+pub mod containers;
 pub mod control;
 pub mod runtime;
 pub mod supervisor;
@@ -17,6 +18,7 @@ use self::supervisor::Supervisor;
 use crate::{
     bpf::{LoadOptions, PinRoot},
     datapath::Datapath,
+    docker::{self, Lifecycle},
     error::{Error, Result},
     events::{Labels, Sink},
     metrics::{self, KernelCollector, Shared},
@@ -65,8 +67,10 @@ pub async fn run(opts: Options) -> Result<i32> {
         metrics::serve(addr, shared.clone(), collector).await?;
     }
     let mut watch = FileWatch::new(&opts.config)?;
+    // Containers are followed from before the start, so none is missed.
+    let mut containers = config.docker.as_ref().map(|d| docker::follow::follow(d.host.clone()));
     let mut sup = Supervisor::new(dp, root, config, shared.clone(), runtime::file_for(&socket))?;
-    sup.start_all().await;
+    sup.start_all(containers.as_mut()).await;
     shared.set_ready();
     let status = sup.status();
     let enforcing = status.sandboxes.iter().filter(|s| s.state == "enforcing").count();
@@ -93,6 +97,7 @@ pub async fn run(opts: Options) -> Result<i32> {
                 let _ = reply.send(sup.handle(request).await);
             }
             _ = tick.tick() => sup.tick().await,
+            Some(event) = next_container_event(&mut containers) => sup.docker_event(event).await,
             (name, change) = sup.next_change() => {
                 sup.apply(&name, change);
                 sup.publish();
@@ -101,6 +106,13 @@ pub async fn run(opts: Options) -> Result<i32> {
     }
     sup.shutdown().await?;
     Ok(0)
+}
+
+async fn next_container_event(rx: &mut Option<mpsc::Receiver<Lifecycle>>) -> Option<Lifecycle> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The control socket goes when the daemon does.

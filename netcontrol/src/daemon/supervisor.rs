@@ -12,6 +12,8 @@ use std::{
 use futures_util::future::select_all;
 use netcontrol_common::abi::GLOBAL_EVENTS_LOST;
 
+use tokio::sync::mpsc;
+
 use super::{
     config::{self, Config, SandboxConfig},
     control::{MapUsage, PolicyRef, Request, Response, SandboxStatus, Status},
@@ -21,8 +23,10 @@ use crate::{
     bpf::{PinRoot, pins},
     cgroup,
     datapath::Datapath,
+    docker::{Container, Lifecycle},
     enforcer::LinkPins,
     error::{Error, Result},
+    events::ContainerName,
     metrics::{SandboxGauges, Shared, Snapshot},
     policy::Policy,
     sandbox::{Change, NsChoice, Sandbox, Spec},
@@ -32,37 +36,56 @@ use crate::{
 const MISSING_RETRY: Duration = Duration::from_secs(1);
 /// How soon a failed attach is tried again.
 const FAILED_RETRY: Duration = Duration::from_secs(5);
+/// How long the start waits for Docker's list of running containers.
+const DOCKER_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Supervisor {
-    dp: Datapath,
+    pub(super) dp: Datapath,
     root: PinRoot,
-    mount: PathBuf,
-    config: Config,
-    slots: BTreeMap<String, Slot>,
+    pub(super) mount: PathBuf,
+    pub(super) config: Config,
+    pub(super) slots: BTreeMap<String, Slot>,
     /// cgroup id -> policy id, for every cgroup that has (or may have) entries in the maps.
     ids: BTreeMap<u64, u32>,
     shared: Arc<Shared>,
     runtime_file: PathBuf,
-    attach_errors: BTreeMap<String, u64>,
+    pub(super) attach_errors: BTreeMap<String, u64>,
     reload_failures: u64,
+    /// Docker's running containers, by id (when containers are followed).
+    pub(super) running: BTreeMap<String, Container>,
+    /// Whether the list of running containers is known: until it is, pins of cgroups that
+    /// still exist are kept (they may be containers we will be told about).
+    pub(super) docker_synced: bool,
 }
 
-struct Slot {
+pub(super) struct Slot {
     /// As configured: absolute, or relative to the cgroup2 mount.
-    cgroup: PathBuf,
-    policy_name: String,
-    policy: Policy,
-    origin: Origin,
-    state: State,
+    pub(super) cgroup: PathBuf,
+    pub(super) policy_name: String,
+    pub(super) policy: Policy,
+    pub(super) origin: Origin,
+    /// The Docker container it is.
+    pub(super) container: Option<Container>,
+    /// Create the cgroup if it is missing.
+    create: bool,
+    pub(super) state: State,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-enum Origin {
+pub(super) enum Origin {
     Config,
     Control(PolicyRef),
+    /// A container a `containers:` sandbox selects (the entry's name).
+    Container {
+        rule: String,
+    },
+    /// A container under a cgroup sandbox (its name): no links of its own.
+    Child {
+        parent: String,
+    },
 }
 
-enum State {
+pub(super) enum State {
     Enforcing(Box<Sandbox>),
     Waiting { why: String, next_try: Instant },
 }
@@ -78,6 +101,7 @@ impl Supervisor {
         // Policy ids of the sandboxes a previous run left in the pinned maps: reused for the
         // same cgroups, so that their entries are updated in place, never dropped.
         let ids = dp.maps_ref().sandboxes()?.into_iter().map(|(id, v)| (id, v.policy_id)).collect();
+        let docker_synced = config.docker.is_none();
         Ok(Self {
             dp,
             root,
@@ -89,12 +113,15 @@ impl Supervisor {
             runtime_file,
             attach_errors: BTreeMap::new(),
             reload_failures: 0,
+            running: BTreeMap::new(),
+            docker_synced,
         })
     }
 
-    /// Bring up every configured and control-attached sandbox (re-adopting pinned links), then
-    /// remove what earlier runs left for cgroups that are gone or no longer wanted.
-    pub async fn start_all(&mut self) {
+    /// Bring up every configured and control-attached sandbox and every selected container
+    /// (re-adopting pinned links), then remove what earlier runs left for cgroups that are gone
+    /// or no longer wanted.
+    pub async fn start_all(&mut self, docker: Option<&mut mpsc::Receiver<Lifecycle>>) {
         for s in self.config.sandboxes.clone() {
             self.add_config_slot(&s);
         }
@@ -103,7 +130,7 @@ impl Supervisor {
                 Ok((policy_name, policy)) if !self.slots.contains_key(&a.name) => {
                     self.slots.insert(
                         a.name.clone(),
-                        Slot::waiting(a.cgroup, policy_name, policy, Origin::Control(a.policy)),
+                        Slot::new(a.cgroup, policy_name, policy, Origin::Control(a.policy)),
                     );
                 }
                 Ok(_) => tracing::warn!(
@@ -111,6 +138,15 @@ impl Supervisor {
                     a.name
                 ),
                 Err(e) => tracing::warn!("{}: no longer attached: {e}", a.name),
+            }
+        }
+        // The containers running now, before anything pinned is judged unwanted.
+        if let Some(rx) = docker {
+            match tokio::time::timeout(DOCKER_WAIT, rx.recv()).await {
+                Ok(Some(event)) => self.docker_event(event).await,
+                _ => tracing::warn!(
+                    "Docker did not answer within {DOCKER_WAIT:?}; containers are attached when it does, and their pins are kept until then"
+                ),
             }
         }
         let names: Vec<String> = self.slots.keys().cloned().collect();
@@ -126,7 +162,10 @@ impl Supervisor {
         let policy = self.config.policies[&s.policy].clone();
         self.slots.insert(
             s.name.clone(),
-            Slot::waiting(s.cgroup.clone(), s.policy.clone(), policy, Origin::Config),
+            Slot {
+                create: s.create,
+                ..Slot::new(s.cgroup.clone(), s.policy.clone(), policy, Origin::Config)
+            },
         );
     }
 
@@ -146,13 +185,24 @@ impl Supervisor {
     }
 
     /// Start enforcing a waiting sandbox if its cgroup exists; otherwise note why not.
-    async fn try_start(&mut self, name: &str) {
+    pub(super) async fn try_start(&mut self, name: &str) {
         let Some(slot) = self.slots.get(name) else { return };
         if matches!(slot.state, State::Enforcing(_)) {
             return;
         }
         let path = self.resolve(&slot.cgroup);
-        let result = self.start_on(name, &path, slot.policy.clone()).await;
+        if slot.create && !path.exists() {
+            match cgroup::create(&path) {
+                Ok(()) => tracing::info!(sandbox = name, "created {}", path.display()),
+                Err(e) => tracing::warn!(sandbox = name, "{e}"),
+            }
+        }
+        let link_pins = match slot.origin {
+            Origin::Child { .. } => LinkPins::Inherited,
+            _ => LinkPins::Daemon(self.root.clone()),
+        };
+        let container = slot.container.as_ref().map(Container::label);
+        let result = self.start_on(name, &path, slot.policy.clone(), link_pins, container).await;
         let Some(slot) = self.slots.get_mut(name) else { return };
         slot.state = match result {
             Ok(sandbox) => {
@@ -191,6 +241,8 @@ impl Supervisor {
         name: &str,
         path: &Path,
         policy: Policy,
+        link_pins: LinkPins,
+        container: Option<ContainerName>,
     ) -> Result<Sandbox, NotStarted> {
         if !cgroup::is_cgroup2(path) {
             return Err(Missing(format!("{} does not exist yet", path.display())));
@@ -210,9 +262,9 @@ impl Supervisor {
             cgroup: path.to_owned(),
             policy,
             policy_id,
-            link_pins: LinkPins::Daemon(self.root.clone()),
+            link_pins,
             ns: NsChoice::OfProcesses,
-            container: None,
+            container,
         };
         Sandbox::start(&mut self.dp, spec).await.map_err(Failed)
     }
@@ -225,7 +277,7 @@ impl Supervisor {
     }
 
     /// Stop enforcing a sandbox: its links, pins, map entries and counters go.
-    fn stop(&mut self, name: &str) -> Result<()> {
+    pub(super) fn stop(&mut self, name: &str) -> Result<()> {
         let Some(slot) = self.slots.get_mut(name) else { return Ok(()) };
         let state = std::mem::replace(
             &mut slot.state,
@@ -246,8 +298,9 @@ impl Supervisor {
     }
 
     /// Remove what earlier runs left behind and nobody wants now: links of cgroups that are
-    /// gone or not configured, their sandbox entries, their policies' entries.
-    fn collect_garbage(&mut self) {
+    /// gone or not configured, their sandbox entries, their policies' entries. Until Docker's
+    /// running containers are known, a cgroup that still exists is kept (it may be one).
+    pub(super) fn collect_garbage(&mut self) {
         let mut keep: BTreeSet<u64> = BTreeSet::new();
         for slot in self.slots.values() {
             match &slot.state {
@@ -262,6 +315,23 @@ impl Supervisor {
                     }
                 }
             }
+        }
+        if !self.docker_synced {
+            keep.extend(
+                self.root
+                    .daemon_link_dirs()
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .chain(
+                        self.dp
+                            .maps_ref()
+                            .sandboxes()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(id, _)| id),
+                    )
+                    .filter(|id| cgroup::path_by_id(&self.mount, *id).is_some()),
+            );
         }
         for (id, dir) in self.root.daemon_link_dirs() {
             if keep.contains(&id) {
@@ -318,9 +388,16 @@ impl Supervisor {
             if let Err(e) = self.stop(&name) {
                 tracing::warn!(sandbox = name.as_str(), "{e}");
             }
-            if matches!(self.slots.get(&name).map(|s| &s.origin), Some(Origin::Control(_))) {
-                self.slots.remove(&name);
-                self.save_runtime();
+            match self.slots.get(&name).map(|s| &s.origin) {
+                Some(Origin::Control(_)) => {
+                    self.slots.remove(&name);
+                    self.save_runtime();
+                }
+                // A container's next start is a new sandbox (Docker says when).
+                Some(Origin::Container { .. } | Origin::Child { .. }) => {
+                    self.slots.remove(&name);
+                }
+                _ => {}
             }
         }
         for name in due {
@@ -439,6 +516,8 @@ impl Supervisor {
             removed += 1;
         }
         drop(old);
+        // Containers: other selectors, policies or parents may apply now.
+        changed += self.reconcile_containers().await;
         let summary = format!("{added} sandboxes added, {changed} changed, {removed} removed");
         if problems.is_empty() {
             Ok(summary)
@@ -505,7 +584,7 @@ impl Supervisor {
         cgroup::validate(&path)?;
         self.slots.insert(
             name.clone(),
-            Slot::waiting(cgroup.clone(), policy_name, p, Origin::Control(policy)),
+            Slot::new(cgroup.clone(), policy_name, p, Origin::Control(policy)),
         );
         self.try_start(&name).await;
         match &self.slots[&name].state {
@@ -568,7 +647,7 @@ impl Supervisor {
                     cgroup: s.cgroup.clone(),
                     policy: policy.clone(),
                 }),
-                Origin::Config => None,
+                _ => None,
             })
             .collect();
         if list.is_empty() && !self.runtime_file.exists() {
@@ -593,7 +672,10 @@ impl Supervisor {
                     origin: match slot.origin {
                         Origin::Config => "config".into(),
                         Origin::Control(_) => "control".into(),
+                        Origin::Container { .. } => "container".into(),
+                        Origin::Child { .. } => "child".into(),
                     },
+                    container: slot.container.as_ref().map(|c| c.short_id().to_owned()),
                     ..SandboxStatus::default()
                 };
                 match &slot.state {
@@ -642,6 +724,7 @@ impl Supervisor {
     fn gauges(&self) -> Vec<SandboxGauges> {
         self.enforcing()
             .map(|(name, s)| SandboxGauges {
+                container_id: self.slots[name].container.as_ref().map(|c| c.short_id().to_owned()),
                 name: name.clone(),
                 cgroup_id: s.enforcer().sandbox_id(),
                 entries_v4: s.enforcer().current().entries.v4.len(),
@@ -678,12 +761,20 @@ impl Supervisor {
 }
 
 impl Slot {
-    fn waiting(cgroup: PathBuf, policy_name: String, policy: Policy, origin: Origin) -> Self {
+    /// Not enforcing yet.
+    pub(super) fn new(
+        cgroup: PathBuf,
+        policy_name: String,
+        policy: Policy,
+        origin: Origin,
+    ) -> Self {
         Self {
             cgroup,
             policy_name,
             policy,
             origin,
+            container: None,
+            create: false,
             state: State::Waiting { why: "not started".into(), next_try: Instant::now() },
         }
     }

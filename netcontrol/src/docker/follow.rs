@@ -1,6 +1,8 @@
 //! Following containers as they start and stop: a task that lists the running containers,
 //! then streams Docker's events, and starts over (list included) whenever the connection to
-//! dockerd breaks, so that nothing is missed across a restart of dockerd.
+//! dockerd breaks, so that nothing is missed across a restart of dockerd. Events are hints,
+//! checked against the container's state before they are passed on: a replayed or late event
+//! must never detach a container that runs.
 
 use std::time::Duration;
 
@@ -66,7 +68,12 @@ async fn session(host: Option<&str>, tx: &mpsc::Sender<Lifecycle>) -> Result<(),
                 // Already gone again: its die event follows.
                 Ok(_) | Err(_) => continue,
             },
-            Some("die") => Lifecycle::Died(id),
+            // Events are replayed from a little before the list: a death of an earlier run
+            // of a container that runs again now is old news (its start follows).
+            Some("die") => match docker.inspect(&id).await {
+                Ok(c) if c.running => continue,
+                _ => Lifecycle::Died(id),
+            },
             Some("destroy") => Lifecycle::Removed(id),
             _ => continue,
         };
