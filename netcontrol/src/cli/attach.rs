@@ -57,7 +57,11 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
             }
         }
     }
+    let attached_to = single.sandbox.as_ref().map(|s| target.describe(s.enforcer().cgroup()));
     let (counts, sink) = single.stop().await?;
+    if let Some(what) = attached_to {
+        eprintln!("netcontrol: detached from {what}");
+    }
     target.end();
     if let Some(line) = summary(&counts, &sink) {
         eprintln!("{line}");
