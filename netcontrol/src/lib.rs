@@ -18,6 +18,7 @@ pub mod docker;
 pub mod enforcer;
 pub mod error;
 pub mod events;
+pub mod kubernetes;
 pub mod learn;
 pub mod metrics;
 pub mod netns;

@@ -68,8 +68,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct SandboxGauges {
     pub name: String,
-    /// A container's 12-digit id: a label next to `sandbox`.
-    pub container_id: Option<String>,
+    /// The labels naming it in metrics (`sandbox`, and for containers and pods more).
+    pub labels: Vec<(&'static str, String)>,
     pub cgroup_id: u64,
     pub entries_v4: usize,
     pub entries_v6: usize,
@@ -77,13 +77,8 @@ pub struct SandboxGauges {
 }
 
 impl SandboxGauges {
-    /// The labels naming it: `sandbox`, and `container_id` for a container.
     fn labels(&self) -> Labels {
-        let mut l = vec![("sandbox", self.name.clone())];
-        if let Some(id) = &self.container_id {
-            l.push(("container_id", id.clone()));
-        }
-        l
+        self.labels.clone()
     }
 }
 

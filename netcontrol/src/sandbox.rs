@@ -23,7 +23,7 @@ use crate::{
     dnsproxy::{self, Links, Proxy},
     enforcer::{Enforcer, LinkPins},
     error::{Error, Result},
-    events::ContainerName,
+    events::Identity,
     learn::LearnedSet,
     policy::{Compiled, DnsMode, Policy, Resolved, compile::Index},
     resolve::{Follower, NameUpdate, Settings, Status, system_servers},
@@ -49,8 +49,8 @@ pub struct Spec {
     pub policy_id: u32,
     pub link_pins: LinkPins,
     pub ns: NsChoice,
-    /// The Docker container it is, for events.
-    pub container: Option<ContainerName>,
+    /// The container or pod it is, for events.
+    pub identity: Identity,
 }
 
 pub struct Sandbox {
@@ -59,6 +59,9 @@ pub struct Sandbox {
     servers: Vec<SocketAddr>,
     dns: Dns,
     enforcer: Enforcer,
+    /// The cgroup had no process when it was attached (a pod before its first container):
+    /// the network namespace its DNS proxy belongs in is not known yet.
+    netns_pending: bool,
 }
 
 enum Dns {
@@ -69,6 +72,8 @@ enum Dns {
 struct ProxyMode {
     proxy: Proxy,
     learn_rx: mpsc::Receiver<dnsproxy::Learned>,
+    /// For a proxy started again in another namespace.
+    learn_tx: mpsc::Sender<dnsproxy::Learned>,
     learned: LearnedSet,
     /// Learned entries found in pinned maps (a restarted daemon): their names are not known,
     /// so they keep their ports until the grace period runs out unused, or a reload.
@@ -94,20 +99,19 @@ impl Sandbox {
     /// attached: in resolver mode each has had its first answer; in proxy mode the proxy is
     /// listening, in the network namespace `spec.ns` says.
     pub async fn start(dp: &mut Datapath, spec: Spec) -> Result<Self> {
-        let Spec { name, cgroup: cgroup_path, policy, policy_id, link_pins, ns, container } = spec;
+        let Spec { name, cgroup: cgroup_path, policy, policy_id, link_pins, ns, identity } = spec;
         // Everything that can be checked without the kernel is checked first.
         policy.compile(&Default::default(), &[])?;
         let cgroup = cgroup::validate(&cgroup_path)?;
         let sandbox_id = cgroup::id(&cgroup)?;
+        let netns_pending = ns == NsChoice::OfProcesses && cgroup::first_pid(&cgroup).is_none();
         let ns = match ns {
             NsChoice::Own => None,
-            NsChoice::OfProcesses => crate::netns::of_cgroup(&cgroup).map_err(|e| {
-                Error::io(format!("finding the network namespace of {}", cgroup.display()), e)
-            })?,
+            NsChoice::OfProcesses => namespace_of(&cgroup)?,
         };
         let servers = dns_servers(&policy)?;
         dp.labels().set_sandbox(sandbox_id, name.clone());
-        dp.labels().set_container(sandbox_id, container);
+        dp.labels().set_identity(sandbox_id, identity);
         let (dns, compiled) = match policy.dns.mode {
             DnsMode::Resolver => {
                 report_wildcards(&policy);
@@ -116,20 +120,9 @@ impl Sandbox {
                 (Dns::Resolver(follower), compiled)
             }
             DnsMode::Proxy => {
-                let (learn, learn_rx) = mpsc::channel(LEARN_QUEUE);
-                let links = Links {
-                    learn,
-                    events: dp.injector(),
-                    labels: dp.labels().clone(),
-                    sandbox_id,
-                    origins: dp.origins(),
-                };
-                let proxy = Proxy::start(
-                    ns.as_ref(),
-                    proxy_config(&policy, &servers),
-                    rules(&policy),
-                    links,
-                )?;
+                let (learn_tx, learn_rx) = mpsc::channel(LEARN_QUEUE);
+                let proxy =
+                    start_proxy(dp, ns.as_ref(), &policy, &servers, sandbox_id, learn_tx.clone())?;
                 let index = Index::new(&policy.grants(&Resolved::new(), &servers));
                 let mut sweep = tokio::time::interval(Duration::from_secs(1));
                 sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -142,6 +135,7 @@ impl Sandbox {
                     carried,
                     proxy,
                     learn_rx,
+                    learn_tx,
                     index,
                     sweep,
                     reported_drops: 0,
@@ -151,7 +145,47 @@ impl Sandbox {
             }
         };
         let enforcer = Enforcer::attach(dp, &cgroup, sandbox_id, policy_id, compiled, &link_pins)?;
-        Ok(Self { name, policy, servers, dns, enforcer })
+        Ok(Self { name, policy, servers, dns, enforcer, netns_pending })
+    }
+
+    /// Whether the sandbox waits for its first process to learn its network namespace.
+    pub fn netns_pending(&self) -> bool {
+        self.netns_pending
+    }
+
+    /// Once a process is in the cgroup: move the DNS proxy into its network namespace (until
+    /// then the sandbox's DNS finds nothing listening and fails, closed). Returns whether the
+    /// namespace is settled now.
+    pub fn settle_netns(&mut self, dp: &mut Datapath) -> Result<bool> {
+        if !self.netns_pending {
+            return Ok(true);
+        }
+        if cgroup::first_pid(self.enforcer.cgroup()).is_none() {
+            return Ok(false);
+        }
+        self.netns_pending = false;
+        let ns = namespace_of(self.enforcer.cgroup())?;
+        let Dns::Proxy(p) = &mut self.dns else { return Ok(true) };
+        if ns.is_none() {
+            // Our own namespace (host network): the proxy is where it belongs already.
+            return Ok(true);
+        }
+        let sandbox_id = self.enforcer.sandbox_id();
+        p.proxy = start_proxy(
+            dp,
+            ns.as_ref(),
+            &self.policy,
+            &self.servers,
+            sandbox_id,
+            p.learn_tx.clone(),
+        )?;
+        let compiled = p.compiled(&self.policy)?;
+        self.enforcer.update(dp, compiled)?;
+        tracing::info!(
+            sandbox = self.name.as_str(),
+            "its DNS proxy listens in its network namespace now"
+        );
+        Ok(true)
     }
 
     pub fn name(&self) -> &str {
@@ -301,7 +335,7 @@ impl Sandbox {
     /// Detach, forget the sandbox's entries, and return what was counted for it.
     pub fn detach(self, dp: &mut Datapath) -> Result<Counts> {
         // Events still queued for it are named by the sandbox label, which stays.
-        dp.labels().set_container(self.enforcer.sandbox_id(), None);
+        dp.labels().set_identity(self.enforcer.sandbox_id(), Identity::default());
         let dns_refused = self.dns_stats().map_or(0, |s| s.refused());
         let mut counts = self.enforcer.detach(dp)?;
         counts.dns_refused = dns_refused;
@@ -399,6 +433,31 @@ fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+/// The network namespace of the cgroup's processes (None: ours, or no process yet).
+fn namespace_of(cgroup: &std::path::Path) -> Result<Option<crate::netns::Netns>> {
+    crate::netns::of_cgroup(cgroup)
+        .map_err(|e| Error::io(format!("finding the network namespace of {}", cgroup.display()), e))
+}
+
+/// The sandbox's DNS proxy, listening in `ns`.
+fn start_proxy(
+    dp: &Datapath,
+    ns: Option<&crate::netns::Netns>,
+    policy: &Policy,
+    servers: &[SocketAddr],
+    sandbox_id: u64,
+    learn: mpsc::Sender<dnsproxy::Learned>,
+) -> Result<Proxy> {
+    let links = Links {
+        learn,
+        events: dp.injector(),
+        labels: dp.labels().clone(),
+        sandbox_id,
+        origins: dp.origins(),
+    };
+    Proxy::start(ns, proxy_config(policy, servers), rules(policy), links)
 }
 
 fn proxy_config(policy: &Policy, servers: &[SocketAddr]) -> dnsproxy::Config {

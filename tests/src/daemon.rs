@@ -20,6 +20,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub events: PathBuf,
     pub pin_root: PathBuf,
+    /// Extra environment for the daemon process.
+    pub env: Vec<(String, PathBuf)>,
     proc: Option<Background>,
 }
 
@@ -34,6 +36,7 @@ impl Daemon {
             events: dir.path().join("events.jsonl"),
             pin_root: Path::new(TEST_PIN_ROOT).join(unique("daemon")),
             dir,
+            env: Vec::new(),
             proc: None,
         };
         this.write_config(body);
@@ -66,6 +69,7 @@ impl Daemon {
         cmd.args(["daemon", "--log-level", "info", "--config"])
             .arg(&self.config)
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null());
         let mut proc = Background::spawn(cmd);
         proc.wait_for_line("ready:", Duration::from_secs(30));

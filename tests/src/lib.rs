@@ -27,6 +27,7 @@ use serde_json::Value;
 pub mod daemon;
 pub mod dns;
 pub mod docker;
+pub mod kube_api;
 pub mod prometheus;
 
 /// Whether kernel tests can run here. Returns false (skip) when not root, unless CI requires

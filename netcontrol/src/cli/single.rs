@@ -12,7 +12,7 @@ use crate::{
     docker::Container,
     enforcer::LinkPins,
     error::Result,
-    events::{ContainerName, Labels, Sink},
+    events::{ContainerName, Identity, Labels, Sink},
     policy::Policy,
     sandbox::{Change, NsChoice, Sandbox, Spec},
 };
@@ -76,7 +76,7 @@ impl Single {
             policy_id: 1,
             link_pins: self.link_pins.clone(),
             ns,
-            container,
+            identity: Identity { container, pod: None },
         };
         self.sandbox = Some(Sandbox::start(&mut self.dp, spec).await?);
         Ok(())
@@ -105,7 +105,7 @@ impl Single {
             policy_id,
             link_pins: LinkPins::Inherited,
             ns: NsChoice::OfProcesses,
-            container: Some(c.label()),
+            identity: Identity { container: Some(c.label()), pod: None },
         };
         let child = Sandbox::start(&mut self.dp, spec).await?;
         self.children.insert(c.id.clone(), child);

@@ -27,6 +27,13 @@
 //!     containers: {name: "web-*"}
 //!     policy: web
 //!   - containers: {label: netcontrol.policy}   # the label's value names the policy
+//! kubernetes:                           # the pods of this node (the DaemonSet)
+//!   node_name: node-1                   # default: $NODE_NAME (the downward API)
+//!   policy_label: netcontrol.io/policy  # the pod label naming its policy (the default)
+//!   namespaces: {team-a: web}           # the policy of a namespace's unlabelled pods
+//!   default_policy: none                # of every other unlabelled pod (default: not enforced)
+//!   cgroup_root: /sys/fs/cgroup         # where the kubelet's kubepods hierarchy is
+//!   pod_metrics: true                   # false: metrics by namespace only
 //! ```
 //!
 //! Unknown keys are errors; every error names the file, line and column.
@@ -68,6 +75,24 @@ pub struct Config {
     pub containers: Vec<ContainerRule>,
     /// Where Docker is, when containers are followed (`docker:` or a `containers:` sandbox).
     pub docker: Option<DockerConfig>,
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+pub const DEFAULT_POLICY_LABEL: &str = "netcontrol.io/policy";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// None: $NODE_NAME.
+    pub node_name: Option<String>,
+    pub policy_label: String,
+    /// Namespace -> the policy of its pods without the label.
+    pub namespaces: BTreeMap<String, String>,
+    /// The policy of other pods without the label (None: not enforced).
+    pub default_policy: Option<String>,
+    /// None: the cgroup2 mount.
+    pub cgroup_root: Option<PathBuf>,
+    /// Label metrics with the pod (else with the namespace only, bounding their number).
+    pub pod_metrics: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -114,8 +139,21 @@ struct RawConfig {
     #[serde(default)]
     policy_files: BTreeMap<String, Spanned<PathBuf>>,
     docker: Option<RawDocker>,
+    kubernetes: Option<Spanned<RawKubernetes>>,
     #[serde(default)]
     sandboxes: Vec<Spanned<RawSandbox>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    node_name: Option<String>,
+    policy_label: Option<String>,
+    #[serde(default)]
+    namespaces: BTreeMap<String, Spanned<String>>,
+    default_policy: Option<Spanned<String>>,
+    cgroup_root: Option<PathBuf>,
+    pod_metrics: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +335,39 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
             }
         }
     }
+    let kubernetes = match raw.kubernetes {
+        None => None,
+        Some(k) => {
+            let check = |p: &Spanned<String>| {
+                if policies.contains_key(&p.value) {
+                    Ok(p.value.clone())
+                } else {
+                    Err(at(
+                        &p.referenced,
+                        format!("no policy named {:?} (defined: {})", p.value, known(&policies)),
+                    ))
+                }
+            };
+            let namespaces = k
+                .value
+                .namespaces
+                .iter()
+                .map(|(ns, p)| check(p).map(|p| (ns.clone(), p)))
+                .collect::<Result<_, _>>()?;
+            Some(KubernetesConfig {
+                node_name: k.value.node_name.clone(),
+                policy_label: k
+                    .value
+                    .policy_label
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_POLICY_LABEL.to_owned()),
+                namespaces,
+                default_policy: k.value.default_policy.as_ref().map(check).transpose()?,
+                cgroup_root: k.value.cgroup_root.clone(),
+                pod_metrics: k.value.pod_metrics.unwrap_or(true),
+            })
+        }
+    };
     let docker = match raw.docker {
         Some(d) => Some(DockerConfig { host: d.host }),
         None if !containers.is_empty() => Some(DockerConfig::default()),
@@ -312,6 +383,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
         sandboxes,
         containers,
         docker,
+        kubernetes,
     })
 }
 
@@ -432,6 +504,24 @@ mod tests {
         let e = parse_str("policies: {p: {allow: []}}\nsandboxes:\n  - {policy: p}\n")
             .expect_err("no target");
         assert!(e.contains("needs `cgroup` or `containers`"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes() {
+        let c = parse_str(
+            "policies: {web: {allow: []}, none: {allow: []}}\nkubernetes:\n  node_name: n1\n  namespaces: {team-a: web}\n  default_policy: none\n",
+        )
+        .expect("valid");
+        let k = c.kubernetes.expect("kubernetes");
+        assert_eq!(k.node_name.as_deref(), Some("n1"));
+        assert_eq!(k.policy_label, DEFAULT_POLICY_LABEL);
+        assert_eq!(k.namespaces["team-a"], "web");
+        assert_eq!(k.default_policy.as_deref(), Some("none"));
+        assert!(k.pod_metrics);
+        let e =
+            parse_str("policies: {web: {allow: []}}\nkubernetes:\n  namespaces: {team-a: nope}\n")
+                .expect_err("unknown");
+        assert!(e.contains(":3:24:") && e.contains("no policy named \"nope\""), "{e}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ impl Supervisor {
                     .map(|(name, _)| name)
                     .collect();
                 for name in gone {
-                    self.forget(&name);
+                    self.remove_slot(&name);
                 }
                 self.reconcile_containers().await;
                 if first {
@@ -51,7 +51,7 @@ impl Supervisor {
                         State::Enforcing(s) if Some(s.enforcer().sandbox_id()) == now);
                     if !seen {
                         // A restart: the container has a new cgroup, so a new sandbox.
-                        self.forget(&name);
+                        self.remove_slot(&name);
                     }
                 }
                 self.running.insert(id, c.clone());
@@ -60,7 +60,7 @@ impl Supervisor {
             Lifecycle::Died(id) | Lifecycle::Removed(id) => {
                 self.running.remove(&id);
                 if let Some(name) = self.slot_of(&id) {
-                    self.forget(&name);
+                    self.remove_slot(&name);
                 }
             }
             Lifecycle::Unreachable(why) => {
@@ -92,7 +92,7 @@ impl Supervisor {
         match (existing, want) {
             (None, None) => false,
             (Some(name), None) => {
-                self.forget(&name);
+                self.remove_slot(&name);
                 true
             }
             (Some(name), Some(w)) => {
@@ -101,7 +101,7 @@ impl Supervisor {
                     || slot.policy_name != w.policy_name
                     || slot.cgroup != w.cgroup
                 {
-                    self.forget(&name);
+                    self.remove_slot(&name);
                     self.add(c, w).await;
                     return true;
                 }
@@ -209,13 +209,5 @@ impl Supervisor {
         self.slots
             .iter()
             .filter_map(|(n, s)| s.container.as_ref().map(|c| (n.clone(), c.id.clone())))
-    }
-
-    /// Stop a container's sandbox and drop it.
-    fn forget(&mut self, name: &str) {
-        if let Err(e) = self.stop(name) {
-            tracing::warn!(sandbox = name, "{e}");
-        }
-        self.slots.remove(name);
     }
 }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod containers;
 pub mod control;
+pub mod pods;
 pub mod runtime;
 pub mod supervisor;
 
@@ -18,9 +19,10 @@ use self::supervisor::Supervisor;
 use crate::{
     bpf::{LoadOptions, PinRoot},
     datapath::Datapath,
-    docker::{self, Lifecycle},
+    docker,
     error::{Error, Result},
     events::{Labels, Sink},
+    kubernetes,
     metrics::{self, KernelCollector, Shared},
     watch::FileWatch,
 };
@@ -69,8 +71,12 @@ pub async fn run(opts: Options) -> Result<i32> {
     let mut watch = FileWatch::new(&opts.config)?;
     // Containers are followed from before the start, so none is missed.
     let mut containers = config.docker.as_ref().map(|d| docker::follow::follow(d.host.clone()));
+    let mut pods = match &config.kubernetes {
+        Some(k) => Some(kubernetes::follow::follow(node_name(k)?)),
+        None => None,
+    };
     let mut sup = Supervisor::new(dp, root, config, shared.clone(), runtime::file_for(&socket))?;
-    sup.start_all(containers.as_mut()).await;
+    sup.start_all(containers.as_mut(), pods.as_mut()).await;
     shared.set_ready();
     let status = sup.status();
     let enforcing = status.sandboxes.iter().filter(|s| s.state == "enforcing").count();
@@ -97,7 +103,8 @@ pub async fn run(opts: Options) -> Result<i32> {
                 let _ = reply.send(sup.handle(request).await);
             }
             _ = tick.tick() => sup.tick().await,
-            Some(event) = next_container_event(&mut containers) => sup.docker_event(event).await,
+            Some(event) = next(&mut containers) => sup.docker_event(event).await,
+            Some(event) = next(&mut pods) => sup.pod_event(event).await,
             (name, change) = sup.next_change() => {
                 sup.apply(&name, change);
                 sup.publish();
@@ -108,11 +115,27 @@ pub async fn run(opts: Options) -> Result<i32> {
     Ok(0)
 }
 
-async fn next_container_event(rx: &mut Option<mpsc::Receiver<Lifecycle>>) -> Option<Lifecycle> {
+/// The next message of a source the configuration may not use.
+async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// This node's name: the configuration's, else $NODE_NAME (the downward API's spec.nodeName).
+fn node_name(k: &config::KubernetesConfig) -> Result<String> {
+    k.node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            Error::Daemon(
+                "kubernetes: the node's name is unknown: set NODE_NAME from the downward API \
+                 (fieldRef: spec.nodeName) or kubernetes.node_name in the configuration"
+                    .into(),
+            )
+        })
 }
 
 /// The control socket goes when the daemon does.

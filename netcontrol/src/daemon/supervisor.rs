@@ -26,7 +26,8 @@ use crate::{
     docker::{Container, Lifecycle},
     enforcer::LinkPins,
     error::{Error, Result},
-    events::ContainerName,
+    events::{Identity, PodName},
+    kubernetes::{Pod, PodEvent},
     metrics::{SandboxGauges, Shared, Snapshot},
     policy::Policy,
     sandbox::{Change, NsChoice, Sandbox, Spec},
@@ -56,6 +57,10 @@ pub struct Supervisor {
     /// Whether the list of running containers is known: until it is, pins of cgroups that
     /// still exist are kept (they may be containers we will be told about).
     pub(super) docker_synced: bool,
+    /// The pods of this node, by uid (in Kubernetes mode).
+    pub(super) pods: BTreeMap<String, Pod>,
+    /// Like `docker_synced`, for the pods.
+    pub(super) pods_synced: bool,
 }
 
 pub(super) struct Slot {
@@ -66,6 +71,8 @@ pub(super) struct Slot {
     pub(super) origin: Origin,
     /// The Docker container it is.
     pub(super) container: Option<Container>,
+    /// The Kubernetes pod it is.
+    pub(super) pod: Option<Pod>,
     /// Create the cgroup if it is missing.
     create: bool,
     pub(super) state: State,
@@ -83,6 +90,8 @@ pub(super) enum Origin {
     Child {
         parent: String,
     },
+    /// A pod of this node (Kubernetes mode).
+    Pod,
 }
 
 pub(super) enum State {
@@ -102,6 +111,7 @@ impl Supervisor {
         // same cgroups, so that their entries are updated in place, never dropped.
         let ids = dp.maps_ref().sandboxes()?.into_iter().map(|(id, v)| (id, v.policy_id)).collect();
         let docker_synced = config.docker.is_none();
+        let pods_synced = config.kubernetes.is_none();
         Ok(Self {
             dp,
             root,
@@ -115,13 +125,19 @@ impl Supervisor {
             reload_failures: 0,
             running: BTreeMap::new(),
             docker_synced,
+            pods: BTreeMap::new(),
+            pods_synced,
         })
     }
 
     /// Bring up every configured and control-attached sandbox and every selected container
     /// (re-adopting pinned links), then remove what earlier runs left for cgroups that are gone
     /// or no longer wanted.
-    pub async fn start_all(&mut self, docker: Option<&mut mpsc::Receiver<Lifecycle>>) {
+    pub async fn start_all(
+        &mut self,
+        docker: Option<&mut mpsc::Receiver<Lifecycle>>,
+        pods: Option<&mut mpsc::Receiver<PodEvent>>,
+    ) {
         for s in self.config.sandboxes.clone() {
             self.add_config_slot(&s);
         }
@@ -146,6 +162,14 @@ impl Supervisor {
                 Ok(Some(event)) => self.docker_event(event).await,
                 _ => tracing::warn!(
                     "Docker did not answer within {DOCKER_WAIT:?}; containers are attached when it does, and their pins are kept until then"
+                ),
+            }
+        }
+        if let Some(rx) = pods {
+            match tokio::time::timeout(DOCKER_WAIT, rx.recv()).await {
+                Ok(Some(event)) => self.pod_event(event).await,
+                _ => tracing::warn!(
+                    "the Kubernetes API did not answer within {DOCKER_WAIT:?}; pods are attached when it does, and their pins are kept until then"
                 ),
             }
         }
@@ -201,8 +225,14 @@ impl Supervisor {
             Origin::Child { .. } => LinkPins::Inherited,
             _ => LinkPins::Daemon(self.root.clone()),
         };
-        let container = slot.container.as_ref().map(Container::label);
-        let result = self.start_on(name, &path, slot.policy.clone(), link_pins, container).await;
+        let identity = Identity {
+            container: slot.container.as_ref().map(Container::label),
+            pod: slot
+                .pod
+                .as_ref()
+                .map(|p| PodName { namespace: p.namespace.clone(), name: p.name.clone() }),
+        };
+        let result = self.start_on(name, &path, slot.policy.clone(), link_pins, identity).await;
         let Some(slot) = self.slots.get_mut(name) else { return };
         slot.state = match result {
             Ok(sandbox) => {
@@ -242,7 +272,7 @@ impl Supervisor {
         path: &Path,
         policy: Policy,
         link_pins: LinkPins,
-        container: Option<ContainerName>,
+        identity: Identity,
     ) -> Result<Sandbox, NotStarted> {
         if !cgroup::is_cgroup2(path) {
             return Err(Missing(format!("{} does not exist yet", path.display())));
@@ -264,7 +294,7 @@ impl Supervisor {
             policy_id,
             link_pins,
             ns: NsChoice::OfProcesses,
-            container,
+            identity,
         };
         Sandbox::start(&mut self.dp, spec).await.map_err(Failed)
     }
@@ -274,6 +304,14 @@ impl Supervisor {
             State::Enforcing(sb) => Some((n, sb.as_ref())),
             State::Waiting { .. } => None,
         })
+    }
+
+    /// Stop a sandbox and drop it.
+    pub(super) fn remove_slot(&mut self, name: &str) {
+        if let Err(e) = self.stop(name) {
+            tracing::warn!(sandbox = name, "{e}");
+        }
+        self.slots.remove(name);
     }
 
     /// Stop enforcing a sandbox: its links, pins, map entries and counters go.
@@ -316,7 +354,7 @@ impl Supervisor {
                 }
             }
         }
-        if !self.docker_synced {
+        if !(self.docker_synced && self.pods_synced) {
             keep.extend(
                 self.root
                     .daemon_link_dirs()
@@ -402,6 +440,17 @@ impl Supervisor {
         }
         for name in due {
             self.try_start(&name).await;
+        }
+        // Sandboxes attached before their first process (pods): their DNS proxy moves into
+        // the processes' network namespace once there are some.
+        let dp = &mut self.dp;
+        for (name, slot) in &mut self.slots {
+            if let State::Enforcing(s) = &mut slot.state
+                && s.netns_pending()
+                && let Err(e) = s.settle_netns(dp)
+            {
+                tracing::warn!(sandbox = name.as_str(), "{e}");
+            }
         }
         self.publish();
     }
@@ -516,8 +565,9 @@ impl Supervisor {
             removed += 1;
         }
         drop(old);
-        // Containers: other selectors, policies or parents may apply now.
+        // Containers and pods: other selectors, policies or parents may apply now.
         changed += self.reconcile_containers().await;
+        changed += self.reconcile_pods().await;
         let summary = format!("{added} sandboxes added, {changed} changed, {removed} removed");
         if problems.is_empty() {
             Ok(summary)
@@ -674,6 +724,7 @@ impl Supervisor {
                         Origin::Control(_) => "control".into(),
                         Origin::Container { .. } => "container".into(),
                         Origin::Child { .. } => "child".into(),
+                        Origin::Pod => "pod".into(),
                     },
                     container: slot.container.as_ref().map(|c| c.short_id().to_owned()),
                     ..SandboxStatus::default()
@@ -724,7 +775,7 @@ impl Supervisor {
     fn gauges(&self) -> Vec<SandboxGauges> {
         self.enforcing()
             .map(|(name, s)| SandboxGauges {
-                container_id: self.slots[name].container.as_ref().map(|c| c.short_id().to_owned()),
+                labels: self.metric_labels(name),
                 name: name.clone(),
                 cgroup_id: s.enforcer().sandbox_id(),
                 entries_v4: s.enforcer().current().entries.v4.len(),
@@ -732,6 +783,29 @@ impl Supervisor {
                 dns: s.dns_stats().cloned(),
             })
             .collect()
+    }
+
+    /// The labels naming a sandbox in metrics: its name; a container's id; a pod's namespace
+    /// and name, or only its namespace if per-pod metrics are off.
+    fn metric_labels(&self, name: &str) -> Vec<(&'static str, String)> {
+        let slot = &self.slots[name];
+        if let Some(p) = &slot.pod {
+            let per_pod = self.config.kubernetes.as_ref().is_none_or(|k| k.pod_metrics);
+            return if per_pod {
+                vec![
+                    ("sandbox", name.to_owned()),
+                    ("namespace", p.namespace.clone()),
+                    ("pod", p.name.clone()),
+                ]
+            } else {
+                vec![("namespace", p.namespace.clone())]
+            };
+        }
+        let mut labels = vec![("sandbox", name.to_owned())];
+        if let Some(c) = &slot.container {
+            labels.push(("container_id", c.short_id().to_owned()));
+        }
+        labels
     }
 
     /// Hand metrics what changed.
@@ -774,6 +848,7 @@ impl Slot {
             policy,
             origin,
             container: None,
+            pod: None,
             create: false,
             state: State::Waiting { why: "not started".into(), next_try: Instant::now() },
         }

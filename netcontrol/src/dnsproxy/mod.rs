@@ -442,10 +442,9 @@ fn dns_event(
         sandbox: labels.sandbox(sandbox_id),
         domain: Some(q.name.clone()),
         dns_type: Some(q.qtype.to_string()),
-        container_name: None,
-        container_id: None,
+        ..EventRecord::default()
     }
-    .in_container(labels)
+    .identified(labels)
 }
 
 /// A token bucket: `rate` per second, bursts of twice that.

@@ -19,14 +19,34 @@ pub struct ContainerName {
     pub id: String,
 }
 
+/// A Kubernetes pod as events name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// What a sandbox is, beyond its name: a container, a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub container: Option<ContainerName>,
+    pub pod: Option<PodName>,
+}
+
+impl Identity {
+    pub fn is_empty(&self) -> bool {
+        self.container.is_none() && self.pod.is_none()
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct Labels(Arc<RwLock<Inner>>);
 
 #[derive(Default)]
 struct Inner {
     sandboxes: HashMap<u64, String>,
-    /// cgroup id -> (container name, short id).
-    containers: HashMap<u64, ContainerName>,
+    /// cgroup id -> what it is.
+    identities: HashMap<u64, Identity>,
     domains: HashMap<IpAddr, String>,
     /// Insertion order of `domains`, to forget the oldest first.
     order: VecDeque<IpAddr>,
@@ -41,19 +61,25 @@ impl Labels {
         self.0.read().expect("labels lock").sandboxes.get(&id).cloned()
     }
 
-    /// The container whose cgroup has this id (None: forget it).
-    pub fn set_container(&self, cgroup_id: u64, container: Option<ContainerName>) {
+    /// What the cgroup with this id is (an empty identity: forget it).
+    pub fn set_identity(&self, cgroup_id: u64, identity: Identity) {
         let mut inner = self.0.write().expect("labels lock");
-        match container {
-            Some(c) => inner.containers.insert(cgroup_id, c),
-            None => inner.containers.remove(&cgroup_id),
-        };
+        if identity.is_empty() {
+            inner.identities.remove(&cgroup_id);
+        } else {
+            inner.identities.insert(cgroup_id, identity);
+        }
     }
 
-    /// The container of an attempt: that of the process's cgroup, else that of its sandbox.
-    pub fn container(&self, cgroup_id: u64, sandbox_id: u64) -> Option<ContainerName> {
+    /// What an attempt came from: the process's cgroup, else its sandbox.
+    pub fn identity(&self, cgroup_id: u64, sandbox_id: u64) -> Identity {
         let inner = self.0.read().expect("labels lock");
-        inner.containers.get(&cgroup_id).or_else(|| inner.containers.get(&sandbox_id)).cloned()
+        inner
+            .identities
+            .get(&cgroup_id)
+            .or_else(|| inner.identities.get(&sandbox_id))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Remember that `ip` belongs to `name` (the latest name wins for shared addresses). Kept

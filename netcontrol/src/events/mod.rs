@@ -7,7 +7,7 @@ pub mod record;
 pub mod sink;
 
 pub use self::{
-    labels::{ContainerName, Labels},
+    labels::{ContainerName, Identity, Labels, PodName},
     reader::{EventPump, Injector},
     record::{Clock, EventRecord},
     sink::{Rotation, Sink},

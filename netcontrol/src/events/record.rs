@@ -55,6 +55,9 @@ pub struct EventRecord {
     pub container_name: Option<String>,
     /// Its 12-digit id.
     pub container_id: Option<String>,
+    /// The Kubernetes pod the process runs in, if netcontrol knows it.
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps into wall-clock time.
@@ -120,17 +123,21 @@ impl EventRecord {
             sandbox: labels.sandbox(e.sandbox_id),
             domain: dst_ip.and_then(|ip| labels.domain(ip)),
             dns_type: None,
-            container_name: None,
-            container_id: None,
+            ..Self::default()
         }
-        .in_container(labels)
+        .identified(labels)
     }
 
-    /// Name the container of the process, if known.
-    pub fn in_container(mut self, labels: &Labels) -> Self {
-        if let Some(c) = labels.container(self.cgroup_id, self.sandbox_id) {
+    /// Name the container or pod of the process, if known.
+    pub fn identified(mut self, labels: &Labels) -> Self {
+        let who = labels.identity(self.cgroup_id, self.sandbox_id);
+        if let Some(c) = who.container {
             self.container_name = Some(c.name);
             self.container_id = Some(c.id);
+        }
+        if let Some(p) = who.pod {
+            self.pod_namespace = Some(p.namespace);
+            self.pod_name = Some(p.name);
         }
         self
     }
@@ -165,9 +172,10 @@ impl EventRecord {
         } else {
             ("blocked", "Operation not permitted")
         };
-        let inside = match &self.container_name {
-            Some(c) => format!(" in container {c}"),
-            None => String::new(),
+        let inside = match (&self.container_name, &self.pod_namespace, &self.pod_name) {
+            (Some(c), _, _) => format!(" in container {c}"),
+            (None, Some(ns), Some(pod)) => format!(" in pod {ns}/{pod}"),
+            _ => String::new(),
         };
         format!(
             "netcontrol: {verb} {} (pid {}){inside}: {what}: {why} ({outcome})",
