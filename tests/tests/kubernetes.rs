@@ -199,7 +199,7 @@ fn the_watcher_follows_adds_changes_deletes_and_resyncs() {
     // Added: attached when its cgroup appears.
     let added =
         pod("ci", "added", &uid(5), "node-a", "Guaranteed", json!({"netcontrol.io/policy": "web"}));
-    api.add(added.clone());
+    api.add(added);
     until("the added pod waits for its cgroup", &|| {
         d.state_of("ci/added").as_deref() == Some("waiting")
     });
@@ -207,7 +207,7 @@ fn the_watcher_follows_adds_changes_deletes_and_resyncs() {
     until("attached once its cgroup exists", &|| blocked(&c5));
 
     // Modified: a new policy label applies at once.
-    let mut relabelled = labelled.clone();
+    let mut relabelled = labelled;
     relabelled["metadata"]["labels"] = json!({"netcontrol.io/policy": "none"});
     api.modify(relabelled);
     until("the new policy", &|| !reaches_allowed(&c1));
@@ -233,7 +233,6 @@ fn the_watcher_follows_adds_changes_deletes_and_resyncs() {
     assert!(blocked(&c6) && blocked(&c1), "the others stay enforced across the re-list");
     let relists = api.requests().iter().filter(|r| !r.contains("watch=")).count();
     assert!(relists >= 2, "{:?}", api.requests());
-    let _ = added;
     d.stop();
 }
 
