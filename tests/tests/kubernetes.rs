@@ -263,3 +263,22 @@ fn a_pod_whose_label_names_no_policy_is_reported() {
     assert!(!probe_in(&c, &[("tcp", &denied.target())])[0].is_eperm());
     let _: Value = d.status();
 }
+
+#[test]
+fn kubernetes_mode_refuses_a_bpffs_it_would_have_to_mount_itself() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let d = Daemon::new("policies: {none: {allow: []}}\nkubernetes: {node_name: node-a}\n");
+    let not_bpffs = d.dir.path().join("pins");
+    let out = std::process::Command::new(netcontrol_tests::netcontrol_bin())
+        .args(["daemon", "--config"])
+        .arg(&d.config)
+        .arg("--pin-root")
+        .arg(&not_bpffs)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not on the node's bpf filesystem"), "{err}");
+}

@@ -39,6 +39,13 @@ enum Task {
         #[arg(long)]
         smoke: bool,
     },
+    /// Build the agent image (deploy/Dockerfile: the static binary on an empty base) with the
+    /// Docker engine of DOCKER_HOST.
+    Image {
+        /// The image's name and tag.
+        #[arg(long, default_value = concat!("netcontrol:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+    },
     /// Run every test: formatting, clippy, unit tests, and the privileged kernel tests (root).
     Test {
         /// Leave out the kernel tests (they need root).
@@ -63,6 +70,7 @@ fn main() -> Result<()> {
         }
         Task::Test { no_kernel, filter } => test(no_kernel, &filter),
         Task::Bench { smoke } => bench(smoke),
+        Task::Image { tag } => image(&tag),
     }
 }
 
@@ -191,8 +199,26 @@ fn setup() -> Result<()> {
         "{} is missing after setup (package libstd-rust-web-dev-bpf)",
         target.display()
     );
+    install_python_tools()?;
     eprintln!("setup: done; the BPF toolchain is ready");
     Ok(())
+}
+
+/// Where the test tools from PyPI live (a venv of their own).
+const TOOLS_DIR: &str = "/opt/netcontrol-tools";
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// kubernetes-validate (the manifests' tests validate against its offline schemas).
+fn install_python_tools() -> Result<()> {
+    let venv = Path::new(TOOLS_DIR).join("kv");
+    let tool = venv.join("bin/kubernetes-validate");
+    if tool.exists() {
+        eprintln!("setup: {} is installed", tool.display());
+        return Ok(());
+    }
+    ensure!(is_root(), "setup must install {KUBERNETES_VALIDATE} under {TOOLS_DIR} and needs root");
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
 }
 
 fn check_system() -> Result<()> {
@@ -303,19 +329,60 @@ fn test(no_kernel: bool, filter: &[String]) -> Result<()> {
             is_root(),
             "the kernel tests load eBPF programs and need root: run `sudo cargo xtask test`, or pass --no-kernel"
         );
-        // The tests run the netcontrol binary: build it (with its eBPF programs) first.
+        // The tests run the netcontrol binary: build it (with its eBPF programs) first, and
+        // the static one the image test puts in an image.
         run(Command::new("cargo")
             .args(["build", "-p", "netcontrol", "-p", "netcontrol-tests", "--bins"])
             .env("NETCONTROL_REQUIRE_EBPF", "1"))?;
+        let static_bin = build_static(false)?;
         run(Command::new("cargo")
             .args(["test", "-p", "netcontrol-tests", "--"])
             .args(filter)
             .env("NETCONTROL_REQUIRE_EBPF", "1")
-            .env("NETCONTROL_REQUIRE_KERNEL_TESTS", "1"))?;
+            .env("NETCONTROL_REQUIRE_KERNEL_TESTS", "1")
+            .env("NETCONTROL_STATIC_BIN", &static_bin)
+            .env("NETCONTROL_TOOLS", TOOLS_DIR))?;
         // The benchmarks, briefly, so that they cannot rot.
         bench(true)?;
     }
     eprintln!("test: all passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+// ---- image -------------------------------------------------------------------------------
+
+/// The target a static binary is built for (its own target dir: the flag must not reach
+/// build scripts and proc macros).
+const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Build netcontrol as a static-pie binary (glibc, crt-static); its path.
+fn build_static(release: bool) -> Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "-p", "netcontrol", "--bin", "netcontrol", "--target", STATIC_TARGET]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(cmd
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("NETCONTROL_REQUIRE_EBPF", "1"))?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root().join("target").join(STATIC_TARGET).join(profile).join("netcontrol"))
+}
+
+fn image(tag: &str) -> Result<()> {
+    let bin = build_static(true)?;
+    let context = workspace_root().join("target/image");
+    let _ = fs::remove_dir_all(&context);
+    fs::create_dir_all(&context)?;
+    fs::copy(&bin, context.join("netcontrol"))
+        .context("copying the binary into the build context")?;
+    // The legacy builder: it needs no BuildKit component and pulls nothing for `FROM scratch`.
+    run(Command::new("docker")
+        .args(["build", "-t", tag, "-f"])
+        .arg(workspace_root().join("deploy/Dockerfile"))
+        .arg(&context)
+        .env("DOCKER_BUILDKIT", "0"))?;
+    eprintln!("image: built {tag}; push it where your nodes pull from (deploy/README.md)");
     Ok(())
 }
 

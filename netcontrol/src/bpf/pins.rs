@@ -75,6 +75,23 @@ impl PinRoot {
         Ok(Self { path })
     }
 
+    /// Like [`PinRoot::open`], but never mounts a bpffs: in a container (the DaemonSet) a
+    /// bpffs mounted here would be the container's own, and the pins — enforcement with them
+    /// — would go when the container does. The host's must be mounted in.
+    pub fn open_host(root: &Path) -> Result<Self> {
+        let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+        if !is_bpffs(existing) {
+            return Err(Error::NoBpffs(format!(
+                "{} is not on the node's bpf filesystem: mount the host's /sys/fs/bpf there (the \
+                 DaemonSet does, with a hostPath volume; the node must have bpffs mounted, as \
+                 systemd does at boot). Pins on a filesystem of the container's own would die \
+                 with it, and enforcement with them",
+                root.display()
+            )));
+        }
+        Self::open(root)
+    }
+
     fn standalone(&self) -> PathBuf {
         self.path.join("standalone")
     }

@@ -431,6 +431,11 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "PATH")]
     pub events: Option<PathBuf>,
 
+    /// Only validate the configuration (and its policies) and say what it contains: exit 0
+    /// if it is valid, 1 with FILE:LINE:COLUMN if not. Needs no privileges.
+    #[arg(long)]
+    pub check: bool,
+
     #[command(flatten)]
     pub load: LoadArgs,
 }

@@ -60,7 +60,10 @@ pub async fn run(opts: Options) -> Result<i32> {
     let (calls_tx, mut calls) = mpsc::channel(16);
     control::listen(&socket, calls_tx).await?;
     let _socket = RemoveOnDrop(socket.clone());
-    let root = PinRoot::open(&pin_root)?;
+    let root = match config.kubernetes {
+        Some(_) => PinRoot::open_host(&pin_root)?,
+        None => PinRoot::open(&pin_root)?,
+    };
     let sink = Sink::with_rotation(Some(&events), false, Some(config.events.rotation))?;
     let dp = Datapath::load(&opts.load, Some(&root), sink, Labels::default())?;
     let shared = Arc::new(Shared::new());
