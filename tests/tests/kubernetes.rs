@@ -233,6 +233,14 @@ fn the_watcher_follows_adds_changes_deletes_and_resyncs() {
     assert!(blocked(&c6) && blocked(&c1), "the others stay enforced across the re-list");
     let relists = api.requests().iter().filter(|r| !r.contains("watch=")).count();
     assert!(relists >= 2, "{:?}", api.requests());
+
+    // A restarted agent re-adopts its pods (nothing attached twice, no gap) and resyncs.
+    d.stop();
+    assert!(blocked(&c1), "enforced while the agent is down");
+    d.start();
+    assert_eq!(d.sandbox("ci/labelled")["adopted"], true, "{:#}", d.status());
+    assert_eq!(d.sandbox("ci/later")["adopted"], true);
+    assert!(blocked(&c1) && blocked(&c6));
     d.stop();
 }
 
