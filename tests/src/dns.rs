@@ -67,6 +67,16 @@ impl Dnsmasq {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    /// Many names at once, one address each, in one hosts file.
+    pub fn set_many(&self, names: &[(String, String)]) {
+        let hosts = self.dir.path().join("hosts.d");
+        let tmp = self.dir.path().join("many.tmp");
+        let text: String = names.iter().map(|(name, ip)| format!("{ip} {name}\n")).collect();
+        fs::write(&tmp, text).expect("write hosts file");
+        fs::rename(&tmp, hosts.join("many")).expect("rename hosts file");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     /// Stop answering (the server goes away).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

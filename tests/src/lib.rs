@@ -286,6 +286,12 @@ impl Background {
         Self { child: Some(child), stderr: rx, log: Vec::new(), cursor: 0 }
     }
 
+    /// Hold a child started elsewhere (its stderr not followed): it is killed on drop.
+    pub fn adopt(child: Child) -> Self {
+        let (_, rx) = mpsc::channel();
+        Self { child: Some(child), stderr: rx, log: Vec::new(), cursor: 0 }
+    }
+
     /// Wait for a stderr line containing `needle`, after those earlier calls already matched;
     /// panic with everything seen on timeout.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {

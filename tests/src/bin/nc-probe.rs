@@ -14,6 +14,10 @@
 //! `dns` (UDP; the reply must come from SERVER, as resolvers check), `dns-tcp`, `dns-connected`
 //! (UDP on a connected socket, as glibc does). Their result line adds "rcode" and "answers".
 //! `dns-bench:N` sends N queries one after the other and adds "p50_us", "p99_us".
+//!
+//! Benchmark loops, for MS milliseconds: `loop-tcp:MS` (socket, connect, close), `loop-udp:MS`
+//! (socket, connect, one 1-byte datagram, close). Their line adds "ops", "failed" (attempts
+//! that failed, e.g. with EPERM) and "ns_per_op".
 
 use std::{
     io,
@@ -39,6 +43,10 @@ fn main() {
             all_ok &= dns::run(op, target);
             continue;
         }
+        if let Some(spec) = op.strip_prefix("loop-") {
+            bench_loop(op, spec, target);
+            continue;
+        }
         let start = Instant::now();
         let result = run(op, target);
         let elapsed_us = start.elapsed().as_micros();
@@ -52,6 +60,74 @@ fn main() {
         );
     }
     std::process::exit(if all_ok { 0 } else { 1 });
+}
+
+/// Attempts in a tight loop for a while; prints ops, failures and ns per op.
+fn bench_loop(op: &str, spec: &str, target: &str) {
+    let (kind, ms) = spec.split_once(':').unwrap_or((spec, "1000"));
+    let ms: u64 = ms.parse().unwrap_or(1000);
+    let a = match addr(target) {
+        Ok(a) => a,
+        Err(e) => {
+            println!(
+                "{{\"op\":{op:?},\"target\":{target:?},\"ok\":false,\"errno\":-1,\"error\":{:?}}}",
+                e.to_string()
+            );
+            return;
+        }
+    };
+    let family = if a.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let (ty, udp) = match kind {
+        "udp" => (libc::SOCK_DGRAM, true),
+        _ => (libc::SOCK_STREAM, false),
+    };
+    let (mut ops, mut failed, mut errno) = (0u64, 0u64, 0);
+    let start = Instant::now();
+    let until = Duration::from_millis(ms);
+    while start.elapsed() < until {
+        // Checking the clock every 64 attempts keeps it out of the measurement.
+        for _ in 0..64 {
+            let attempt = socket(family, ty, 0).and_then(|s| {
+                if !udp {
+                    // Close with a reset: no TIME_WAIT, so the ephemeral ports last.
+                    reset_on_close(s.as_raw_fd());
+                }
+                connect(s.as_raw_fd(), a)?;
+                if udp {
+                    // SAFETY: a connected socket and a 1-byte buffer.
+                    let n = unsafe { libc::send(s.as_raw_fd(), b"x".as_ptr().cast(), 1, 0) };
+                    if n < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+            ops += 1;
+            if let Err(e) = attempt {
+                failed += 1;
+                errno = e.raw_os_error().unwrap_or(-1);
+            }
+        }
+    }
+    let ns = start.elapsed().as_nanos() as u64 / ops.max(1);
+    println!(
+        "{{\"op\":{op:?},\"target\":{target:?},\"ok\":true,\"errno\":{errno},\"error\":\"\",\"ops\":{ops},\"failed\":{failed},\"ns_per_op\":{ns}}}"
+    );
+}
+
+/// SO_LINGER 0: close() sends a reset and leaves no TIME_WAIT behind.
+fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid option value for a socket.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 fn addr(target: &str) -> io::Result<SocketAddr> {
@@ -238,16 +314,50 @@ fn serve(target: &str) -> ! {
         eprintln!("{e}");
         std::process::exit(2)
     });
-    let tcp = TcpListener::bind(a).unwrap_or_else(|e| {
+    let tcp = listen(a).unwrap_or_else(|e| {
         eprintln!("bind tcp {a}: {e}");
         std::process::exit(2)
     });
     let _udp = UdpSocket::bind(tcp.local_addr().expect("local addr"));
     println!("listening {}", tcp.local_addr().expect("local addr"));
+    // Accepting on several threads keeps the queue short when a benchmark loop connects as
+    // fast as the kernel completes handshakes (a full queue drops SYNs: 1 s stalls).
+    let tcp = std::sync::Arc::new(tcp);
+    for _ in 0..3 {
+        let tcp = tcp.clone();
+        std::thread::spawn(move || {
+            for conn in tcp.incoming() {
+                drop(conn);
+            }
+        });
+    }
     for conn in tcp.incoming() {
         drop(conn);
     }
     std::process::exit(0)
+}
+
+/// A TCP listener with a long accept queue.
+fn listen(a: SocketAddr) -> io::Result<TcpListener> {
+    let s = socket(family(a), libc::SOCK_STREAM, 0)?;
+    let one: libc::c_int = 1;
+    // SAFETY: valid option values and sockaddr for this socket.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let (ss, len) = sockaddr(a);
+        if libc::bind(s.as_raw_fd(), (&raw const ss).cast(), len) != 0
+            || libc::listen(s.as_raw_fd(), 4096) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(TcpListener::from(s))
 }
 
 /// DNS queries, made and read with hickory-proto.
