@@ -274,6 +274,11 @@ pub const COUNTER_EVENTS_LOST: u8 = 1;
 pub const GLOBAL_EVENTS_LOST: u32 = 0;
 /// A `STATS` update failed (map full): counts by dimension are incomplete.
 pub const GLOBAL_STATS_FULL: u32 = 1;
+/// Slots below this are counters, summed over CPUs by userspace.
+pub const GLOBAL_COUNTERS: u32 = 2;
+/// Not a counter: this CPU's ktime (ns) when an event last woke the reader
+/// (`verdict::wake_reader`).
+pub const GLOBAL_LAST_WAKEUP: u32 = 2;
 pub const GLOBAL_LEN: u32 = 4;
 
 // ---- events ------------------------------------------------------------------------------

@@ -47,6 +47,15 @@ pub fn judge_destination(entry: Option<&AllowValue>, proto: u8, port: u16) -> u8
     }
 }
 
+/// Whether a new socket is of a kind a sandbox may deny (raw, ICMP datagram). Every other
+/// kind is allowed outright and not counted: its destinations are judged at connect/sendmsg,
+/// and skipping the sandbox lookup keeps socket() cheap.
+#[inline(always)]
+pub fn socket_needs_judging(sock_type: u16, protocol: u8) -> bool {
+    sock_type == SOCK_RAW
+        || (sock_type == SOCK_DGRAM && (protocol == PROTO_ICMP || protocol == PROTO_ICMPV6))
+}
+
 /// Reason a socket creation is denied (`REASON_NONE` if it is allowed).
 #[inline(always)]
 pub fn judge_socket(sandbox_flags: u32, sock_type: u16, protocol: u8) -> u8 {
@@ -71,6 +80,20 @@ pub fn verdict(reason: u8, sandbox_flags: u32) -> u8 {
     }
 }
 
+/// Least time between two wakeups of the event reader caused by one CPU. Waking a reader
+/// costs the denied connect() several microseconds (an IPI); during a storm, one wakeup per
+/// interval carries all the events queued since.
+pub const WAKEUP_INTERVAL_NS: u64 = 5_000_000;
+
+/// Whether committing an event should wake the reader: the first event after a quiet spell
+/// (so a lone denial is reported at once), then at most one per `WAKEUP_INTERVAL_NS` per CPU,
+/// and always once the ring is a quarter full so it never fills for want of a wakeup. Events
+/// that woke no one are read at the reader's next wakeup or periodic look.
+#[inline(always)]
+pub fn wake_reader(now_ns: u64, last_wakeup_ns: u64, pending_bytes: u64, ring_bytes: u64) -> bool {
+    now_ns.wrapping_sub(last_wakeup_ns) >= WAKEUP_INTERVAL_NS || pending_bytes >= ring_bytes / 4
+}
+
 /// The return value of a cgroup sock / sock_addr program: 1 lets the syscall proceed, 0 makes it
 /// fail with EPERM.
 #[inline(always)]
@@ -82,6 +105,38 @@ pub fn program_return(verdict: u8) -> i32 {
 mod tests {
     use super::*;
     use crate::abi::{PROTO_TCP, PROTO_UDP, PortRange, REASON_NO_SANDBOX, SOCK_STREAM};
+
+    #[test]
+    fn only_raw_and_icmp_sockets_are_judged() {
+        assert!(socket_needs_judging(SOCK_RAW, 0));
+        assert!(socket_needs_judging(SOCK_RAW, PROTO_UDP));
+        assert!(socket_needs_judging(SOCK_DGRAM, PROTO_ICMP));
+        assert!(socket_needs_judging(SOCK_DGRAM, PROTO_ICMPV6));
+        assert!(!socket_needs_judging(SOCK_STREAM, 0));
+        assert!(!socket_needs_judging(SOCK_STREAM, PROTO_TCP));
+        assert!(!socket_needs_judging(SOCK_DGRAM, 0));
+        assert!(!socket_needs_judging(SOCK_DGRAM, PROTO_UDP));
+        // What is not judged is exactly what judge_socket allows in every sandbox.
+        for ty in [SOCK_STREAM, SOCK_DGRAM, SOCK_RAW] {
+            for proto in [0, PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6] {
+                if !socket_needs_judging(ty, proto) {
+                    assert_eq!(judge_socket(0, ty, proto), REASON_NONE, "{ty} {proto}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_reader_is_woken_after_quiet_then_at_most_once_per_interval() {
+        let ring = 1 << 20;
+        // First event ever on this CPU (slot still 0), and after a quiet spell.
+        assert!(wake_reader(10 * WAKEUP_INTERVAL_NS, 0, 0, ring));
+        assert!(wake_reader(1_000 + WAKEUP_INTERVAL_NS, 1_000, 0, ring));
+        // In a storm: not again within the interval...
+        assert!(!wake_reader(1_000 + WAKEUP_INTERVAL_NS - 1, 1_000, 4096, ring));
+        // ...unless the ring is filling up.
+        assert!(wake_reader(1_001, 1_000, ring / 4, ring));
+    }
 
     fn entry(ranges: &[(u8, u16, u16)], flags: u32) -> AllowValue {
         let mut v = AllowValue { flags, ..AllowValue::default() };

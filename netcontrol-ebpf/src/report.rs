@@ -1,15 +1,21 @@
 //! Counting every verdict and queueing an event for every denial (or audit-would-deny).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::bpf_ktime_get_ns,
     },
 };
-use netcontrol_common::abi::{
-    COUNTER_ATTEMPTS, COUNTER_EVENTS_LOST, Event, GLOBAL_EVENTS_LOST, GLOBAL_STATS_FULL,
-    REASON_NO_SANDBOX, REASON_NONE, StatsKey, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+use netcontrol_common::{
+    abi::{
+        COUNTER_ATTEMPTS, COUNTER_EVENTS_LOST, Event, GLOBAL_EVENTS_LOST, GLOBAL_LAST_WAKEUP,
+        GLOBAL_STATS_FULL, REASON_NO_SANDBOX, REASON_NONE, StatsKey, VERDICT_ALLOW, VERDICT_AUDIT,
+        VERDICT_DENY,
+    },
+    verdict::wake_reader,
 };
 
 use crate::maps::{EVENTS, GLOBAL, STATS};
@@ -105,9 +111,10 @@ fn emit(a: &Attempt, d: &Decision) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         return false;
     };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     entry.write(Event {
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: now,
         cgroup_id: d.cgroup_id,
         sandbox_id: d.sandbox_id,
         pid_tgid: bpf_get_current_pid_tgid(),
@@ -125,6 +132,26 @@ fn emit(a: &Attempt, d: &Decision) -> bool {
         flags: a.flags,
         _pad: [0; 2],
     });
-    entry.submit(0);
+    entry.submit(wakeup_flags(now));
     true
+}
+
+/// Wake the reader only when `wake_reader` says so: the kernel's default wakes it for every
+/// event it is caught up on, which under a storm means an IPI per denied attempt.
+#[inline(always)]
+fn wakeup_flags(now: u64) -> u64 {
+    let Some(last) = GLOBAL.get_ptr_mut(GLOBAL_LAST_WAKEUP) else {
+        return 0; // cannot happen (array slot); the kernel's default is safe
+    };
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    let size = EVENTS.query(BPF_RB_RING_SIZE.into());
+    // SAFETY: per-CPU array slot; this CPU is the only writer while we run.
+    unsafe {
+        if wake_reader(now, *last, pending, size) {
+            *last = now;
+            BPF_RB_FORCE_WAKEUP.into()
+        } else {
+            BPF_RB_NO_WAKEUP.into()
+        }
+    }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::programs::SockContext;
 use aya_log_ebpf::debug;
 use netcontrol_common::{
     abi::{HOOK_SOCK_CREATE, REASON_NONE},
-    verdict::{judge_socket, program_return, verdict},
+    verdict::{judge_socket, program_return, socket_needs_judging, verdict},
 };
 
 use crate::{
@@ -25,6 +25,11 @@ pub fn judge_create(ctx: &SockContext) -> i32 {
             read_volatile(&raw const (*sk).protocol),
         )
     };
+    // TCP and UDP sockets are judged when they connect or send: this hook runs on every
+    // socket(), so it answers those at once.
+    if !socket_needs_judging(ty as u16, proto as u8) {
+        return 1;
+    }
     let (cgroup_id, sandbox) = sandbox::current();
     let a = Attempt {
         hook: HOOK_SOCK_CREATE,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use netcontrol_tests::{
-    HttpServer, Server, TEST_PIN_ROOT, cgroup2_mount, find_event, isolate_network,
+    Attached, HttpServer, Server, TEST_PIN_ROOT, cgroup2_mount, find_event, isolate_network,
     kernel_tests_enabled, netcontrol, netcontrol_bin, parse_probes, probe_bin, read_events, show,
 };
 use nix::{
@@ -416,6 +416,33 @@ fn kernel_side_logs_on_request() {
     assert!(stderr.contains(&line), "{}", show(&out));
     let quiet = netcontrol(&["run", "--", probe.to_str().expect("utf8"), "tcp", &denied.target()]);
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("bpf:"), "{}", show(&quiet));
+}
+
+/// Events wake the reader only now and then during a burst (a wakeup per denial is what made
+/// denials slow): a lone denial is still reported at once, and the tail of a burst arrives
+/// while the agent keeps running, with nothing more happening to wake it.
+#[test]
+fn a_lone_denial_and_the_tail_of_a_burst_are_delivered_promptly() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let sb = Attached::start(&["--allow", "127.0.0.1:1"]);
+    let start = Instant::now();
+    let p = sb.probe(&[("tcp", &denied.target())]);
+    assert!(p[0].is_eperm(), "{p:?}");
+    let ev = sb.events_at_least(1);
+    let lone = start.elapsed();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(lone < Duration::from_secs(1), "a lone denial took {lone:?} to be reported");
+    let n = 5_000;
+    let p = sb.probe(&[(&format!("udp-storm:{n}"), &denied.target())]);
+    assert!(p[0].ok, "every send was denied: {p:?}");
+    let start = Instant::now();
+    let ev = sb.events_at_least(1 + n);
+    assert_eq!(ev.len(), 1 + n, "events of the burst are missing");
+    assert!(start.elapsed() < Duration::from_secs(1), "the tail took {:?}", start.elapsed());
 }
 
 /// A burst of denied attempts through a tiny event buffer: every attempt is blocked and

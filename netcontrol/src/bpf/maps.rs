@@ -11,7 +11,7 @@ use aya::{
 use std::net::IpAddr;
 
 use netcontrol_common::abi::{
-    self, AF_INET, AF_INET6, AllowValue, DnsOrigin, GLOBAL_LEN, POLICY_ID_BITS, RecentKey,
+    self, AF_INET, AF_INET6, AllowValue, DnsOrigin, GLOBAL_COUNTERS, POLICY_ID_BITS, RecentKey,
     SandboxValue, StatsKey, V4Key, V6Key, v4_key, v6_key,
 };
 
@@ -242,9 +242,9 @@ impl Maps {
         Ok(out)
     }
 
-    /// The global counters (`GLOBAL_*`), summed over CPUs.
-    pub fn global(&self) -> Result<[u64; GLOBAL_LEN as usize]> {
-        let mut out = [0; GLOBAL_LEN as usize];
+    /// The global counters (`GLOBAL_*` below `GLOBAL_COUNTERS`), summed over CPUs.
+    pub fn global(&self) -> Result<[u64; GLOBAL_COUNTERS as usize]> {
+        let mut out = [0; GLOBAL_COUNTERS as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             let per_cpu =
                 self.global.get(&(i as u32), 0).map_err(map_err("reading", abi::map::GLOBAL))?;

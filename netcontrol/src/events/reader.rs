@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 /// lost, like a full ring buffer.
 const INJECT_QUEUE: usize = 4096;
 
+/// How often the reader looks for events that were queued without a wakeup.
+const TAIL_LOOK: Duration = Duration::from_millis(50);
+
 /// A running reader. `finish` stops it after draining everything queued.
 pub struct EventPump {
     stop: oneshot::Sender<()>,
@@ -83,9 +86,11 @@ async fn pump(
     clock: Clock,
     mut stopped: oneshot::Receiver<()>,
 ) -> Result<Sink> {
-    // A safety net: the kernel only signals when the reader has caught up, so a missed
-    // wakeup would otherwise stall delivery until the buffer fills.
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The programs wake us for the first event after a quiet spell and then at most every
+    // few milliseconds per CPU (netcontrol_common::verdict::wake_reader); the tail of a burst
+    // that woke no one is picked up here.
+    let mut tick = tokio::time::interval(TAIL_LOOK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
