@@ -31,29 +31,53 @@ fn font() {
 const COLORS: [RGBColor; 3] =
     [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
 
-/// The cost ratio to no filter over the number of entries (log scale), one line per series,
-/// with the 5% goal marked.
+/// The cost ratio to no filter over the number of entries (log scales), one line per series,
+/// with the 5% goal marked: everything on the left, and on the right a close-up of the series
+/// that stay near no filter (a ratio of 100 would flatten them into one line).
 pub fn ratio_over_entries(path: &Path, title: &str, series: &[&Series]) {
     font();
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE).expect("fill");
+    let root = root.titled(title, ("sans-serif", 24)).expect("title");
+    let (left, right) = root.split_horizontally(600);
+    let top = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(2.0_f64, f64::max);
+    // 1, 2, 5, 10, 20, 50, ... up to the top.
+    let decades = (0..6).flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)));
+    panel(&left, "all", (0.8, top * 1.3), decades.filter(|y| *y <= top * 1.3).collect(), series);
+    const CLOSE: f64 = 1.4;
+    let close: Vec<&Series> =
+        series.iter().copied().filter(|s| s.points.iter().all(|p| p.1 <= CLOSE)).collect();
+    let low = close.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.9_f64, f64::min);
+    let tenths = (5..=14).map(|t| f64::from(t) / 10.0).filter(|y| *y >= low - 0.1).collect();
+    panel(&right, "close-up", (low.min(0.9) * 0.98, CLOSE), tenths, &close);
+    root.present().unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    (y0, y1): (f64, f64),
+    y_keys: Vec<f64>,
+    series: &[&Series],
+) {
     let xs: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
     let (x0, x1) = (
-        xs.iter().copied().fold(f64::MAX, f64::min).max(1.0),
+        xs.iter().copied().fold(f64::MAX, f64::min).clamp(1.0, 10.0),
         xs.iter().copied().fold(f64::MIN, f64::max).max(10.0),
     );
-    let ymax =
-        series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(2.0_f64, f64::max) * 1.3;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d((x0 / 1.5..x1 * 1.5).log_scale(), (0.8..ymax).log_scale())
+        .build_cartesian_2d(
+            (x0 / 1.5..x1 * 1.5).log_scale(),
+            (y0..y1).log_scale().with_key_points(y_keys),
+        )
         .expect("chart");
     chart
         .configure_mesh()
-        .x_desc("allow entries (iptables rules, nftables set elements)")
+        .x_desc("allow entries (rules, set elements)")
         .y_desc("time per attempt / no filter")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y:.2}"))
@@ -62,12 +86,14 @@ pub fn ratio_over_entries(path: &Path, title: &str, series: &[&Series]) {
         .expect("mesh");
     let goal = [(x0 / 1.5, 1.05), (x1 * 1.5, 1.05)];
     chart
-        .draw_series(LineSeries::new(goal, BLACK.mix(0.4).stroke_width(1)))
+        .draw_series(DashedLineSeries::new(goal, 6, 4, BLACK.mix(0.6).stroke_width(1)))
         .expect("goal")
         .label("1.05: the 5% goal")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
-    for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.6)));
+    for s in series {
+        // A series keeps its color in both panels.
+        let i = ["netcontrol", "iptables", "nftables"].iter().position(|l| *l == s.label);
+        let color = COLORS[i.unwrap_or(0) % COLORS.len()];
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
             .expect("line")
@@ -85,7 +111,6 @@ pub fn ratio_over_entries(path: &Path, title: &str, series: &[&Series]) {
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .expect("legend");
-    root.present().unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 /// Grouped bars: for each group, one bar per (label, value).
@@ -108,12 +133,14 @@ pub fn bars(path: &Path, title: &str, y_desc: &str, groups: &[(String, Vec<(Stri
         .configure_mesh()
         .disable_x_mesh()
         .y_desc(y_desc)
-        .x_labels(groups.len() * 2 + 1)
+        // Ticks every half slot, so that each group's center (a whole or half slot) has
+        // one; only the centers are labelled, with the group's name.
+        .x_labels(2 * slots + 1)
         .x_label_formatter(&|x| {
-            let slot = (*x / (n + 1) as f64).floor() as usize;
-            let center = slot as f64 * (n + 1) as f64 + n as f64 / 2.0;
-            if (x - center).abs() < 0.51 {
-                names.get(slot).cloned().unwrap_or_default()
+            let g = (*x / (n + 1) as f64).floor() as usize;
+            let center = (g * (n + 1)) as f64 + n as f64 / 2.0;
+            if (x - center).abs() < 0.01 {
+                names.get(g).cloned().unwrap_or_default()
             } else {
                 String::new()
             }

@@ -13,6 +13,7 @@ mod dns;
 mod domains;
 mod measure;
 mod netns;
+mod progstats;
 mod storm;
 
 use std::{fmt::Write as _, path::PathBuf};
@@ -40,12 +41,36 @@ pub struct Goal {
 
 const SCENARIOS: &[&str] = &["connect", "denied", "dns", "storm", "domains", "idle"];
 
+const USAGE: &str = "\
+nc-bench: netcontrol's benchmarks (run as root; `cargo xtask bench` builds and runs them)
+
+Usage: nc-bench [SCENARIO]... [--smoke] [--out DIR]
+
+Scenarios (default: all):
+  connect   socket+connect+close on loopback, TCP and UDP: no filter, netcontrol, iptables,
+            nftables, at 10/1k/10k/100k entries
+  denied    time for a denied connect to return EPERM, against an allowed one
+  dns       added latency per DNS query through the agent, against dnsmasq directly
+  storm     denied attempts from several processes for 10 s: events delivered and lost
+  domains   applying a policy of 10k domains: time until all their addresses are in the maps
+  idle      the agent's RSS and CPU while nothing happens
+
+Options:
+  --smoke     run every scenario briefly, to check that it works (its numbers mean nothing)
+  --out DIR   write the report (README.md) and its charts (PNG) to DIR
+  -h, --help  this text
+";
+
 fn main() {
     let mut scenarios = Vec::new();
     let mut opts = Opts { smoke: false, out: None };
     let mut argv = std::env::args().skip(1);
     while let Some(a) = argv.next() {
         match a.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return;
+            }
             "--smoke" => opts.smoke = true,
             "--out" => {
                 opts.out = Some(PathBuf::from(
@@ -54,9 +79,7 @@ fn main() {
             }
             s if SCENARIOS.contains(&s) => scenarios.push(s.to_owned()),
             "all" => scenarios.extend(SCENARIOS.iter().map(|s| (*s).to_owned())),
-            other => {
-                fail(&format!("unknown argument {other:?}; scenarios: {}", SCENARIOS.join(", ")))
-            }
+            other => fail(&format!("unknown argument {other:?} (see --help)")),
         }
     }
     if scenarios.is_empty() {
