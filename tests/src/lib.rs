@@ -86,10 +86,27 @@ pub fn isolate_network(extra: &[&str]) {
     // skips DNS entirely) behaves as on a real host. On lo, like everything else here.
     sh("ip addr add 192.0.2.1/32 dev lo");
     for a in extra {
-        let prefix = if a.contains(':') { 128 } else { 32 };
-        sh(&format!("ip addr add {a}/{prefix} dev lo"));
+        // An IPv6 address stays "tentative" (bind() fails with EADDRNOTAVAIL) until the
+        // kernel's duplicate address detection work has run, asynchronously even on lo:
+        // `nodad` skips it.
+        let (prefix, flags) = if a.contains(':') { (128, " nodad") } else { (32, "") };
+        sh(&format!("ip addr add {a}/{prefix} dev lo{flags}"));
+    }
+    if extra.iter().any(|a| a.contains(':')) {
+        wait_until_no_tentative_addresses();
     }
     sh("sysctl -qw net.ipv4.ping_group_range='0 2147483647'");
+}
+
+/// Belt and braces for `nodad`: every IPv6 address usable before a test binds to it.
+fn wait_until_no_tentative_addresses() {
+    for _ in 0..200 {
+        if sh("ip -6 addr show dev lo tentative").trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("IPv6 addresses on lo still tentative after 2 s: {}", sh("ip -6 addr show dev lo"));
 }
 
 /// Run a shell command in this thread's namespaces; panic if it fails.
