@@ -203,10 +203,10 @@ pub fn connect(opts: &Opts) -> Section {
         let ids = progstats::attached(&c.cgroup);
         for proto in PROTOS {
             for _ in 0..rounds.min(7) {
-                let t0 = progstats::run_time_ns(&ids);
-                let l = run_loop(proto, ms, &target(), None, Some(&c.cgroup));
-                let t = progstats::run_time_ns(&ids) - t0;
-                m.program.entry((c.entries, proto)).or_default().push(t as f64 / l.ops as f64);
+                let t = progstats::per_attempt(&ids, || {
+                    run_loop(proto, ms, &target(), None, Some(&c.cgroup)).ops
+                });
+                m.program.entry((c.entries, proto)).or_default().push(t);
             }
         }
     }
@@ -417,9 +417,8 @@ pub fn denied(opts: &Opts) -> Section {
     let mut program: BTreeMap<(&str, bool), f64> = BTreeMap::new();
     for p in PROTOS {
         for allowed in [true, false] {
-            let t0 = progstats::run_time_ns(&ids);
-            let l = measure(p, allowed);
-            program.insert((p, allowed), (progstats::run_time_ns(&ids) - t0) as f64 / l.ops as f64);
+            let t = progstats::per_attempt(&ids, || measure(p, allowed).ops);
+            program.insert((p, allowed), t);
         }
     }
     drop(stats);

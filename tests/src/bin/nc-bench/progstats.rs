@@ -36,8 +36,15 @@ pub fn attached(cgroup: &Path) -> Vec<u64> {
     ids
 }
 
+/// ns spent in these programs per attempt of `run`, which returns its number of attempts.
+pub fn per_attempt(ids: &[u64], run: impl FnOnce() -> u64) -> f64 {
+    let t0 = run_time_ns(ids);
+    let attempts = run();
+    (run_time_ns(ids) - t0) as f64 / attempts.max(1) as f64
+}
+
 /// Total run time (ns) of these programs so far.
-pub fn run_time_ns(ids: &[u64]) -> u64 {
+fn run_time_ns(ids: &[u64]) -> u64 {
     ids.iter()
         .map(|id| bpftool(&["prog", "show", "id", &id.to_string()])["run_time_ns"].as_u64())
         .map(|t| t.unwrap_or(0)) // absent until the program first runs with accounting on
