@@ -10,6 +10,8 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 /// One line: a label and (x, y) points.
 pub struct Series {
     pub label: String,
+    /// Index into the palette: the caller keeps it the same for a series across charts/panels.
+    pub color: usize,
     pub proto: &'static str,
     pub points: Vec<(f64, f64)>,
 }
@@ -91,9 +93,7 @@ fn panel(
         .label("1.05: the 5% goal")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.6)));
     for s in series {
-        // A series keeps its color in both panels.
-        let i = ["netcontrol", "iptables", "nftables"].iter().position(|l| *l == s.label);
-        let color = COLORS[i.unwrap_or(0) % COLORS.len()];
+        let color = COLORS[s.color % COLORS.len()];
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
             .expect("line")

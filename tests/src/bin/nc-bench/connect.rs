@@ -265,10 +265,12 @@ fn report(m: &Measured, sizes: &[usize], rounds: usize, ms: u64, opts: &Opts) ->
         cell(none["udp"])
     );
     let mut series: Vec<chart::Series> = Vec::new();
-    for family in [Family::Netcontrol, Family::Iptables, Family::Nftables] {
+    for (color, family) in
+        [Family::Netcontrol, Family::Iptables, Family::Nftables].into_iter().enumerate()
+    {
         for p in PROTOS {
             let points = sizes.iter().map(|&n| (n as f64, ratio(family, n, p).median)).collect();
-            series.push(chart::Series { label: family.name().into(), proto: p, points });
+            series.push(chart::Series { label: family.name().into(), color, proto: p, points });
         }
         for &n in sizes {
             let _ = writeln!(

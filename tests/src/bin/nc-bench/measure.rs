@@ -1,7 +1,7 @@
 //! Measuring: benchmark loops run by nc-probe in a namespace and a cgroup, medians and spread,
 //! and a process's CPU time and memory.
 
-use std::{os::unix::process::CommandExt, path::Path, process::Command};
+use std::{os::unix::process::CommandExt, path::Path, process::Command, sync::OnceLock};
 
 use netcontrol_tests::{parse_probes, probe_bin};
 
@@ -16,16 +16,23 @@ pub enum Cpu {
     Server,
 }
 
+/// The CPUs this process may use (a cpuset may leave out CPU 0), asked once: hundreds of
+/// loops are started per run.
+fn usable_cpus() -> &'static [usize] {
+    static CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+    CPUS.get_or_init(|| {
+        // SAFETY: a plain syscall on a zeroed cpu_set_t of the right size.
+        let mut ours: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut ours) } != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&i| unsafe { libc::CPU_ISSET(i, &ours) }).collect()
+    })
+}
+
 pub fn on_cpu(mut cmd: Command, cpu: Cpu) -> Command {
-    // The CPUs we may use (a cpuset may leave out CPU 0): the client gets the first, the
-    // server the last.
-    // SAFETY: plain syscalls on a zeroed cpu_set_t of the right size.
-    let mut ours: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut ours) } != 0 {
-        return cmd;
-    }
-    let usable: Vec<usize> =
-        (0..libc::CPU_SETSIZE as usize).filter(|&i| unsafe { libc::CPU_ISSET(i, &ours) }).collect();
+    // The client gets the first usable CPU, the server the last.
+    let usable = usable_cpus();
     if usable.len() < 2 {
         return cmd;
     }
