@@ -9,7 +9,7 @@
 /// Version of the pinned-object layout under the bpffs pin root (`<bpffs>/netcontrol/v<N>`).
 /// Bump it whenever a map's key or value layout below changes, so that a new agent never
 /// re-adopts maps it would misread.
-pub const PIN_ABI_VERSION: u32 = 2;
+pub const PIN_ABI_VERSION: u32 = 3;
 
 /// Names of the maps in the eBPF object, as userspace looks them up.
 pub mod map {
@@ -29,6 +29,14 @@ pub mod map {
     pub const DNS_ORIGINS: &str = "DNS_ORIGINS";
     /// LRU hash: [`super::RecentKey`] -> last connect time (ns) to a DNS-learned address.
     pub const RECENT: &str = "RECENT";
+    /// Hash: [`super::DenialKey`] -> [`super::DenialValue`], denials aggregated per
+    /// destination (written by the programs).
+    pub const DENIALS: &str = "DENIALS";
+    /// Hash: [`super::DenialKey`] -> u64, how many of its suppressed attempts userspace has
+    /// reported in summary records (written by userspace only).
+    pub const DENIALS_REPORTED: &str = "DENIALS_REPORTED";
+    /// LRU hash: sandbox cgroup id (u64) -> [`super::Window`], its event budget.
+    pub const BUDGET: &str = "BUDGET";
 }
 
 /// The programs in the eBPF object (function names; the kernel keeps the first 15 bytes).
@@ -42,6 +50,14 @@ pub mod program {
     pub const RECVMSG6: &str = "nc_recvmsg6";
     pub const GETPEERNAME4: &str = "nc_getpeername4";
     pub const GETPEERNAME6: &str = "nc_getpeername6";
+    pub const BIND4: &str = "nc_bind4";
+    pub const BIND6: &str = "nc_bind6";
+    pub const SETSOCKOPT: &str = "nc_setsockopt";
+    pub const SKB_EGRESS: &str = "nc_skb_egress";
+    pub const SKB_INGRESS: &str = "nc_skb_ingress";
+    pub const LSM_SOCKET: &str = "nc_lsm_socket";
+    pub const LSM_CONNECT: &str = "nc_lsm_connect";
+    pub const LSM_SENDMSG: &str = "nc_lsm_sendmsg";
 }
 
 /// Default capacities (userspace may raise them at load time).
@@ -52,6 +68,7 @@ pub const STATS_MAX: u32 = 16_384;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const DNS_ORIGINS_MAX: u32 = 65_536;
 pub const RECENT_MAX: u32 = 65_536;
+pub const DENIALS_MAX: u32 = 16_384;
 /// How many ancestor levels the kernel side walks to find a socket's sandbox.
 pub const MAX_CGROUP_DEPTH: u32 = 32;
 
@@ -72,6 +89,9 @@ pub struct SandboxValue {
     /// by the rules like any other destination).
     pub dns_port6: u16,
     pub _pad: u32,
+    /// Socket families the sandbox may create beyond those always allowed
+    /// ([`ALWAYS_ALLOWED_FAMILIES`]): bit N allows `AF_*` number N.
+    pub families: u64,
 }
 
 /// Audit mode: nothing is denied, would-be denials are reported.
@@ -82,6 +102,24 @@ pub const SANDBOX_F_ALLOW_RAW: u32 = 1 << 1;
 pub const SANDBOX_F_ALLOW_ICMP: u32 = 1 << 2;
 /// DNS-aware mode: every UDP/TCP attempt to port 53 goes to the sandbox's DNS proxy.
 pub const SANDBOX_F_DNS_REDIRECT: u32 = 1 << 3;
+/// SCTP sockets may be created (a rule allows SCTP).
+pub const SANDBOX_F_ALLOW_SCTP: u32 = 1 << 4;
+/// Socket options and packets that choose the route (IPv6 routing, hop-by-hop and destination
+/// options, IPv4 source routes) are allowed.
+pub const SANDBOX_F_ALLOW_ROUTING: u32 = 1 << 5;
+/// Connections and datagrams to abstract unix sockets are allowed.
+pub const SANDBOX_F_ALLOW_ABSTRACT_UNIX: u32 = 1 << 6;
+/// The sandbox shares netcontrol's (the host's) network namespace: it may listen on loopback
+/// only, or on the ports of its listen rules, and may not reach abstract unix sockets (the
+/// host's daemons) unless allowed.
+pub const SANDBOX_F_HOST_NETNS: u32 = 1 << 7;
+
+/// Socket families every sandbox may create: unix, inet, inet6, netlink (the last for
+/// getaddrinfo and interface lists). Others need a bit in `SandboxValue::families`.
+pub const AF_UNIX: u8 = 1;
+pub const AF_NETLINK: u8 = 16;
+pub const ALWAYS_ALLOWED_FAMILIES: u64 =
+    (1 << AF_UNIX) | (1 << AF_INET) | (1 << AF_INET6) | (1 << AF_NETLINK);
 
 /// Where DNS is redirected, in the sandbox's network namespace.
 pub const DNS_PROXY_V4: [u8; 4] = [127, 0, 0, 1];
@@ -99,6 +137,10 @@ pub type V6Key = [u8; 20];
 
 /// Bits of every key taken by the policy id.
 pub const POLICY_ID_BITS: u32 = 32;
+
+/// Set in the policy id of the entries that say where a sandbox may listen (the local
+/// address of a bind or of a listening socket), in the same tries as its destinations.
+pub const LISTEN_POLICY_BIT: u32 = 1 << 31;
 
 #[inline(always)]
 pub fn v4_key(policy_id: u32, addr: [u8; 4]) -> V4Key {
@@ -154,8 +196,10 @@ impl Default for AllowValue {
     }
 }
 
-/// The entry protects a cloud metadata address: only rules naming it exactly open it.
+/// The entry protects an address (cloud metadata, link-local, unspecified) from rules that
+/// are broader than it; the reason to report is in bits [`ALLOW_REASON_SHIFT`]..+8.
 pub const ALLOW_F_PROTECTED: u32 = 1 << 0;
+pub const ALLOW_REASON_SHIFT: u32 = 8;
 /// The address was learned from a DNS answer: connects to it are timestamped in `RECENT`, so
 /// that it is not forgotten while in use.
 pub const ALLOW_F_LEARNED: u32 = 1 << 1;
@@ -166,6 +210,7 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
 
 /// Address families (`AF_*`).
 pub const AF_INET: u8 = 2;
@@ -175,6 +220,7 @@ pub const AF_INET6: u8 = 10;
 pub const SOCK_STREAM: u16 = 1;
 pub const SOCK_DGRAM: u16 = 2;
 pub const SOCK_RAW: u16 = 3;
+pub const SOCK_SEQPACKET: u16 = 5;
 
 // ---- verdicts, reasons, hooks ------------------------------------------------------------
 
@@ -201,6 +247,24 @@ pub const REASON_ICMP_SOCKET: u8 = 5;
 /// The programs ran for a socket but found no sandbox for the calling task's cgroup (for
 /// example a sandbox's socket used from outside it): fail closed.
 pub const REASON_NO_SANDBOX: u8 = 6;
+/// A socket option that chooses the route (IPv6 routing/hop-by-hop/destination options,
+/// IPv4 IP_OPTIONS); `Event::detail` is `level << 16 | optname`.
+pub const REASON_SOCKET_OPTION: u8 = 7;
+/// A packet carrying an IPv6 routing header or an IPv4 source-route option (dropped).
+pub const REASON_SOURCE_ROUTE: u8 = 8;
+/// 0.0.0.0 or :: (the kernel turns them into a local address); only an exact rule opens them.
+pub const REASON_UNSPECIFIED: u8 = 9;
+/// A link-local address (169.254.0.0/16, fe80::/10); only rules inside link-local open it.
+pub const REASON_LINK_LOCAL: u8 = 10;
+/// An SCTP socket while no rule allows SCTP.
+pub const REASON_SCTP_SOCKET: u8 = 11;
+/// A socket family other than unix, inet, inet6 and netlink; `Event::detail` is the family.
+pub const REASON_SOCKET_FAMILY: u8 = 12;
+/// A connection or datagram to an abstract unix socket.
+pub const REASON_ABSTRACT_UNIX: u8 = 13;
+/// Listening on a non-loopback address outside the listen rules (a bind, or a connection
+/// arriving at a listening socket).
+pub const REASON_LISTEN: u8 = 14;
 
 /// Where the verdict was taken.
 pub const HOOK_CONNECT4: u8 = 1;
@@ -210,6 +274,15 @@ pub const HOOK_SENDMSG6: u8 = 4;
 pub const HOOK_SOCK_CREATE: u8 = 5;
 /// Not a kernel hook: netcontrol's DNS proxy (DNS-aware mode) decided.
 pub const HOOK_DNS_PROXY: u8 = 6;
+pub const HOOK_SETSOCKOPT: u8 = 7;
+pub const HOOK_SKB_EGRESS: u8 = 8;
+pub const HOOK_SKB_INGRESS: u8 = 9;
+pub const HOOK_BIND4: u8 = 10;
+pub const HOOK_BIND6: u8 = 11;
+/// BPF LSM `socket_create`, `socket_connect`, `socket_sendmsg`.
+pub const HOOK_LSM_SOCKET: u8 = 12;
+pub const HOOK_LSM_CONNECT: u8 = 13;
+pub const HOOK_LSM_SENDMSG: u8 = 14;
 
 // ---- DNS-aware mode ----------------------------------------------------------------------
 
@@ -267,19 +340,90 @@ pub struct StatsKey {
 
 /// Attempts judged.
 pub const COUNTER_ATTEMPTS: u8 = 0;
-/// Events that could not be queued because the ring buffer was full.
+/// Denials reported nowhere: no event could be queued (ring buffer full) and no `DENIALS`
+/// entry could count it (map full).
 pub const COUNTER_EVENTS_LOST: u8 = 1;
+/// Denials not reported one by one (rate limit, or a full ring buffer) but counted in
+/// `DENIALS`, from where userspace reports them in summary records.
+pub const COUNTER_SUPPRESSED: u8 = 2;
 
 /// Indexes of the per-CPU `GLOBAL` array.
 pub const GLOBAL_EVENTS_LOST: u32 = 0;
 /// A `STATS` update failed (map full): counts by dimension are incomplete.
 pub const GLOBAL_STATS_FULL: u32 = 1;
+/// Denials counted in `DENIALS` instead of an event: tells userspace a summary is due.
+pub const GLOBAL_SUPPRESSED: u32 = 2;
+/// A `DENIALS` insert failed (map full).
+pub const GLOBAL_DENIALS_FULL: u32 = 3;
+/// An event found the ring buffer full.
+pub const GLOBAL_RING_FULL: u32 = 4;
 /// Slots below this are counters, summed over CPUs by userspace.
-pub const GLOBAL_COUNTERS: u32 = 2;
+pub const GLOBAL_COUNTERS: u32 = 5;
 /// Not a counter: this CPU's ktime (ns) when an event last woke the reader
 /// (`verdict::wake_reader`).
-pub const GLOBAL_LAST_WAKEUP: u32 = 2;
-pub const GLOBAL_LEN: u32 = 4;
+pub const GLOBAL_LAST_WAKEUP: u32 = 5;
+pub const GLOBAL_LEN: u32 = 8;
+
+// ---- aggregated denials --------------------------------------------------------------
+
+/// What makes two denials "the same" for reporting: sandbox, hook, what was attempted and
+/// why it was denied. Every distinct key is reported at least once, with a count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct DenialKey {
+    pub sandbox_id: u64,
+    /// As in [`Event::addr`].
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub sock_type: u16,
+    pub family: u8,
+    pub protocol: u8,
+    pub hook: u8,
+    pub reason: u8,
+    pub verdict: u8,
+    /// `EVENT_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// As in [`Event::detail`].
+    pub detail: u32,
+}
+
+/// The count of one [`DenialKey`] (written by the programs; `count` and `suppressed` with
+/// atomic adds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DenialValue {
+    /// Attempts in all.
+    pub count: u64,
+    /// Attempts that got no event of their own.
+    pub suppressed: u64,
+    /// ktime (ns) of the first and the latest attempt.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Start of the current one-second window, and the events it sent.
+    pub window_start_ns: u64,
+    /// The latest attempt's process.
+    pub pid_tgid: u64,
+    pub uid_gid: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    pub window_sent: u32,
+    pub _pad: u32,
+}
+
+/// A one-second event budget (`BUDGET`, per sandbox).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Window {
+    pub start_ns: u64,
+    pub sent: u32,
+    pub _pad: u32,
+}
+
+/// Events one key may send per second; the rest are counted and summarized.
+pub const EVENTS_PER_KEY_PER_SEC: u32 = 5;
+/// Events one sandbox may send per second, all keys together.
+pub const EVENTS_PER_SANDBOX_PER_SEC: u32 = 500;
 
 // ---- events ------------------------------------------------------------------------------
 
@@ -314,20 +458,29 @@ pub struct Event {
     /// `EVENT_F_*`.
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// Hook-specific: `level << 16 | optname` for socket options, the family for socket
+    /// family refusals; 0 otherwise.
+    pub detail: u32,
+    pub _pad2: u32,
 }
 
 /// The destination was an IPv4-mapped IPv6 address on an AF_INET6 socket.
 pub const EVENT_F_V4_MAPPED: u8 = 1 << 0;
+/// `addr` holds the first bytes of an abstract unix socket name (after the leading NUL).
+pub const EVENT_F_UNIX_NAME: u8 = 1 << 1;
 
 const _: () = {
     use core::mem::{align_of, size_of};
-    assert!(size_of::<SandboxValue>() == 16);
+    assert!(size_of::<SandboxValue>() == 24);
+    assert!(size_of::<DenialKey>() == 40);
+    assert!(size_of::<DenialValue>() == 88);
+    assert!(size_of::<Window>() == 16);
     assert!(size_of::<DnsOrigin>() == 72);
     assert!(size_of::<RecentKey>() == 24);
     assert!(size_of::<PortRange>() == 6);
     assert!(size_of::<AllowValue>() == 8 + 6 * MAX_PORT_RANGES);
     assert!(size_of::<StatsKey>() == 16);
-    assert!(size_of::<Event>() == 88);
+    assert!(size_of::<Event>() == 96);
     // RingBuf::reserve needs 8 % align == 0.
     assert!(8 % align_of::<Event>() == 0);
 };

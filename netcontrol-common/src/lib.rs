@@ -7,4 +7,7 @@ pub mod abi;
 pub mod verdict;
 
 #[cfg(feature = "user")]
+extern crate std;
+
+#[cfg(feature = "user")]
 pub mod user;

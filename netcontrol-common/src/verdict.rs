@@ -3,10 +3,12 @@
 //! the host; the kernel tests then prove the programs feed it the right inputs.
 
 use crate::abi::{
-    ALLOW_F_PROTECTED, AllowValue, MAX_PORT_RANGES, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6,
-    REASON_ICMP_SOCKET, REASON_METADATA, REASON_NONE, REASON_NOT_ALLOWLISTED,
-    REASON_PORT_NOT_ALLOWED, REASON_RAW_SOCKET, SANDBOX_F_ALLOW_ICMP, SANDBOX_F_ALLOW_RAW,
-    SANDBOX_F_AUDIT, SOCK_DGRAM, SOCK_RAW, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    ALLOW_F_PROTECTED, ALLOW_REASON_SHIFT, ALWAYS_ALLOWED_FAMILIES, AllowValue,
+    EVENTS_PER_KEY_PER_SEC, EVENTS_PER_SANDBOX_PER_SEC, MAX_PORT_RANGES, PROTO_ANY, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_SCTP, REASON_ICMP_SOCKET, REASON_METADATA, REASON_NONE,
+    REASON_NOT_ALLOWLISTED, REASON_PORT_NOT_ALLOWED, REASON_RAW_SOCKET, REASON_SCTP_SOCKET,
+    SANDBOX_F_ALLOW_ICMP, SANDBOX_F_ALLOW_RAW, SANDBOX_F_ALLOW_SCTP, SANDBOX_F_AUDIT, SOCK_DGRAM,
+    SOCK_RAW, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
 };
 
 /// Whether a rule's protocol covers the attempt's. ICMP rules cover ICMPv6 too, so one
@@ -42,18 +44,34 @@ pub fn judge_destination(entry: Option<&AllowValue>, proto: u8, port: u16) -> u8
     match entry {
         None => REASON_NOT_ALLOWLISTED,
         Some(e) if permits(e, proto, port) => REASON_NONE,
-        Some(e) if e.flags & ALLOW_F_PROTECTED != 0 => REASON_METADATA,
+        Some(e) if e.flags & ALLOW_F_PROTECTED != 0 => protected_reason(e.flags),
         Some(_) => REASON_PORT_NOT_ALLOWED,
     }
 }
 
-/// Whether a new socket is of a kind a sandbox may deny (raw, ICMP datagram). Every other
-/// kind is allowed outright and not counted: its destinations are judged at connect/sendmsg,
-/// and skipping the sandbox lookup keeps socket() cheap.
+/// The `ALLOW_F_*` flags of an entry that protects its prefix, reporting `reason`.
+#[inline(always)]
+pub const fn protected_flags(reason: u8) -> u32 {
+    ALLOW_F_PROTECTED | ((reason as u32) << ALLOW_REASON_SHIFT)
+}
+
+/// What a protected entry reports (metadata for entries written before reasons were kept).
+#[inline(always)]
+pub fn protected_reason(flags: u32) -> u8 {
+    match ((flags >> ALLOW_REASON_SHIFT) & 0xff) as u8 {
+        REASON_NONE => REASON_METADATA,
+        r => r,
+    }
+}
+
+/// Whether a new socket is of a kind a sandbox may deny (raw, ICMP datagram, SCTP). Every
+/// other kind is allowed outright and not counted: its destinations are judged at
+/// connect/sendmsg, and skipping the sandbox lookup keeps socket() cheap.
 #[inline(always)]
 pub fn socket_needs_judging(sock_type: u16, protocol: u8) -> bool {
     sock_type == SOCK_RAW
         || (sock_type == SOCK_DGRAM && (protocol == PROTO_ICMP || protocol == PROTO_ICMPV6))
+        || protocol == PROTO_SCTP
 }
 
 /// Reason a socket creation is denied (`REASON_NONE` if it is allowed).
@@ -63,9 +81,172 @@ pub fn judge_socket(sandbox_flags: u32, sock_type: u16, protocol: u8) -> u8 {
         if sandbox_flags & SANDBOX_F_ALLOW_RAW != 0 { REASON_NONE } else { REASON_RAW_SOCKET }
     } else if sock_type == SOCK_DGRAM && (protocol == PROTO_ICMP || protocol == PROTO_ICMPV6) {
         if sandbox_flags & SANDBOX_F_ALLOW_ICMP != 0 { REASON_NONE } else { REASON_ICMP_SOCKET }
+    } else if protocol == PROTO_SCTP {
+        // SCTP associations can be set up by sendmsg() without connect(), which the address
+        // hooks may not see: only a policy that allows SCTP gets the sockets.
+        if sandbox_flags & SANDBOX_F_ALLOW_SCTP != 0 { REASON_NONE } else { REASON_SCTP_SOCKET }
     } else {
         REASON_NONE
     }
+}
+
+/// Whether a socket family may be created: unix, inet, inet6 and netlink always, others only
+/// with their bit in the sandbox's `families`.
+#[inline(always)]
+pub fn family_allowed(family: u32, extra: u64) -> bool {
+    family < 64 && (ALWAYS_ALLOWED_FAMILIES | extra) & (1u64 << family) != 0
+}
+
+/// Socket option levels and names (`<linux/in.h>`, `<linux/in6.h>`).
+pub const SOL_IP: i32 = 0;
+pub const SOL_IPV6: i32 = 41;
+pub const IP_OPTIONS: i32 = 4;
+pub const IPV6_2292HOPOPTS: i32 = 3;
+pub const IPV6_2292DSTOPTS: i32 = 4;
+pub const IPV6_2292RTHDR: i32 = 5;
+pub const IPV6_2292PKTOPTIONS: i32 = 6;
+pub const IPV6_HOPOPTS: i32 = 54;
+pub const IPV6_RTHDRDSTOPTS: i32 = 55;
+pub const IPV6_RTHDR: i32 = 57;
+pub const IPV6_DSTOPTS: i32 = 59;
+
+/// Whether a socket option can choose where packets go: IPv4 `IP_OPTIONS` (source routes),
+/// IPv6 routing headers (a type-4 segment routing header sends the packet to its first
+/// segment, while the hooks judged the last) and the options that can carry one or ride
+/// along with one (hop-by-hop and destination options, RFC 2292 packet options). The RFC 2292
+/// HOPOPTS/DSTOPTS/RTHDR names only ask to receive those headers; they are refused too, as
+/// nothing in a sandbox needs them.
+#[inline(always)]
+pub fn routing_option(level: i32, optname: i32) -> bool {
+    match level {
+        SOL_IP => optname == IP_OPTIONS,
+        SOL_IPV6 => matches!(
+            optname,
+            IPV6_2292HOPOPTS
+                | IPV6_2292DSTOPTS
+                | IPV6_2292RTHDR
+                | IPV6_2292PKTOPTIONS
+                | IPV6_HOPOPTS
+                | IPV6_RTHDRDSTOPTS
+                | IPV6_RTHDR
+                | IPV6_DSTOPTS
+        ),
+        _ => false,
+    }
+}
+
+/// IPv4 option types that route the packet through the addresses they list.
+pub const IPOPT_LSRR: u8 = 0x83;
+pub const IPOPT_SSRR: u8 = 0x89;
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+/// The most option bytes an IPv4 header holds.
+pub const IPV4_MAX_OPTIONS: usize = 40;
+
+/// Whether IPv4 options (the header bytes after the first 20, `len` of them) hold a loose or
+/// strict source route. Malformed options count as one: the kernel would not send them, and a
+/// parser that gives up must not let them through.
+#[inline(always)]
+pub fn ipv4_source_routed(opts: &[u8; IPV4_MAX_OPTIONS], len: usize) -> bool {
+    let len = if len > IPV4_MAX_OPTIONS { IPV4_MAX_OPTIONS } else { len };
+    let mut i = 0;
+    // Each step consumes at least one byte, so 40 steps cover every layout.
+    let mut steps = 0;
+    while steps < IPV4_MAX_OPTIONS {
+        steps += 1;
+        if i >= len {
+            return false;
+        }
+        let Some(&kind) = opts.get(i) else { return false };
+        match kind {
+            IPOPT_END => return false,
+            IPOPT_NOOP => i += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return true,
+            _ => {
+                let Some(&olen) = opts.get(i + 1) else { return true };
+                if olen < 2 {
+                    return true;
+                }
+                i += olen as usize;
+            }
+        }
+    }
+    false
+}
+
+/// IPv6 next-header values.
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_TCP: u8 = 6;
+pub const NEXTHDR_UDP: u8 = 17;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_AUTH: u8 = 51;
+pub const NEXTHDR_NONE: u8 = 59;
+pub const NEXTHDR_DEST: u8 = 60;
+pub const NEXTHDR_ICMPV6: u8 = 58;
+
+/// One step of the IPv6 extension header chain: what follows a header of type `nexthdr`
+/// whose first two bytes are `hdr` (next header, length field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum V6Step {
+    /// An upper-layer protocol or no next header: the chain ends, no routing header.
+    Done,
+    /// A routing header.
+    Routing,
+    /// Another extension header follows, `len` bytes on: its type is `next`.
+    Next { next: u8, len: u32 },
+}
+
+#[inline(always)]
+pub fn v6_step(nexthdr: u8, hdr: [u8; 2]) -> V6Step {
+    match nexthdr {
+        NEXTHDR_ROUTING => V6Step::Routing,
+        NEXTHDR_HOP | NEXTHDR_DEST => {
+            V6Step::Next { next: hdr[0], len: (u32::from(hdr[1]) + 1) * 8 }
+        }
+        NEXTHDR_FRAGMENT => V6Step::Next { next: hdr[0], len: 8 },
+        NEXTHDR_AUTH => V6Step::Next { next: hdr[0], len: (u32::from(hdr[1]) + 2) * 4 },
+        _ => V6Step::Done,
+    }
+}
+
+/// Whether an IPv4 address (network order bytes) is loopback (127.0.0.0/8).
+#[inline(always)]
+pub fn is_loopback_v4(a: &[u8]) -> bool {
+    a.first() == Some(&127)
+}
+
+/// Whether an IPv6 address is ::1 or a v4-mapped loopback address.
+#[inline(always)]
+pub fn is_loopback_v6(a: &[u8; 16]) -> bool {
+    let mut zero_head = true;
+    let mut i = 0;
+    while i < 10 {
+        if a[i] != 0 {
+            zero_head = false;
+        }
+        i += 1;
+    }
+    if !zero_head {
+        return false;
+    }
+    let mapped = a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+    let one = a[10] == 0 && a[11] == 0 && a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 1;
+    mapped || one
+}
+
+/// Event budgets: whether a one-second window that started at `start_ns` is over.
+#[inline(always)]
+pub fn window_over(now_ns: u64, start_ns: u64) -> bool {
+    now_ns.wrapping_sub(start_ns) >= 1_000_000_000
+}
+
+/// Whether a denial gets an event of its own: its key and its sandbox both have budget left
+/// in their current windows (counts as of before this denial). The rest are counted per key
+/// and reported in summary records, so a flood never hides a distinct attempt.
+#[inline(always)]
+pub fn may_emit(key_sent: u32, sandbox_sent: u32) -> bool {
+    key_sent < EVENTS_PER_KEY_PER_SEC && sandbox_sent < EVENTS_PER_SANDBOX_PER_SEC
 }
 
 /// Turn a reason into the verdict for a sandbox in the given mode.
@@ -215,6 +396,135 @@ mod tests {
         // Allowing ping does not allow raw, and the other way round.
         assert_eq!(judge_socket(SANDBOX_F_ALLOW_ICMP, SOCK_RAW, PROTO_ICMP), REASON_RAW_SOCKET);
         assert_eq!(judge_socket(SANDBOX_F_ALLOW_RAW, SOCK_DGRAM, PROTO_ICMP), REASON_ICMP_SOCKET);
+    }
+
+    #[test]
+    fn sctp_sockets_need_a_rule() {
+        use crate::abi::{SOCK_SEQPACKET, SOCK_STREAM};
+        assert!(socket_needs_judging(SOCK_SEQPACKET, PROTO_SCTP));
+        assert!(socket_needs_judging(SOCK_STREAM, PROTO_SCTP));
+        assert_eq!(judge_socket(0, SOCK_SEQPACKET, PROTO_SCTP), REASON_SCTP_SOCKET);
+        assert_eq!(judge_socket(0, SOCK_STREAM, PROTO_SCTP), REASON_SCTP_SOCKET);
+        assert_eq!(judge_socket(SANDBOX_F_ALLOW_SCTP, SOCK_STREAM, PROTO_SCTP), REASON_NONE);
+    }
+
+    #[test]
+    fn families_beyond_ip_unix_and_netlink_need_a_bit() {
+        for f in [1, 2, 10, 16] {
+            assert!(family_allowed(f, 0), "{f}");
+        }
+        // AF_PACKET 17, AF_VSOCK 40, AF_RDS 21, AF_TIPC 30, AF_ALG 38.
+        for f in [17, 40, 21, 30, 38, 63] {
+            assert!(!family_allowed(f, 0), "{f}");
+            assert!(family_allowed(f, 1 << f), "{f}");
+        }
+        assert!(!family_allowed(64, u64::MAX));
+        assert!(!family_allowed(u32::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn route_changing_socket_options() {
+        assert!(routing_option(SOL_IPV6, IPV6_RTHDR));
+        assert!(routing_option(SOL_IPV6, IPV6_HOPOPTS));
+        assert!(routing_option(SOL_IPV6, IPV6_DSTOPTS));
+        assert!(routing_option(SOL_IPV6, IPV6_RTHDRDSTOPTS));
+        assert!(routing_option(SOL_IPV6, IPV6_2292PKTOPTIONS));
+        assert!(routing_option(SOL_IPV6, IPV6_2292RTHDR));
+        assert!(routing_option(SOL_IP, IP_OPTIONS));
+        // IPV6_V6ONLY (26), IPV6_UNICAST_HOPS (16), IP_TOS (1), IP_TTL (2), SO_REUSEADDR.
+        assert!(!routing_option(SOL_IPV6, 26));
+        assert!(!routing_option(SOL_IPV6, 16));
+        assert!(!routing_option(SOL_IP, 1));
+        assert!(!routing_option(SOL_IP, 2));
+        assert!(!routing_option(1, 2));
+        // TCP_NODELAY has the number of IPV6_2292PKTOPTIONS at another level.
+        assert!(!routing_option(6, IPV6_2292PKTOPTIONS));
+    }
+
+    fn opts(bytes: &[u8]) -> ([u8; IPV4_MAX_OPTIONS], usize) {
+        let mut o = [0u8; IPV4_MAX_OPTIONS];
+        o[..bytes.len()].copy_from_slice(bytes);
+        (o, bytes.len())
+    }
+
+    #[test]
+    fn ipv4_source_routes_are_found_behind_other_options() {
+        let (o, n) = opts(&[IPOPT_LSRR, 7, 4, 10, 0, 0, 1, 0]);
+        assert!(ipv4_source_routed(&o, n));
+        let (o, n) = opts(&[1, 1, IPOPT_SSRR, 7, 4, 10, 0, 0, 1, 0]);
+        assert!(ipv4_source_routed(&o, n));
+        // Record route (7) then a source route.
+        let (o, n) = opts(&[7, 7, 4, 0, 0, 0, 0, IPOPT_LSRR, 7, 4, 1, 2, 3, 4]);
+        assert!(ipv4_source_routed(&o, n));
+        // Only a timestamp option, then the end marker hiding a "route" in the padding.
+        let (o, n) = opts(&[0x44, 4, 5, 0, 0, IPOPT_LSRR, 7, 4]);
+        assert!(!ipv4_source_routed(&o, n));
+        let (o, n) = opts(&[1, 1, 1, 1]);
+        assert!(!ipv4_source_routed(&o, n));
+        // A length that cannot be right is treated as a route (fail closed).
+        let (o, n) = opts(&[7, 0, 0, 0]);
+        assert!(ipv4_source_routed(&o, n));
+        let (o, n) = opts(&[7]);
+        assert!(!ipv4_source_routed(&o, 0) && ipv4_source_routed(&o, n));
+    }
+
+    #[test]
+    fn ipv6_extension_headers_lead_to_the_routing_header() {
+        assert_eq!(v6_step(NEXTHDR_TCP, [0, 0]), V6Step::Done);
+        assert_eq!(v6_step(NEXTHDR_NONE, [0, 0]), V6Step::Done);
+        assert_eq!(v6_step(NEXTHDR_ROUTING, [6, 2]), V6Step::Routing);
+        assert_eq!(
+            v6_step(NEXTHDR_HOP, [NEXTHDR_ROUTING, 0]),
+            V6Step::Next { next: NEXTHDR_ROUTING, len: 8 }
+        );
+        assert_eq!(
+            v6_step(NEXTHDR_DEST, [NEXTHDR_UDP, 2]),
+            V6Step::Next { next: NEXTHDR_UDP, len: 24 }
+        );
+        assert_eq!(
+            v6_step(NEXTHDR_FRAGMENT, [NEXTHDR_UDP, 0]),
+            V6Step::Next { next: NEXTHDR_UDP, len: 8 }
+        );
+        assert_eq!(
+            v6_step(NEXTHDR_AUTH, [NEXTHDR_TCP, 4]),
+            V6Step::Next { next: NEXTHDR_TCP, len: 24 }
+        );
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        assert!(is_loopback_v4(&[127, 0, 0, 1]) && is_loopback_v4(&[127, 9, 9, 9]));
+        assert!(!is_loopback_v4(&[10, 0, 0, 1]) && !is_loopback_v4(&[0, 0, 0, 0]));
+        let v6 = |s: &str| s.parse::<core::net::Ipv6Addr>().expect("ip").octets();
+        assert!(is_loopback_v6(&v6("::1")));
+        assert!(is_loopback_v6(&v6("::ffff:127.0.0.5")));
+        assert!(!is_loopback_v6(&v6("::")));
+        assert!(!is_loopback_v6(&v6("::ffff:10.0.0.1")));
+        assert!(!is_loopback_v6(&v6("fe80::1")));
+        assert!(!is_loopback_v6(&v6("1::1")));
+    }
+
+    #[test]
+    fn budgets_let_a_few_events_per_key_through_then_count() {
+        assert!(may_emit(0, 0));
+        assert!(may_emit(EVENTS_PER_KEY_PER_SEC - 1, EVENTS_PER_SANDBOX_PER_SEC - 1));
+        assert!(!may_emit(EVENTS_PER_KEY_PER_SEC, 0));
+        assert!(!may_emit(0, EVENTS_PER_SANDBOX_PER_SEC));
+        assert!(window_over(2_000_000_000, 1_000_000_000));
+        assert!(!window_over(1_999_999_999, 1_000_000_000));
+        // A slot never written (0) is over at once.
+        assert!(window_over(5_000_000_000, 0));
+    }
+
+    #[test]
+    fn protected_entries_keep_their_reason() {
+        use crate::abi::{REASON_LINK_LOCAL, REASON_UNSPECIFIED};
+        for r in [REASON_METADATA, REASON_LINK_LOCAL, REASON_UNSPECIFIED] {
+            let e = entry(&[], protected_flags(r));
+            assert_eq!(judge_destination(Some(&e), PROTO_TCP, 80), r);
+        }
+        // Entries with the bare flag (older writers) report metadata.
+        assert_eq!(protected_reason(ALLOW_F_PROTECTED), REASON_METADATA);
     }
 
     #[test]

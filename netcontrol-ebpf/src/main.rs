@@ -3,46 +3,96 @@
 //! - connect4/6: TCP connect (also TCP Fast Open, which goes through the same pre-connect
 //!   hook) and UDP connect;
 //! - sendmsg4/6: unconnected UDP (sendto, sendmsg, sendmmsg), which skips connect4/6;
-//! - sock_create: raw and ICMP ("ping") sockets, which the address hooks cannot see;
+//! - sock_create: raw, ICMP ("ping") and SCTP sockets, which the address hooks cannot see;
 //! - recvmsg4/6, getpeername4/6 (DNS-aware mode): replies from the DNS proxy show the server
-//!   the program asked.
+//!   the program asked;
+//! - setsockopt: socket options that route packets elsewhere than the judged destination;
+//! - skb egress: packets that carry a route anyway (control messages), dropped;
+//! - bind4/6, skb ingress: where a sandbox in the host's network namespace may listen;
+//! - LSM socket_create, socket_connect, socket_sendmsg (global, where the kernel runs the BPF
+//!   LSM): socket families beyond IP, unix and netlink, and abstract unix sockets.
 //!
-//! Each program is a thin entry point; the decision is in `destination` / `socket` and the
-//! pure logic in netcontrol_common::verdict.
+//! Each program is a thin entry point; the decisions are in the modules named after what they
+//! judge, and the pure logic in netcontrol_common::verdict.
 #![no_std]
 #![no_main]
 
 mod destination;
 mod dns;
 mod maps;
+mod packet;
 mod report;
 mod sandbox;
 mod socket;
+mod sockopt;
+mod unix;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
-use netcontrol_common::abi::{HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6};
+use netcontrol_common::abi::{
+    HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
+};
 
 #[cgroup_sock_addr(connect4)]
 pub fn nc_connect4(ctx: SockAddrContext) -> i32 {
-    destination::judge_v4(&ctx, HOOK_CONNECT4)
+    destination::judge_v4(&ctx, HOOK_CONNECT4, false)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn nc_connect6(ctx: SockAddrContext) -> i32 {
-    destination::judge_v6(&ctx, HOOK_CONNECT6)
+    destination::judge_v6(&ctx, HOOK_CONNECT6, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn nc_sendmsg4(ctx: SockAddrContext) -> i32 {
-    destination::judge_v4(&ctx, HOOK_SENDMSG4)
+    destination::judge_v4(&ctx, HOOK_SENDMSG4, true)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn nc_sendmsg6(ctx: SockAddrContext) -> i32 {
-    destination::judge_v6(&ctx, HOOK_SENDMSG6)
+    destination::judge_v6(&ctx, HOOK_SENDMSG6, true)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn nc_bind4(ctx: SockAddrContext) -> i32 {
+    destination::judge_bind(&ctx, HOOK_BIND4, false)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn nc_bind6(ctx: SockAddrContext) -> i32 {
+    destination::judge_bind(&ctx, HOOK_BIND6, true)
+}
+
+#[cgroup_sockopt(setsockopt)]
+pub fn nc_setsockopt(ctx: SockoptContext) -> i32 {
+    sockopt::judge(&ctx)
+}
+
+#[cgroup_skb(egress)]
+pub fn nc_skb_egress(ctx: SkBuffContext) -> i32 {
+    packet::egress(&ctx)
+}
+
+#[cgroup_skb(ingress)]
+pub fn nc_skb_ingress(ctx: SkBuffContext) -> i32 {
+    packet::ingress(&ctx)
+}
+
+#[lsm(hook = "socket_create")]
+pub fn nc_lsm_socket(ctx: LsmContext) -> i32 {
+    socket::judge_family(&ctx)
+}
+
+#[lsm(hook = "socket_connect")]
+pub fn nc_lsm_connect(ctx: LsmContext) -> i32 {
+    unix::judge_connect(&ctx)
+}
+
+#[lsm(hook = "socket_sendmsg")]
+pub fn nc_lsm_sendmsg(ctx: LsmContext) -> i32 {
+    unix::judge_sendmsg(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]

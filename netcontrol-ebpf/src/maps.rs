@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netcontrol_common::abi::{
-    ALLOW_V4_MAX, ALLOW_V6_MAX, AllowValue, DNS_ORIGINS_MAX, DnsOrigin, EVENTS_BYTES, GLOBAL_LEN,
-    RECENT_MAX, RecentKey, SANDBOXES_MAX, STATS_MAX, SandboxValue, StatsKey, V4Key, V6Key,
+    ALLOW_V4_MAX, ALLOW_V6_MAX, AllowValue, DENIALS_MAX, DNS_ORIGINS_MAX, DenialKey, DenialValue,
+    DnsOrigin, EVENTS_BYTES, GLOBAL_LEN, RECENT_MAX, RecentKey, SANDBOXES_MAX, STATS_MAX,
+    SandboxValue, StatsKey, V4Key, V6Key, Window,
 };
 
 /// Sandbox cgroup id -> its policy and mode. Written by userspace on attach/detach.
@@ -45,3 +46,21 @@ pub static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> =
 /// Last connect (ktime ns) to each DNS-learned address, so userspace keeps addresses in use.
 #[map]
 pub static RECENT: LruHashMap<RecentKey, u64> = LruHashMap::with_max_entries(RECENT_MAX, 0);
+
+/// Denials by what makes them distinct, with counts: every distinct attempt is reported even
+/// when most of a flood gets no event of its own. Not LRU: a full map is noticed (and
+/// counted), never a silent eviction; userspace removes entries that went quiet.
+#[map]
+pub static DENIALS: HashMap<DenialKey, DenialValue> =
+    HashMap::with_max_entries(DENIALS_MAX, BPF_F_NO_PREALLOC);
+
+/// Userspace's own bookkeeping next to `DENIALS`: how many of each key's suppressed attempts
+/// it has reported. In the object (and pinned with it) so that a restarted daemon neither
+/// repeats nor loses summaries; the programs never touch it.
+#[map]
+pub static DENIALS_REPORTED: HashMap<DenialKey, u64> =
+    HashMap::with_max_entries(DENIALS_MAX, BPF_F_NO_PREALLOC);
+
+/// Each sandbox's event budget for the current second.
+#[map]
+pub static BUDGET: LruHashMap<u64, Window> = LruHashMap::with_max_entries(SANDBOXES_MAX, 0);

@@ -12,12 +12,16 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use netcontrol_common::abi::{
-    self, AllowValue, COUNTER_ATTEMPTS, COUNTER_EVENTS_LOST, DnsOrigin, RecentKey, SandboxValue,
-    StatsKey, V4Key, V6Key, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    self, AllowValue, COUNTER_ATTEMPTS, COUNTER_EVENTS_LOST, COUNTER_SUPPRESSED, DenialKey,
+    DenialValue, DnsOrigin, RecentKey, SandboxValue, StatsKey, V4Key, V6Key, VERDICT_ALLOW,
+    VERDICT_AUDIT, VERDICT_DENY, Window,
 };
 
 use crate::{
-    bpf::{Attachment, LoadOptions, Loaded, Maps, PinRoot, log, maps::Origins},
+    bpf::{
+        Attachment, LoadOptions, Loaded, Maps, PinRoot, attach::Scope, load::Missing, log,
+        maps::Origins,
+    },
     error::{Error, Result},
     events::{EventPump, Injector, Labels, Sink},
 };
@@ -30,7 +34,10 @@ pub struct Counts {
     pub would_block: u64,
     /// Queries sent to the DNS proxy (DNS-aware mode).
     pub redirected: u64,
+    /// Denials reported nowhere (ring buffer and `DENIALS` both full).
     pub events_lost: u64,
+    /// Denials without an event of their own, reported in summary records instead.
+    pub summarized: u64,
     /// DNS queries the proxy refused (DNS-aware mode).
     pub dns_refused: u64,
 }
@@ -84,6 +91,24 @@ const PINNED: &[Pinned] = &[
         key_size: size_of::<RecentKey>(),
         value_size: 8,
     },
+    Pinned {
+        name: abi::map::DENIALS,
+        kind: MapType::Hash,
+        key_size: size_of::<DenialKey>(),
+        value_size: size_of::<DenialValue>(),
+    },
+    Pinned {
+        name: abi::map::DENIALS_REPORTED,
+        kind: MapType::Hash,
+        key_size: size_of::<DenialKey>(),
+        value_size: 8,
+    },
+    Pinned {
+        name: abi::map::BUDGET,
+        kind: MapType::LruHash,
+        key_size: 8,
+        value_size: size_of::<Window>(),
+    },
 ];
 
 pub struct Datapath {
@@ -111,18 +136,17 @@ impl Datapath {
         let mut opts = opts.clone();
         if let Some(root) = pins {
             let dir = root.daemon_maps();
-            std::fs::create_dir_all(&dir).map_err(|source| Error::Pin {
-                op: "creating",
-                path: dir.clone(),
-                source,
-            })?;
+            crate::bpf::pins::create_private_dir(&dir)?;
             check_pinned(&dir)?;
             opts.map_pins = PINNED.iter().map(|m| (m.name, dir.join(m.name))).collect();
             opts.program_pins = Some(root.daemon_programs());
         }
         let mut loaded = Loaded::new(&opts)?;
+        if let Some(line) = gaps(loaded.missing()) {
+            tracing::warn!("{line}");
+        }
         let (maps, others) = Maps::take(&mut loaded.ebpf)?;
-        let pump = EventPump::start(others.events, sink, labels.clone())?;
+        let pump = EventPump::start(others.events, others.denials, sink, labels.clone())?;
         let bpf_log = loaded.logger.take().map(log::Forwarder::start).transpose()?;
         let origins = others.origins.ok_or(Error::MissingMap(abi::map::DNS_ORIGINS))?;
         Ok(Self {
@@ -136,10 +160,25 @@ impl Datapath {
         })
     }
 
-    /// Attach every program to `cgroup`, pinning the links in `pin_dir` if given. Links already
-    /// pinned there (by an earlier run) are adopted, not attached again.
-    pub fn attach(&mut self, cgroup: &Path, pin_dir: Option<&Path>) -> Result<Attachment> {
-        Attachment::attach(&mut self.loaded, cgroup, pin_dir)
+    /// Attach the programs of `scope` to `cgroup`, pinning the links in `pin_dir` if given.
+    /// Links already pinned there (by an earlier run) are adopted, not attached again.
+    pub fn attach(
+        &mut self,
+        cgroup: &Path,
+        pin_dir: Option<&Path>,
+        scope: Scope,
+    ) -> Result<Attachment> {
+        Attachment::attach(&mut self.loaded, cgroup, pin_dir, scope)
+    }
+
+    /// Look for tampering with an attachment, and put it right (see [`Attachment::check`]).
+    pub fn check(&mut self, a: &mut Attachment) -> Vec<crate::bpf::attach::Tampering> {
+        a.check(&mut self.loaded)
+    }
+
+    /// The optional hooks this kernel cannot run: what is not protected here, and why.
+    pub fn missing(&self) -> &[Missing] {
+        self.loaded.missing()
     }
 
     pub fn maps(&mut self) -> &mut Maps {
@@ -177,6 +216,7 @@ impl Datapath {
             }
             match (k.counter, k.verdict) {
                 (COUNTER_EVENTS_LOST, _) => c.events_lost += n,
+                (COUNTER_SUPPRESSED, _) => c.summarized += n,
                 // Allowed socket creations are not connection attempts.
                 (COUNTER_ATTEMPTS, VERDICT_ALLOW) if k.hook != abi::HOOK_SOCK_CREATE => {
                     c.allowed += n
@@ -202,6 +242,39 @@ impl Datapath {
             None => Sink::new(None, false),
         }
     }
+}
+
+/// One line saying what this kernel does not protect (None: everything is).
+pub fn gaps(missing: &[Missing]) -> Option<String> {
+    if missing.is_empty() {
+        return None;
+    }
+    // What stays open, then why: hooks that fail for the same reason are named together.
+    type Why<'a> = (&'a str, Vec<&'a str>);
+    let mut open: Vec<(&str, Vec<Why<'_>>)> = Vec::new();
+    for m in missing {
+        let at = match open.iter().position(|(p, _)| *p == m.protects) {
+            Some(i) => i,
+            None => {
+                open.push((m.protects, Vec::new()));
+                open.len() - 1
+            }
+        };
+        let whys = &mut open[at].1;
+        match whys.iter_mut().find(|(why, _)| *why == m.why) {
+            Some((_, hooks)) => hooks.push(m.hook),
+            None => whys.push((&m.why, vec![m.hook])),
+        }
+    }
+    let parts: Vec<String> = open
+        .iter()
+        .map(|(p, whys)| {
+            let whys: Vec<String> =
+                whys.iter().map(|(why, hooks)| format!("{}: {why}", hooks.join(", "))).collect();
+            format!("{p} ({})", whys.join("; "))
+        })
+        .collect();
+    Some(format!("this kernel does not let netcontrol close: {}", parts.join("; ")))
 }
 
 /// Refuse pinned maps this version would misread (aya re-adopts pins without looking).

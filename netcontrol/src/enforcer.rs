@@ -6,10 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netcontrol_common::abi::AllowValue;
+use netcontrol_common::abi::{AllowValue, LISTEN_POLICY_BIT};
 
 use crate::{
-    bpf::{Attachment, PinRoot, pins},
+    bpf::{Attachment, PinRoot, attach::Scope, pins},
     cgroup,
     datapath::{Counts, Datapath},
     error::Result,
@@ -24,7 +24,8 @@ pub enum LinkPins {
     /// `run` / `attach`: under the process's own directory (its owner recorded), collected by
     /// a later netcontrol if this one dies.
     Standalone(PinRoot),
-    /// The daemon: under the cgroup's id, re-adopted when the daemon restarts.
+    /// The daemon: under the cgroup's id, re-adopted when the daemon restarts. (The global
+    /// hooks are the daemon's own, attached once for all sandboxes.)
     Daemon(PinRoot),
     /// No links of its own: an ancestor cgroup's links enforce, this sandbox's entry gives its
     /// processes their own policy (a container under an enforced parent cgroup).
@@ -52,24 +53,30 @@ impl Enforcer {
         policy: Compiled,
         link_pins: &LinkPins,
     ) -> Result<Self> {
-        let before = match link_pins {
-            LinkPins::Daemon(_) => dp.maps_ref().entries_of(policy_id)?,
-            LinkPins::None | LinkPins::Standalone(_) | LinkPins::Inherited => Entries::default(),
+        let listen_id = policy_id | LISTEN_POLICY_BIT;
+        let (before, before_listen) = match link_pins {
+            LinkPins::Daemon(_) => {
+                (dp.maps_ref().entries_of(policy_id)?, dp.maps_ref().entries_of(listen_id)?)
+            }
+            LinkPins::None | LinkPins::Standalone(_) | LinkPins::Inherited => {
+                (Entries::default(), Entries::default())
+            }
         };
         // The maps are complete before the first program runs for this cgroup.
         dp.maps().apply_entries(policy_id, &before, &policy.entries)?;
+        dp.maps().apply_entries(listen_id, &before_listen, &policy.listen)?;
         dp.maps().set_sandbox(sandbox_id, policy.sandbox_value(policy_id))?;
         let attachment = match link_pins {
             LinkPins::Inherited => None,
-            LinkPins::None => Some(dp.attach(cgroup, None)?),
+            LinkPins::None => Some(dp.attach(cgroup, None, Scope::CgroupAndGlobal)?),
             LinkPins::Daemon(root) => {
-                Some(dp.attach(cgroup, Some(&root.daemon_links(sandbox_id)))?)
+                Some(dp.attach(cgroup, Some(&root.daemon_links(sandbox_id)), Scope::Cgroup)?)
             }
             LinkPins::Standalone(root) => {
                 let adopted =
                     pins::collect_garbage(root, &cgroup::mount_point()?, Some(sandbox_id));
                 let dir = root.standalone_dir(sandbox_id, pins::Owner::current());
-                let attachment = dp.attach(cgroup, Some(&dir))?;
+                let attachment = dp.attach(cgroup, Some(&dir), Scope::CgroupAndGlobal)?;
                 // Ours are in place: now remove a dead predecessor's links (make before break).
                 for orphan in adopted {
                     tracing::info!(
@@ -92,6 +99,11 @@ impl Enforcer {
             return Ok(());
         }
         dp.maps().apply_entries(self.policy_id, &self.current.entries, &policy.entries)?;
+        dp.maps().apply_entries(
+            self.policy_id | LISTEN_POLICY_BIT,
+            &self.current.listen,
+            &policy.listen,
+        )?;
         let value = policy.sandbox_value(self.policy_id);
         if value != self.current.sandbox_value(self.policy_id) {
             dp.maps().set_sandbox(self.sandbox_id, value)?;
@@ -165,8 +177,21 @@ impl Enforcer {
         let counts = dp.counts(self.sandbox_id)?;
         dp.maps().remove_sandbox(self.sandbox_id)?;
         dp.maps().apply_entries(self.policy_id, &self.current.entries, &Entries::default())?;
+        dp.maps().apply_entries(
+            self.policy_id | LISTEN_POLICY_BIT,
+            &self.current.listen,
+            &Entries::default(),
+        )?;
         dp.maps().remove_stats(self.sandbox_id)?;
         Ok(counts)
+    }
+
+    /// Look for tampering with the sandbox's links and put it right.
+    pub fn check(&mut self, dp: &mut Datapath) -> Vec<crate::bpf::attach::Tampering> {
+        match &mut self.attachment {
+            Some(a) => dp.check(a),
+            None => Vec::new(),
+        }
     }
 
     /// Stop managing the sandbox but leave it enforced: pinned links and map entries stay for

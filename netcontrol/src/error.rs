@@ -73,6 +73,9 @@ pub enum Error {
     #[error("no bpffs to pin to: {0}")]
     NoBpffs(String),
 
+    #[error("refusing pin directory {path}: {why}; {fix}")]
+    UnsafePinDir { path: PathBuf, why: String, fix: String },
+
     #[error(
         "pinned map {path} was made by another netcontrol version ({found}; this one needs \
          {expected}); remove the old pins with `netcontrol uninstall`"

@@ -11,6 +11,7 @@
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
+pub mod confine;
 pub mod daemon;
 pub mod datapath;
 pub mod dnsproxy;

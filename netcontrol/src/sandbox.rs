@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netcontrol_common::abi::{ALLOW_F_LEARNED, AllowValue, PortRange, SANDBOX_F_DNS_REDIRECT};
+use netcontrol_common::abi::{
+    ALLOW_F_LEARNED, AllowValue, PortRange, SANDBOX_F_DNS_REDIRECT, SANDBOX_F_HOST_NETNS,
+};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -62,6 +64,10 @@ pub struct Sandbox {
     /// The cgroup had no process when it was attached (a pod before its first container):
     /// the network namespace its DNS proxy belongs in is not known yet.
     netns_pending: bool,
+    /// Its processes share netcontrol's network namespace (the host's, for `run`): it may
+    /// listen only as its listen rules say, and may not reach the host's abstract unix
+    /// sockets. Assumed until a pending namespace is known.
+    host_netns: bool,
 }
 
 enum Dns {
@@ -109,6 +115,7 @@ impl Sandbox {
             NsChoice::Own => None,
             NsChoice::OfProcesses => namespace_of(&cgroup)?,
         };
+        let host_netns = ns.is_none();
         let servers = dns_servers(&policy)?;
         dp.labels().set_sandbox(sandbox_id, name.clone());
         dp.labels().set_identity(sandbox_id, identity);
@@ -144,8 +151,18 @@ impl Sandbox {
                 (Dns::Proxy(Box::new(mode)), compiled)
             }
         };
+        let compiled = in_netns(compiled, host_netns);
         let enforcer = Enforcer::attach(dp, &cgroup, sandbox_id, policy_id, compiled, &link_pins)?;
-        Ok(Self { name, policy, servers, dns, enforcer, netns_pending })
+        Ok(Self { name, policy, servers, dns, enforcer, netns_pending, host_netns })
+    }
+
+    /// What the maps should hold now, whichever the DNS mode.
+    fn compile(&self) -> Result<Compiled> {
+        let c = match &self.dns {
+            Dns::Resolver(f) => self.policy.compile(&f.resolved, &self.servers)?,
+            Dns::Proxy(p) => p.compiled(&self.policy)?,
+        };
+        Ok(in_netns(c, self.host_netns))
     }
 
     /// Whether the sandbox waits for its first process to learn its network namespace.
@@ -165,26 +182,27 @@ impl Sandbox {
         }
         self.netns_pending = false;
         let ns = namespace_of(self.enforcer.cgroup())?;
-        let Dns::Proxy(p) = &mut self.dns else { return Ok(true) };
-        if ns.is_none() {
-            // Our own namespace (host network): the proxy is where it belongs already.
-            return Ok(true);
+        self.host_netns = ns.is_none();
+        // In our own namespace (host network) the proxy is where it belongs already.
+        if let Dns::Proxy(p) = &mut self.dns
+            && ns.is_some()
+        {
+            let sandbox_id = self.enforcer.sandbox_id();
+            p.proxy = start_proxy(
+                dp,
+                ns.as_ref(),
+                &self.policy,
+                &self.servers,
+                sandbox_id,
+                p.learn_tx.clone(),
+            )?;
+            tracing::info!(
+                sandbox = self.name.as_str(),
+                "its DNS proxy listens in its network namespace now"
+            );
         }
-        let sandbox_id = self.enforcer.sandbox_id();
-        p.proxy = start_proxy(
-            dp,
-            ns.as_ref(),
-            &self.policy,
-            &self.servers,
-            sandbox_id,
-            p.learn_tx.clone(),
-        )?;
-        let compiled = p.compiled(&self.policy)?;
+        let compiled = self.compile()?;
         self.enforcer.update(dp, compiled)?;
-        tracing::info!(
-            sandbox = self.name.as_str(),
-            "its DNS proxy listens in its network namespace now"
-        );
         Ok(true)
     }
 
@@ -239,7 +257,8 @@ impl Sandbox {
             (Change::Names(updates), Dns::Resolver(f)) => {
                 learn_labels(dp, &updates);
                 report(&self.name, &updates);
-                let compiled = self.policy.compile(&f.resolved, &self.servers)?;
+                let compiled =
+                    in_netns(self.policy.compile(&f.resolved, &self.servers)?, self.host_netns);
                 self.enforcer.update(dp, compiled)
             }
             (Change::Learned(l), Dns::Proxy(p)) => {
@@ -259,7 +278,7 @@ impl Sandbox {
             }
             (Change::Sweep, Dns::Proxy(p)) => {
                 let grace = self.policy.dns.grace;
-                let now_ns = monotonic_ns();
+                let now_ns = crate::events::record::monotonic_ns();
                 let enforcer = &self.enforcer;
                 let in_use = |ip| {
                     enforcer
@@ -323,7 +342,7 @@ impl Sandbox {
                 p.compiled(&policy)?
             }
         };
-        self.enforcer.update(dp, compiled)?;
+        self.enforcer.update(dp, in_netns(compiled, self.host_netns))?;
         if let Dns::Resolver(f) = &mut self.dns {
             f.retain(&policy.names());
         }
@@ -396,6 +415,7 @@ impl ProxyMode {
             dns_port4: self.proxy.port4,
             dns_port6: self.proxy.port6,
             entries: self.index.entries_with(&learned).map_err(crate::policy::PolicyError::from)?,
+            ..policy.compile(&Resolved::new(), &[])?
         })
     }
 
@@ -428,11 +448,12 @@ impl ProxyMode {
     }
 }
 
-/// CLOCK_MONOTONIC in ns, the kernel's `bpf_ktime_get_ns` clock.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
+/// The kernel's view with what the sandbox's network namespace implies.
+fn in_netns(mut c: Compiled, host_netns: bool) -> Compiled {
+    if host_netns {
+        c.flags |= SANDBOX_F_HOST_NETNS;
+    }
+    c
 }
 
 /// The network namespace of the cgroup's processes (None: ours, or no process yet).

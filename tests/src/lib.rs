@@ -28,6 +28,7 @@ pub mod daemon;
 pub mod dns;
 pub mod docker;
 pub mod kube_api;
+pub mod peer;
 pub mod prometheus;
 
 /// Whether kernel tests can run here. Returns false (skip) when not root, unless CI requires
@@ -77,6 +78,15 @@ pub fn probe_bin() -> PathBuf {
 /// A pin root private to the tests, so they never touch a real agent's pins.
 pub const TEST_PIN_ROOT: &str = "/sys/fs/bpf/netcontrol-test";
 
+/// How many programs netcontrol attaches to a sandbox's cgroup (every kernel it supports
+/// runs all of them; the BPF LSM's are attached to the system, not to cgroups).
+pub const CGROUP_HOOKS: usize = 14;
+
+/// The versioned directory under a pin root (`<root>/v<PIN_ABI_VERSION>`).
+pub fn pin_abi_dir(root: &Path) -> PathBuf {
+    root.join(format!("v{}", netcontrol_common::abi::PIN_ABI_VERSION))
+}
+
 /// Put the calling thread (and every process it starts) into a new network namespace with
 /// loopback up, `extra` addresses added to lo, and ping sockets allowed for everyone.
 pub fn isolate_network(extra: &[&str]) {
@@ -117,10 +127,11 @@ pub fn sh(cmd: &str) -> String {
 }
 
 /// A TCP listener and a UDP socket on the same address and port, accepting (and dropping)
-/// connections on a background thread.
+/// connections on a background thread, and counting them.
 pub struct Server {
     pub addr: SocketAddr,
     _udp: UdpSocket,
+    accepted: std::sync::Arc<AtomicU32>,
 }
 
 impl Server {
@@ -134,12 +145,22 @@ impl Server {
         let tcp = TcpListener::bind(addr.parse::<SocketAddr>().expect("addr")).expect("bind tcp");
         let addr = tcp.local_addr().expect("local_addr");
         let udp = UdpSocket::bind(addr).expect("bind udp on the same port");
+        let accepted = std::sync::Arc::new(AtomicU32::new(0));
+        let count = accepted.clone();
         std::thread::spawn(move || {
             for conn in tcp.incoming() {
+                if conn.is_ok() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
                 drop(conn);
             }
         });
-        Self { addr, _udp: udp }
+        Self { addr, _udp: udp, accepted }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn accepted(&self) -> u32 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// "ip:port", bracketed for IPv6.
@@ -264,7 +285,16 @@ pub fn parse_probes(stdout: &[u8]) -> Vec<Probe> {
 
 /// Run nc-probe with one op, outside any sandbox.
 pub fn probe_outside(op: &str, target: &str) -> Probe {
-    let out = Command::new(probe_bin()).args([op, target]).output().expect("run nc-probe");
+    probe_outside_tagged("", op, target)
+}
+
+/// [`probe_outside`] with a payload tag (see [`probe_in_tagged`]).
+pub fn probe_outside_tagged(tag: &str, op: &str, target: &str) -> Probe {
+    let out = Command::new(probe_bin())
+        .env("NCPROBE_TAG", tag)
+        .args([op, target])
+        .output()
+        .expect("run nc-probe");
     parse_probes(&out.stdout).pop().unwrap_or_else(|| panic!("no probe output: {out:?}"))
 }
 
@@ -451,6 +481,11 @@ impl Attached {
         probe_in(&self.cgroup.path, ops)
     }
 
+    /// [`Attached::probe`], the payloads marked with `tag`.
+    pub fn probe_tagged(&self, tag: &str, ops: &[(&str, &str)]) -> Vec<Probe> {
+        probe_in_tagged(&self.cgroup.path, tag, ops)
+    }
+
     /// Run a shell command inside the sandbox cgroup.
     pub fn sh_inside(&self, script: &str) -> Output {
         self.cgroup.command("sh").arg("-c").arg(script).output().expect("sh in the sandbox")
@@ -470,7 +505,13 @@ impl Attached {
 
 /// Run nc-probe with the given ops inside a cgroup.
 pub fn probe_in(cgroup: &Path, ops: &[(&str, &str)]) -> Vec<Probe> {
+    probe_in_tagged(cgroup, "", ops)
+}
+
+/// [`probe_in`], the payloads of escape attempts marked with `tag` (`NCMARK:<op>:<tag>`).
+pub fn probe_in_tagged(cgroup: &Path, tag: &str, ops: &[(&str, &str)]) -> Vec<Probe> {
     let mut cmd = in_cgroup(cgroup, probe_bin());
+    cmd.env("NCPROBE_TAG", tag);
     for (op, target) in ops {
         cmd.args([op, target]);
     }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use netcontrol_tests::{
-    TestCgroup,
+    CGROUP_HOOKS, TestCgroup,
     daemon::{Daemon, METRICS_ADDR},
     events_at_least, find_event, in_cgroup, isolate_network, kernel_tests_enabled, parse_probes,
     probe_bin, probe_in,
@@ -186,7 +186,7 @@ fn kill_9_never_fails_open_and_a_restart_resumes() {
         sandbox_yaml("job", &cg.path, "web")
     ));
     d.start();
-    assert_eq!(attached_programs(&cg.path), 9, "one program per hook");
+    assert_eq!(attached_programs(&cg.path), CGROUP_HOOKS, "one program per hook");
 
     // A sandboxed process keeps trying both, the whole time.
     let loop_log = d.dir.path().join("loop.jsonl");
@@ -196,7 +196,7 @@ fn kill_9_never_fails_open_and_a_restart_resumes() {
 
     d.kill9();
     // Nothing detached: the kernel still runs the pinned links, and decides as before.
-    assert_eq!(attached_programs(&cg.path), 9);
+    assert_eq!(attached_programs(&cg.path), CGROUP_HOOKS);
     for _ in 0..5 {
         let p = probe_in(&cg.path, &[("tcp", &while_down), ("tcp", &allowed)]);
         assert!(p[0].is_eperm(), "denied while the daemon is down: {:?}", p[0]);
@@ -210,7 +210,7 @@ fn kill_9_never_fails_open_and_a_restart_resumes() {
     let _ = looper.wait();
 
     // Attached nothing twice; re-adopted programs, maps and links.
-    assert_eq!(attached_programs(&cg.path), 9, "links adopted, not attached again");
+    assert_eq!(attached_programs(&cg.path), CGROUP_HOOKS, "links adopted, not attached again");
     let status = d.status();
     assert_eq!(status["programs_adopted"], true, "{status:#}");
     let job = d.sandbox("job");
@@ -318,7 +318,7 @@ fn sandboxes_follow_their_cgroups_and_restarts_clean_up() {
     assert!(attached.is_some(), "{:#}", d.status());
     assert!(tcp_in(&later, &denied).is_eperm());
     let id = d.sandbox("later")["cgroup_id"].as_u64().expect("id");
-    let links = d.pin_root.join(format!("v2/daemon/links/{id}"));
+    let links = netcontrol_tests::pin_abi_dir(&d.pin_root).join(format!("daemon/links/{id}"));
     assert!(links.exists());
 
     // It goes away: its pins go too, and the sandbox waits for it again.
@@ -333,7 +333,11 @@ fn sandboxes_follow_their_cgroups_and_restarts_clean_up() {
     // ...and one no longer configured when it starts again is let go.
     d.write_config(&config(false));
     d.start();
-    assert!(!d.pin_root.join(format!("v2/daemon/links/{}", kept.id())).exists());
+    assert!(
+        !netcontrol_tests::pin_abi_dir(&d.pin_root)
+            .join(format!("daemon/links/{}", kept.id()))
+            .exists()
+    );
     assert_eq!(attached_programs(&kept.path), 0);
     assert!(tcp_in(&kept.path, &denied).ok);
 }
@@ -451,7 +455,7 @@ fn pinned_maps_of_another_layout_are_refused() {
     isolate_network(&[]);
     let d = Daemon::new("sandboxes: []\n");
     // A STATS map as another version might have pinned it: other key size.
-    let maps = d.pin_root.join("v2/daemon/maps");
+    let maps = netcontrol_tests::pin_abi_dir(&d.pin_root).join("daemon/maps");
     std::fs::create_dir_all(&maps).expect("mkdir on bpffs");
     let out = Command::new("bpftool")
         .args(["map", "create"])
@@ -528,7 +532,7 @@ fn other_programs_behind_the_links_are_replaced_without_a_gap() {
     d.start_with(&["--bpf-log", "info"]);
     std::thread::sleep(Duration::from_millis(300));
     let after = program_ids(&cg.path);
-    assert_eq!(after.len(), 9, "one program per hook: {after:?}");
+    assert_eq!(after.len(), CGROUP_HOOKS, "one program per hook: {after:?}");
     assert!(after.iter().all(|id| !before.contains(id)), "{before:?} -> {after:?}");
     assert_eq!(d.status()["programs_adopted"], false);
     assert_eq!(d.sandbox("job")["adopted"], false);

@@ -281,7 +281,7 @@ fn twenty_start_stop_cycles_leave_no_links_or_pins() {
         assert!(enforced.is_some(), "cycle {i}: {:#}", daemon.status());
         docker.ok(&["rm", "-f", &name]);
     }
-    let links = daemon.pin_root.join("v2/daemon/links");
+    let links = netcontrol_tests::pin_abi_dir(&daemon.pin_root).join("daemon/links");
     let empty = within(Duration::from_secs(10), || {
         std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0) == 0
             && daemon.status()["sandboxes"].as_array().is_some_and(Vec::is_empty)

@@ -436,7 +436,8 @@ fn attach_covers_running_processes_and_detach_releases_them() {
     assert!(stderr.contains("detached"), "{stderr}");
     assert_eq!(ask(), "connected", "after detaching, the cgroup is free again");
     assert_allowed(&sb.probe(&[("tcp", &denied.target())])[0]);
-    let pins = std::path::Path::new(netcontrol_tests::TEST_PIN_ROOT).join("v2/standalone");
+    let pins = netcontrol_tests::pin_abi_dir(std::path::Path::new(netcontrol_tests::TEST_PIN_ROOT))
+        .join("standalone");
     let left: Vec<String> = std::fs::read_dir(&pins)
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();

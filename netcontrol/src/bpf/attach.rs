@@ -1,21 +1,24 @@
-//! The hooks, and attaching their programs to a cgroup as bpf_links.
+//! The hooks, and attaching their programs as bpf_links: to a sandbox's cgroup, or (the BPF
+//! LSM's) to the whole system.
 //!
 //! bpf_link attachments are always multi-attach: they coexist with other agents' programs on
 //! the same cgroup (Cilium, systemd), and any program returning "deny" denies.
 
 use std::{
     fs, io,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::programs::{
-    CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+    CgroupSockAddrAttachType, CgroupSockAttachType, CgroupSockopt, CgroupSockoptAttachType, Lsm,
     Program, ProgramError,
     links::{FdLink, LinkError, PinnedLink},
 };
 use netcontrol_common::abi::program;
 
-use super::{Loaded, pins};
+use super::{Loaded, pins, sys};
 use crate::{
     cgroup,
     error::{Error, Result},
@@ -27,27 +30,58 @@ pub enum HookKind {
     SockAddr(CgroupSockAddrAttachType),
     /// BPF_PROG_TYPE_CGROUP_SOCK
     Sock(CgroupSockAttachType),
+    /// BPF_PROG_TYPE_CGROUP_SOCKOPT
+    Sockopt(CgroupSockoptAttachType),
+    /// BPF_PROG_TYPE_CGROUP_SKB
+    Skb(CgroupSkbAttachType),
+    /// BPF_PROG_TYPE_LSM, on the named LSM hook, for every task of the system.
+    Lsm(&'static str),
 }
 
 #[derive(Debug)]
 pub struct Hook {
     /// Program (function) name in the object.
     pub program: &'static str,
-    /// The attach point, as named in events and errors.
+    /// The attach point, as named in events, errors and pins.
     pub name: &'static str,
     /// First Linux release with this attach type.
     pub since: &'static str,
     pub kind: HookKind,
+    /// What stays open without it: None if netcontrol cannot enforce at all without it (it
+    /// refuses to start); otherwise it starts, and says what this kernel does not protect.
+    pub protects: Option<&'static str>,
 }
 
-const fn hook(
+impl Hook {
+    /// Attached once for the whole system, not per cgroup.
+    pub fn is_global(&self) -> bool {
+        matches!(self.kind, HookKind::Lsm(_))
+    }
+
+    /// The kind of program, as the kernel documentation names it.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            HookKind::SockAddr(_) => "cgroup sock_addr",
+            HookKind::Sock(_) => "cgroup sock",
+            HookKind::Sockopt(_) => "cgroup sockopt",
+            HookKind::Skb(_) => "cgroup skb",
+            HookKind::Lsm(_) => "BPF LSM",
+        }
+    }
+}
+
+const fn addr_hook(
     program: &'static str,
     name: &'static str,
     since: &'static str,
     t: CgroupSockAddrAttachType,
+    protects: Option<&'static str>,
 ) -> Hook {
-    Hook { program, name, since, kind: HookKind::SockAddr(t) }
+    Hook { program, name, since, kind: HookKind::SockAddr(t), protects }
 }
+
+const FAMILIES_AND_UNIX: &str =
+    "socket families beyond IP, unix and netlink (vsock, packet, ...) and abstract unix sockets";
 
 pub static HOOKS: &[Hook] = &[
     Hook {
@@ -55,19 +89,111 @@ pub static HOOKS: &[Hook] = &[
         name: "sock_create",
         since: "4.10",
         kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
+        protects: None,
     },
-    hook(program::CONNECT4, "connect4", "4.17", CgroupSockAddrAttachType::Connect4),
-    hook(program::CONNECT6, "connect6", "4.17", CgroupSockAddrAttachType::Connect6),
-    hook(program::SENDMSG4, "sendmsg4", "4.18", CgroupSockAddrAttachType::UDPSendMsg4),
-    hook(program::SENDMSG6, "sendmsg6", "4.18", CgroupSockAddrAttachType::UDPSendMsg6),
-    hook(program::RECVMSG4, "recvmsg4", "5.2", CgroupSockAddrAttachType::UDPRecvMsg4),
-    hook(program::RECVMSG6, "recvmsg6", "5.2", CgroupSockAddrAttachType::UDPRecvMsg6),
-    hook(program::GETPEERNAME4, "getpeername4", "5.8", CgroupSockAddrAttachType::GetPeerName4),
-    hook(program::GETPEERNAME6, "getpeername6", "5.8", CgroupSockAddrAttachType::GetPeerName6),
+    addr_hook(program::CONNECT4, "connect4", "4.17", CgroupSockAddrAttachType::Connect4, None),
+    addr_hook(program::CONNECT6, "connect6", "4.17", CgroupSockAddrAttachType::Connect6, None),
+    addr_hook(program::SENDMSG4, "sendmsg4", "4.18", CgroupSockAddrAttachType::UDPSendMsg4, None),
+    addr_hook(program::SENDMSG6, "sendmsg6", "4.18", CgroupSockAddrAttachType::UDPSendMsg6, None),
+    addr_hook(program::RECVMSG4, "recvmsg4", "5.2", CgroupSockAddrAttachType::UDPRecvMsg4, None),
+    addr_hook(program::RECVMSG6, "recvmsg6", "5.2", CgroupSockAddrAttachType::UDPRecvMsg6, None),
+    addr_hook(
+        program::GETPEERNAME4,
+        "getpeername4",
+        "5.8",
+        CgroupSockAddrAttachType::GetPeerName4,
+        None,
+    ),
+    addr_hook(
+        program::GETPEERNAME6,
+        "getpeername6",
+        "5.8",
+        CgroupSockAddrAttachType::GetPeerName6,
+        None,
+    ),
+    Hook {
+        program: program::SETSOCKOPT,
+        name: "setsockopt",
+        since: "5.3",
+        kind: HookKind::Sockopt(CgroupSockoptAttachType::Set),
+        protects: Some("socket options that route packets (IPv6 routing headers, IP_OPTIONS)"),
+    },
+    Hook {
+        program: program::SKB_EGRESS,
+        name: "skb_egress",
+        since: "4.10",
+        kind: HookKind::Skb(CgroupSkbAttachType::Egress),
+        protects: Some("source-routed packets asked for in control messages"),
+    },
+    Hook {
+        program: program::SKB_INGRESS,
+        name: "skb_ingress",
+        since: "4.10",
+        kind: HookKind::Skb(CgroupSkbAttachType::Ingress),
+        protects: Some("connections from outside to listening sockets"),
+    },
+    addr_hook(
+        program::BIND4,
+        "bind4",
+        "4.17",
+        CgroupSockAddrAttachType::Bind4,
+        Some("bind() to non-loopback addresses"),
+    ),
+    addr_hook(
+        program::BIND6,
+        "bind6",
+        "4.17",
+        CgroupSockAddrAttachType::Bind6,
+        Some("bind() to non-loopback addresses"),
+    ),
+    Hook {
+        program: program::LSM_SOCKET,
+        name: "lsm_socket_create",
+        since: "5.7 with the BPF LSM",
+        kind: HookKind::Lsm("socket_create"),
+        protects: Some(FAMILIES_AND_UNIX),
+    },
+    Hook {
+        program: program::LSM_CONNECT,
+        name: "lsm_socket_connect",
+        since: "5.7 with the BPF LSM",
+        kind: HookKind::Lsm("socket_connect"),
+        protects: Some(FAMILIES_AND_UNIX),
+    },
+    Hook {
+        program: program::LSM_SENDMSG,
+        name: "lsm_socket_sendmsg",
+        since: "5.7 with the BPF LSM",
+        kind: HookKind::Lsm("socket_sendmsg"),
+        protects: Some(FAMILIES_AND_UNIX),
+    },
 ];
 
-/// The links of all hooks on one cgroup. Dropping it detaches them (and removes their pins).
+/// Which hooks an attachment holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The per-cgroup hooks.
+    Cgroup,
+    /// The per-cgroup hooks and the global ones (a process's only sandbox: `run`, `attach`).
+    CgroupAndGlobal,
+    /// The global hooks only (the daemon's, once for all its sandboxes).
+    Global,
+}
+
+impl Scope {
+    fn wants(self, hook: &Hook) -> bool {
+        match self {
+            Self::Cgroup => !hook.is_global(),
+            Self::CgroupAndGlobal => true,
+            Self::Global => hook.is_global(),
+        }
+    }
+}
+
+/// The links of one cgroup (and/or of the global hooks). Dropping it detaches them (and
+/// removes their pins).
 pub struct Attachment {
+    /// The cgroup, or "the system" for global hooks only.
     pub cgroup: PathBuf,
     links: Vec<Held>,
     /// How many links were adopted from pins rather than attached.
@@ -76,29 +202,80 @@ pub struct Attachment {
     pin_dir: Option<PathBuf>,
 }
 
-enum Held {
+struct Held {
+    hook: &'static Hook,
+    link: HeldLink,
+    /// The kernel's id of the link, to ask it whether the link still enforces.
+    id: Option<u32>,
+}
+
+enum HeldLink {
     /// Held for its Drop: closing the last fd of a link detaches it.
-    Fd(#[expect(dead_code, reason = "held for its Drop")] FdLink),
+    Fd(#[expect(dead_code, reason = "held for its Drop")] Linked),
     /// Pinned on bpffs: enforcement survives this process; detach removes the pin.
     Pinned(PinnedLink, PathBuf),
+}
+
+/// A link just made: through aya, or (what aya cannot hand out) by netcontrol itself.
+enum Linked {
+    Aya(FdLink),
+    Raw(OwnedFd),
+}
+
+impl Linked {
+    fn id(&self) -> Option<u32> {
+        match self {
+            Self::Aya(l) => l.info().ok().map(|i| i.id()),
+            Self::Raw(fd) => sys::link_info(fd.as_fd()).ok().map(|i| i.id),
+        }
+    }
+}
+
+/// Something that happened to an attachment without netcontrol doing it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tampering {
+    pub hook: &'static str,
+    pub what: TamperKind,
+    /// Whether netcontrol put it right (attached or pinned again).
+    pub repaired: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TamperKind {
+    /// The link was detached from its cgroup (BPF_LINK_DETACH).
+    Detached,
+    /// Its pin was removed: the link would go with this process.
+    Unpinned,
+}
+
+impl TamperKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Detached => "link_detached",
+            Self::Unpinned => "pin_removed",
+        }
+    }
 }
 
 const EPERM_HINT: &str = "\n(an ancestor cgroup may have a program attached without \
      BPF_F_ALLOW_MULTI, which forbids programs below it; or another security module denied it)";
 
 impl Attachment {
-    /// Attach every hook's program to `cgroup`. With `pin_dir`, each link is also pinned there
-    /// (one file per hook) so that enforcement continues if this process dies. A link pinned
-    /// there already that runs the same program is adopted; one that runs another (an older
-    /// build) is replaced make-before-break: ours is attached before the old one goes.
-    pub fn attach(loaded: &mut Loaded, cgroup_path: &Path, pin_dir: Option<&Path>) -> Result<Self> {
+    /// Attach the programs of `scope` to `cgroup` (the global ones to the system). With
+    /// `pin_dir`, each link is also pinned there (one file per hook) so that enforcement
+    /// continues if this process dies. A link pinned there already that runs the same program
+    /// is adopted; one that runs another (an older build) is replaced make-before-break: ours
+    /// is attached before the old one goes. Hooks this kernel lacks ([`Loaded::missing`]) are
+    /// left out.
+    pub fn attach(
+        loaded: &mut Loaded,
+        cgroup_path: &Path,
+        pin_dir: Option<&Path>,
+        scope: Scope,
+    ) -> Result<Self> {
         let dir = cgroup::open(cgroup_path)?;
         if let Some(d) = pin_dir {
-            fs::create_dir_all(d).map_err(|source| Error::Pin {
-                op: "creating",
-                path: d.to_owned(),
-                source,
-            })?;
+            pins::create_private_dir(d)?;
         }
         // Built incrementally: if a later hook fails, dropping `this` detaches the earlier ones.
         let mut this = Self {
@@ -107,9 +284,11 @@ impl Attachment {
             adopted: 0,
             pin_dir: pin_dir.map(Path::to_owned),
         };
-        for hook in HOOKS {
+        let hooks: Vec<&'static Hook> =
+            HOOKS.iter().filter(|h| scope.wants(h) && loaded.available(h)).collect();
+        for hook in hooks {
             match this.attach_hook(loaded, hook, &dir) {
-                Ok(held) => this.links.push(held),
+                Ok((link, id)) => this.links.push(Held { hook, link, id }),
                 Err(e) => {
                     // Adopted links were enforcing before we came: they stay (fail closed).
                     if this.adopted > 0 {
@@ -122,41 +301,98 @@ impl Attachment {
         Ok(this)
     }
 
-    fn attach_hook(&mut self, loaded: &mut Loaded, hook: &Hook, dir: &fs::File) -> Result<Held> {
+    fn attach_hook(
+        &mut self,
+        loaded: &mut Loaded,
+        hook: &'static Hook,
+        dir: &fs::File,
+    ) -> Result<(HeldLink, Option<u32>)> {
         let prog = loaded.program_mut(hook).ok_or(Error::MissingProgram(hook.program))?;
         let Some(pin_dir) = &self.pin_dir else {
             let link =
                 attach_one(prog, hook, dir).map_err(|e| attach_error(hook, &self.cgroup, e))?;
-            return Ok(Held::Fd(link));
+            let id = link.id();
+            return Ok((HeldLink::Fd(link), id));
         };
         let path = pin_dir.join(hook.name);
         if let Ok(old) = PinnedLink::from_pin(&path) {
             let ours = prog.info().map(|i| i.id()).ok();
-            let theirs = FdLink::from(old).info().map(|i| i.program_id()).ok();
-            if ours.is_some() && ours == theirs {
+            let theirs = FdLink::from(old).info().ok();
+            if ours.is_some()
+                && ours == theirs.as_ref().map(|i| i.program_id())
+                && let Some(id) = theirs.map(|i| i.id())
+                && (hook.is_global() || sys::link_cgroup(id) != Some(0))
+            {
                 self.adopted += 1;
-                return Ok(Held::Pinned(pins::open_link(&path)?, path));
+                return Ok((HeldLink::Pinned(pins::open_link(&path)?, path), Some(id)));
             }
         }
         let link = attach_one(prog, hook, dir).map_err(|e| attach_error(hook, &self.cgroup, e))?;
-        // Pin beside the old pin, then rename over it: there is always a pin, and the old
-        // link goes only once ours enforces. (bpffs names cannot contain dots.)
-        let fresh = pin_dir.join(format!("new_{}", hook.name));
-        let _ = fs::remove_file(&fresh);
-        let pinned = link.pin(&fresh).map_err(|e| Error::Pin {
-            op: "pinning link",
-            path: fresh.clone(),
-            source: pins::pin_io(e),
-        })?;
-        fs::rename(&fresh, &path).map_err(|source| Error::Pin {
-            op: "renaming pinned link",
-            path: fresh.clone(),
-            source,
-        })?;
-        // Keep our fd until the pin under its final name is open.
-        let _fd = FdLink::from(pinned);
-        let pinned = pins::open_link(&path)?;
-        Ok(Held::Pinned(pinned, path))
+        let id = link.id();
+        Ok((pin_over(link, &path)?, id))
+    }
+
+    /// Look at every link: one detached behind netcontrol's back is attached again, a pin
+    /// removed is pinned again. Returns what was found (nothing, normally).
+    pub fn check(&mut self, loaded: &mut Loaded) -> Vec<Tampering> {
+        let mut found = Vec::new();
+        let Ok(dir) = cgroup::open(&self.cgroup) else { return found };
+        for held in std::mem::take(&mut self.links) {
+            let hook = held.hook;
+            let detached = !hook.is_global() && held.id.and_then(sys::link_cgroup) == Some(0);
+            let unpinned = matches!(&held.link, HeldLink::Pinned(_, p) if !p.exists());
+            if !detached && !unpinned {
+                self.links.push(held);
+                continue;
+            }
+            let what = if detached { TamperKind::Detached } else { TamperKind::Unpinned };
+            let result = if detached {
+                self.fresh_link(loaded, hook, &dir)
+            } else {
+                self.repin(held.link).map(|link| (link, held.id))
+            };
+            match result {
+                Ok((link, id)) => {
+                    self.links.push(Held { hook, link, id });
+                    found.push(Tampering { hook: hook.name, what, repaired: true });
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{}: {} was tampered with ({}), and putting it right failed: {e}",
+                        self.cgroup.display(),
+                        hook.name,
+                        what.name()
+                    );
+                    found.push(Tampering { hook: hook.name, what, repaired: false });
+                }
+            }
+        }
+        found
+    }
+
+    /// A new link for `hook`, pinned over the old pin (which the detached link then loses).
+    fn fresh_link(
+        &self,
+        loaded: &mut Loaded,
+        hook: &'static Hook,
+        dir: &fs::File,
+    ) -> Result<(HeldLink, Option<u32>)> {
+        let prog = loaded.program_mut(hook).ok_or(Error::MissingProgram(hook.program))?;
+        let link = attach_one(prog, hook, dir).map_err(|e| attach_error(hook, &self.cgroup, e))?;
+        let id = link.id();
+        let held = match &self.pin_dir {
+            Some(d) => pin_over(link, &d.join(hook.name))?,
+            None => HeldLink::Fd(link),
+        };
+        Ok((held, id))
+    }
+
+    /// Pin a link whose pin was removed at its path again.
+    fn repin(&self, link: HeldLink) -> Result<HeldLink> {
+        match link {
+            HeldLink::Pinned(l, path) => pin_over(Linked::Aya(FdLink::from(l)), &path),
+            fd @ HeldLink::Fd(_) => Ok(fd),
+        }
     }
 
     /// Detach now, reporting failures (Drop does the same silently).
@@ -170,15 +406,20 @@ impl Attachment {
         self.keep_pins();
     }
 
+    /// The hooks attached.
+    pub fn hooks(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.links.iter().map(|h| h.hook.name)
+    }
+
     fn keep_pins(&mut self) {
-        self.links.retain(|h| matches!(h, Held::Fd(_)));
+        self.links.retain(|h| matches!(h.link, HeldLink::Fd(_)));
         self.pin_dir = None;
     }
 
     fn detach_all(&mut self) -> Result<()> {
         let mut first_err = None;
         for held in self.links.drain(..) {
-            if let Held::Pinned(link, path) = held {
+            if let HeldLink::Pinned(link, path) = held.link {
                 // Removing the pin drops its reference; closing our fd (drop) drops the last.
                 if let Err(source) = link.unpin() {
                     first_err.get_or_insert(Error::Pin { op: "unpinning link", path, source });
@@ -204,23 +445,67 @@ impl Drop for Attachment {
     }
 }
 
-fn attach_one(prog: &mut Program, hook: &Hook, cgroup: &fs::File) -> Result<FdLink, io::Error> {
+/// Pin a new link at `path`, replacing whatever is pinned there: pinned beside it first, then
+/// renamed over it, so that there is always a pin and an old link goes only once the new one
+/// enforces. (bpffs names cannot contain dots.)
+fn pin_over(link: Linked, path: &Path) -> Result<HeldLink> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let fresh = path.with_file_name(format!("new_{name}"));
+    let _ = fs::remove_file(&fresh);
+    let pin_err = |source| Error::Pin { op: "pinning link", path: fresh.clone(), source };
+    // Keep our fd until the pin under its final name is open.
+    let _held = match link {
+        Linked::Aya(l) => {
+            Linked::Aya(FdLink::from(l.pin(&fresh).map_err(|e| pin_err(pins::pin_io(e)))?))
+        }
+        Linked::Raw(fd) => {
+            sys::pin(fd.as_fd(), &fresh).map_err(pin_err)?;
+            Linked::Raw(fd)
+        }
+    };
+    fs::rename(&fresh, path).map_err(|source| Error::Pin {
+        op: "renaming pinned link",
+        path: fresh.clone(),
+        source,
+    })?;
+    Ok(HeldLink::Pinned(pins::open_link(path)?, path.to_owned()))
+}
+
+fn attach_one(prog: &mut Program, hook: &Hook, cgroup: &fs::File) -> Result<Linked, io::Error> {
     // Link-based cgroup attachment rejects explicit flags (aya pitfall P1); it is
     // multi-attach regardless.
+    let mode = CgroupAttachMode::Single;
     let link: Result<FdLink, LinkError> = match hook.kind {
         HookKind::SockAddr(_) => {
             let p: &mut CgroupSockAddr = prog.try_into().map_err(program_io)?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(program_io)?;
+            let id = p.attach(cgroup, mode).map_err(program_io)?;
             p.take_link(id).map_err(program_io)?.try_into()
         }
         HookKind::Sock(_) => {
             let p: &mut CgroupSock = prog.try_into().map_err(program_io)?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(program_io)?;
+            let id = p.attach(cgroup, mode).map_err(program_io)?;
             p.take_link(id).map_err(program_io)?.try_into()
+        }
+        HookKind::Sockopt(_) => {
+            // aya 0.14 keeps setsockopt links to itself (no pin, no FdLink): make it here.
+            let p: &mut CgroupSockopt = prog.try_into().map_err(program_io)?;
+            let fd = p.fd().map_err(program_io)?;
+            return sys::link_create(fd.as_fd(), cgroup.as_fd(), sys::BPF_CGROUP_SETSOCKOPT)
+                .map(Linked::Raw);
+        }
+        HookKind::Skb(t) => {
+            let p: &mut CgroupSkb = prog.try_into().map_err(program_io)?;
+            let id = p.attach(cgroup, t, mode).map_err(program_io)?;
+            p.take_link(id).map_err(program_io)?.try_into()
+        }
+        HookKind::Lsm(_) => {
+            let p: &mut Lsm = prog.try_into().map_err(program_io)?;
+            let id = p.attach().map_err(program_io)?;
+            Ok(p.take_link(id).map_err(program_io)?.into())
         }
     };
     // InvalidLink: the kernel attached without a link (< 5.7), which cannot be pinned.
-    link.map_err(io::Error::other)
+    link.map(Linked::Aya).map_err(io::Error::other)
 }
 
 /// The errno of a failed syscall, or the error itself.
@@ -237,4 +522,25 @@ fn attach_error(hook: &Hook, cgroup: &Path, source: io::Error) -> Error {
         _ => "",
     };
     Error::Attach { program: hook.program, cgroup: cgroup.to_owned(), source, hint }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_names_fit_the_kernel_and_hooks_are_unique() {
+        for h in HOOKS {
+            // The kernel keeps 15 bytes of a program's name; pins are named after hooks.
+            assert!(h.program.len() <= 15, "{}", h.program);
+            assert!(!h.name.contains('.'), "bpffs names cannot contain dots: {}", h.name);
+            assert_eq!(HOOKS.iter().filter(|o| o.name == h.name).count(), 1, "{}", h.name);
+        }
+        // What enforcement cannot do without is marked so.
+        for name in ["sock_create", "connect4", "connect6", "sendmsg4", "sendmsg6"] {
+            let h = HOOKS.iter().find(|h| h.name == name).expect("hook");
+            assert!(h.protects.is_none(), "{name}");
+        }
+        assert!(HOOKS.iter().filter(|h| h.is_global()).all(|h| h.protects.is_some()));
+    }
 }

@@ -7,8 +7,8 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader, include_bytes_aligned,
-    programs::{CgroupSock, CgroupSockAddr, Program, ProgramError},
+    Btf, Ebpf, EbpfLoader, include_bytes_aligned,
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Lsm, Program, ProgramError},
     util::KernelVersion,
 };
 use netcontrol_common::abi;
@@ -42,10 +42,20 @@ pub struct LoadOptions {
 pub struct Loaded {
     /// Its maps; its programs unless they were adopted.
     pub ebpf: Ebpf,
-    /// Programs re-adopted from pins, in [`HOOKS`] order.
-    adopted: Option<Vec<Program>>,
+    /// Programs re-adopted from pins, in [`HOOKS`] order (None where this kernel lacks one).
+    adopted: Option<Vec<Option<Program>>>,
     /// Kernel-side logs, when enabled: hand it to [`super::log::Forwarder`].
     pub logger: Option<super::log::Logger>,
+    /// Optional hooks this kernel cannot run, and why.
+    missing: Vec<Missing>,
+}
+
+/// An optional hook that is not there: what stays unprotected, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missing {
+    pub hook: &'static str,
+    pub protects: &'static str,
+    pub why: String,
 }
 
 impl Loaded {
@@ -80,23 +90,71 @@ impl Loaded {
             && let Some(adopted) = adopt_programs(dir)
         {
             tracing::info!("re-adopted the programs pinned in {}", dir.display());
-            return Ok(Self { ebpf, adopted: Some(adopted), logger });
+            let missing = HOOKS
+                .iter()
+                .zip(&adopted)
+                .filter(|(_, p)| p.is_none())
+                .filter_map(|(h, _)| {
+                    Some(Missing {
+                        hook: h.name,
+                        protects: h.protects?,
+                        why: "the daemon that pinned these programs could not load it".into(),
+                    })
+                })
+                .collect();
+            return Ok(Self { ebpf, adopted: Some(adopted), logger, missing });
         }
+        let btf = Btf::from_sys_fs().ok();
+        let lsm_inactive = bpf_lsm_inactive();
+        let mut missing = Vec::new();
         for hook in HOOKS {
-            load_program(&mut ebpf, hook)?;
+            let why = match (&hook.kind, &lsm_inactive) {
+                (HookKind::Lsm(_), Some(why)) => why.clone(),
+                _ => match (load_program(&mut ebpf, hook, btf.as_ref()), hook.protects) {
+                    (Ok(()), _) => continue,
+                    (Err(e), None) => return Err(e),
+                    // Root was refused: not a missing privilege but a policy of this machine.
+                    (Err(Error::NotPrivileged { .. }), Some(_)) => format!(
+                        "the kernel refused to load the program (Operation not permitted: \
+                         lockdown or another security policy forbids {} programs here)",
+                        hook.kind_name()
+                    ),
+                    (Err(e), Some(_)) => e.to_string(),
+                },
+            };
+            if let Some(protects) = hook.protects {
+                missing.push(Missing { hook: hook.name, protects, why });
+            }
         }
         if let Some(dir) = &pins {
-            pin_programs(&mut ebpf, dir)?;
+            let loaded: Vec<&Hook> =
+                HOOKS.iter().filter(|h| !missing.iter().any(|m| m.hook == h.name)).collect();
+            pin_programs(&mut ebpf, dir, &loaded)?;
         }
-        Ok(Self { ebpf, adopted: None, logger })
+        Ok(Self { ebpf, adopted: None, logger, missing })
     }
 
     /// The loaded program of a hook.
     pub fn program_mut(&mut self, hook: &Hook) -> Option<&mut Program> {
+        if !self.available(hook) {
+            return None;
+        }
         match &mut self.adopted {
-            Some(progs) => HOOKS.iter().position(|h| h.name == hook.name).map(|i| &mut progs[i]),
+            Some(progs) => {
+                HOOKS.iter().position(|h| h.name == hook.name).and_then(|i| progs[i].as_mut())
+            }
             None => self.ebpf.program_mut(hook.program),
         }
+    }
+
+    /// Whether this kernel runs the hook.
+    pub fn available(&self, hook: &Hook) -> bool {
+        !self.missing.iter().any(|m| m.hook == hook.name)
+    }
+
+    /// The optional hooks this kernel cannot run.
+    pub fn missing(&self) -> &[Missing] {
+        &self.missing
     }
 
     /// Whether the programs were re-adopted from pins rather than loaded.
@@ -114,25 +172,36 @@ fn build_key(object: &[u8], log_level: u8) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// Every hook's program from `dir`, or None if any is missing.
-fn adopt_programs(dir: &Path) -> Option<Vec<Program>> {
+/// Every hook's program from `dir` (None for optional ones not pinned there), or None if a
+/// required one is missing.
+fn adopt_programs(dir: &Path) -> Option<Vec<Option<Program>>> {
     HOOKS
         .iter()
         .map(|hook| {
             let path = dir.join(hook.name);
-            Some(match hook.kind {
+            let prog = match hook.kind {
                 HookKind::SockAddr(t) => {
-                    Program::CgroupSockAddr(CgroupSockAddr::from_pin(&path, t).ok()?)
+                    CgroupSockAddr::from_pin(&path, t).ok().map(Program::CgroupSockAddr)
                 }
-                HookKind::Sock(t) => Program::CgroupSock(CgroupSock::from_pin(&path, t).ok()?),
-            })
+                HookKind::Sock(t) => CgroupSock::from_pin(&path, t).ok().map(Program::CgroupSock),
+                HookKind::Sockopt(t) => {
+                    CgroupSockopt::from_pin(&path, t).ok().map(Program::CgroupSockopt)
+                }
+                HookKind::Skb(t) => CgroupSkb::from_pin(&path, t).ok().map(Program::CgroupSkb),
+                HookKind::Lsm(_) => Lsm::from_pin(&path).ok().map(Program::Lsm),
+            };
+            match (prog, hook.protects) {
+                (Some(p), _) => Some(Some(p)),
+                (None, Some(_)) => Some(None),
+                (None, None) => None,
+            }
         })
         .collect()
 }
 
 /// Pin the loaded programs in `dir`, and drop the pins of other builds' programs next to it
 /// (links that still run one keep it loaded).
-fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
+fn pin_programs(ebpf: &mut Ebpf, dir: &Path, hooks: &[&Hook]) -> Result<()> {
     let pin_err = |op, path: &Path| {
         let path = path.to_owned();
         move |source| Error::Pin { op, path, source }
@@ -145,8 +214,8 @@ fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(pin_err("creating", dir))?;
-    for hook in HOOKS {
+    super::pins::create_private_dir(dir)?;
+    for hook in hooks {
         let prog = ebpf.program_mut(hook.program).ok_or(Error::MissingProgram(hook.program))?;
         let path = dir.join(hook.name);
         prog.pin(&path).map_err(super::pins::pin_io).map_err(pin_err("pinning program", &path))?;
@@ -154,23 +223,65 @@ fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
+fn load_program(ebpf: &mut Ebpf, hook: &Hook, btf: Option<&Btf>) -> Result<()> {
     let prog = ebpf.program_mut(hook.program).ok_or(Error::MissingProgram(hook.program))?;
+    let wrong_type = |source| Error::Program { program: hook.program, source };
     let result = match hook.kind {
         HookKind::SockAddr(_) => {
-            let p: &mut CgroupSockAddr = prog
-                .try_into()
-                .map_err(|source| Error::Program { program: hook.program, source })?;
+            let p: &mut CgroupSockAddr = prog.try_into().map_err(wrong_type)?;
             p.load()
         }
         HookKind::Sock(_) => {
-            let p: &mut CgroupSock = prog
-                .try_into()
-                .map_err(|source| Error::Program { program: hook.program, source })?;
+            let p: &mut CgroupSock = prog.try_into().map_err(wrong_type)?;
             p.load()
+        }
+        HookKind::Sockopt(_) => {
+            let p: &mut CgroupSockopt = prog.try_into().map_err(wrong_type)?;
+            p.load()
+        }
+        HookKind::Skb(_) => {
+            let p: &mut CgroupSkb = prog.try_into().map_err(wrong_type)?;
+            p.load()
+        }
+        HookKind::Lsm(name) => {
+            let p: &mut Lsm = prog.try_into().map_err(wrong_type)?;
+            let Some(btf) = btf else {
+                return Err(Error::MissingHook {
+                    hook: hook.name,
+                    since: hook.since,
+                    source: io::Error::other("the kernel has no BTF (/sys/kernel/btf/vmlinux)"),
+                });
+            };
+            p.load(name, btf)
         }
     };
     result.map_err(|e| program_error(hook, e))
+}
+
+/// Why the kernel would not run BPF LSM programs even if they load (the BPF LSM is built in
+/// but not in the active list: `lsm=...,bpf` on the kernel command line), if it would not.
+fn bpf_lsm_inactive() -> Option<String> {
+    const LSM: &str = "/sys/kernel/security/lsm";
+    let list = std::fs::read_to_string(LSM).ok().or_else(|| {
+        // securityfs may not be mounted (containers): mount it where it belongs.
+        nix::mount::mount(
+            Some("securityfs"),
+            "/sys/kernel/security",
+            Some("securityfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .ok()?;
+        std::fs::read_to_string(LSM).ok()
+    });
+    match list {
+        Some(l) if l.trim().split(',').any(|m| m == "bpf") => None,
+        Some(l) => Some(format!(
+            "the kernel does not run the BPF LSM (active LSMs: {}; add bpf to lsm= on the kernel command line)",
+            l.trim()
+        )),
+        None => Some(format!("{LSM} cannot be read, so whether the BPF LSM runs is unknown")),
+    }
 }
 
 fn program_error(hook: &Hook, e: ProgramError) -> Error {

@@ -11,8 +11,9 @@ use aya::{
 use std::net::IpAddr;
 
 use netcontrol_common::abi::{
-    self, AF_INET, AF_INET6, AllowValue, DnsOrigin, GLOBAL_COUNTERS, POLICY_ID_BITS, RecentKey,
-    SandboxValue, StatsKey, V4Key, V6Key, v4_key, v6_key,
+    self, AF_INET, AF_INET6, AllowValue, DenialKey, DenialValue, DnsOrigin, GLOBAL_COUNTERS,
+    LISTEN_POLICY_BIT, POLICY_ID_BITS, RecentKey, SandboxValue, StatsKey, V4Key, V6Key, v4_key,
+    v6_key,
 };
 
 use crate::{
@@ -42,8 +43,40 @@ impl Origins {
 pub struct Others {
     /// Events, for the event reader.
     pub events: RingBuf<MapData>,
+    /// Aggregated denials, for the event reader's summaries.
+    pub denials: Denials,
     /// Redirected DNS queries, for the DNS proxy (taken by it).
     pub origins: Option<Origins>,
+}
+
+/// DENIALS (the programs' counts) and DENIALS_REPORTED (what userspace has reported of them).
+pub struct Denials {
+    pub counts: HashMap<MapData, DenialKey, DenialValue>,
+    pub reported: HashMap<MapData, DenialKey, u64>,
+}
+
+impl Denials {
+    /// Every key the programs counted, with its counts.
+    pub fn all(&self) -> Vec<(DenialKey, DenialValue)> {
+        self.counts.iter().filter_map(|kv| kv.ok()).collect()
+    }
+
+    /// How many of the key's suppressed attempts have been reported.
+    pub fn reported(&self, key: &DenialKey) -> u64 {
+        self.reported.get(key, 0).unwrap_or(0)
+    }
+
+    pub fn set_reported(&mut self, key: &DenialKey, n: u64) -> Result<()> {
+        self.reported.insert(key, n, 0).map_err(map_err("updating", abi::map::DENIALS_REPORTED))
+    }
+
+    /// Forget a key that went quiet (both maps).
+    pub fn forget(&mut self, key: &DenialKey) -> Result<()> {
+        ignore_missing(self.counts.remove(key))
+            .map_err(map_err("removing from", abi::map::DENIALS))?;
+        ignore_missing(self.reported.remove(key))
+            .map_err(map_err("removing from", abi::map::DENIALS_REPORTED))
+    }
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -76,7 +109,12 @@ impl Maps {
         let origins = Origins(
             HashMap::try_from(take(ebpf, DNS_ORIGINS)?).map_err(map_err("opening", DNS_ORIGINS))?,
         );
-        Ok((maps, Others { events, origins: Some(origins) }))
+        let denials = Denials {
+            counts: HashMap::try_from(take(ebpf, DENIALS)?).map_err(map_err("opening", DENIALS))?,
+            reported: HashMap::try_from(take(ebpf, DENIALS_REPORTED)?)
+                .map_err(map_err("opening", DENIALS_REPORTED))?,
+        };
+        Ok((maps, Others { events, denials, origins: Some(origins) }))
     }
 
     /// Set (or, with None, remove) the entry of a single address.
@@ -153,7 +191,7 @@ impl Maps {
     /// restarted daemon no longer has). Returns how many went.
     pub fn purge_policies(&mut self, keep: &std::collections::BTreeSet<u32>) -> Result<usize> {
         let stale = |data: &[u8]| {
-            let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) & !LISTEN_POLICY_BIT;
             !keep.contains(&id)
         };
         let v4: Vec<_> =

@@ -7,6 +7,7 @@ pub mod load;
 pub mod log;
 pub mod maps;
 pub mod pins;
+pub mod sys;
 
 pub use self::{
     attach::{Attachment, HOOKS, Hook},

@@ -9,6 +9,7 @@
 
 use std::{
     fs, io,
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -64,14 +65,26 @@ pub struct Orphan {
 impl PinRoot {
     /// Open (creating it if needed) the versioned pin directory under `root`. The default
     /// root's bpffs is mounted at /sys/fs/bpf if nothing is mounted there yet.
+    ///
+    /// bpffs is usually writable by everyone (mode 1777): a pin root someone else made first,
+    /// or one they can write to, would let them replace or remove netcontrol's pins. So the
+    /// root and everything under it are directories of root's alone (mode 0700, checked when
+    /// they exist already), never symbolic links.
     pub fn open(root: &Path) -> Result<Self> {
         ensure_bpffs(root)?;
+        if let Some(parent) = root.parent()
+            && !parent.exists()
+        {
+            fs::create_dir_all(parent).map_err(|source| Error::Pin {
+                op: "creating",
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        check_parent(root)?;
+        create_private_dir(root)?;
         let path = root.join(format!("v{PIN_ABI_VERSION}"));
-        fs::create_dir_all(&path).map_err(|source| Error::Pin {
-            op: "creating",
-            path: path.clone(),
-            source,
-        })?;
+        create_private_dir(&path)?;
         Ok(Self { path })
     }
 
@@ -104,6 +117,11 @@ impl PinRoot {
     /// The daemon's programs (one directory per build).
     pub fn daemon_programs(&self) -> PathBuf {
         self.path.join("daemon/programs")
+    }
+
+    /// The daemon's links of the global hooks (the BPF LSM's), one set for all its sandboxes.
+    pub fn daemon_global(&self) -> PathBuf {
+        self.path.join("daemon/global")
     }
 
     /// The daemon's links for a cgroup.
@@ -156,6 +174,91 @@ impl PinRoot {
     }
 }
 
+/// Create a directory of root's alone (0700) under the pin root, with its missing parents,
+/// or check that an existing one is: not a symbolic link, owned by this (root) user, writable
+/// by nobody else.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) => return check_private(dir, &meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(Error::Pin { op: "reading", path: dir.to_owned(), source }),
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.exists()
+    {
+        create_private_dir(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        // Another netcontrol made it meanwhile: check it like any existing one.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(Error::Pin { op: "creating", path: dir.to_owned(), source }),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(|source| Error::Pin {
+        op: "reading",
+        path: dir.to_owned(),
+        source,
+    })?;
+    check_private(dir, &meta)
+}
+
+fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+    let refuse = |why: String| {
+        Err(Error::UnsafePinDir {
+            path: dir.to_owned(),
+            why,
+            fix: format!("remove it (`rm -r {}`) and run netcontrol again", dir.display()),
+        })
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("it is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return refuse("it is not a directory".into());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return refuse(format!(
+            "it is owned by uid {}, not by uid {me} (root): another user may have made it to \
+             take over netcontrol's pins",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "its mode {:o} lets other users change what is pinned in it",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// The directory holding the pin root must not let other users rename or replace it: it is
+/// either writable by root only, or sticky (bpffs' own 1777).
+fn check_parent(root: &Path) -> Result<()> {
+    let Some(parent) = root.parent() else { return Ok(()) };
+    let meta = fs::metadata(parent).map_err(|source| Error::Pin {
+        op: "reading",
+        path: parent.to_owned(),
+        source,
+    })?;
+    let others_write = meta.mode() & 0o022 != 0;
+    let sticky = meta.permissions().mode() & 0o1000 != 0;
+    if others_write && !sticky {
+        return Err(Error::UnsafePinDir {
+            path: parent.to_owned(),
+            why: format!(
+                "other users may write to it (mode {:o}, not sticky), so they could rename {} \
+                 away and put their own in its place",
+                meta.mode() & 0o7777,
+                root.display()
+            ),
+            fix: "choose a --pin-root in a directory only root can write to".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Remove a pin directory: each link pin removed detaches that link once no process holds
 /// it open any more.
 pub fn remove_dir(dir: &Path) -> Result<()> {
@@ -193,12 +296,13 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
             path: default_mount.to_owned(),
             source,
         })?;
+        // Only root may create pins in a bpffs netcontrol mounts.
         nix::mount::mount(
             Some("bpf"),
             default_mount,
             Some("bpf"),
             nix::mount::MsFlags::empty(),
-            None::<&str>,
+            Some("mode=0700"),
         )
         .map_err(|e| Error::NoBpffs(format!("mounting bpffs at /sys/fs/bpf failed: {e}")))?;
         tracing::info!("mounted bpffs at /sys/fs/bpf");

@@ -191,6 +191,32 @@ pub struct PolicyArgs {
     /// sendto() on them cannot be (no cgroup hook sees it).
     #[arg(long)]
     pub allow_ping: bool,
+
+    /// Allow the socket options and packets that route through other hosts first (IPv6
+    /// routing, hop-by-hop and destination options, IPv4 source routes). They make packets
+    /// go elsewhere than the destination the rules judged: only for trusted code.
+    #[arg(long)]
+    pub allow_routing_options: bool,
+
+    /// Allow connections to abstract unix sockets. For a sandbox in the host's network
+    /// namespace (`run`) those are the host's daemons' (X11, D-Bus, container shims).
+    #[arg(long)]
+    pub allow_abstract_unix: bool,
+
+    /// Allow a socket family beyond inet, inet6, unix and netlink (repeatable), e.g. vsock
+    /// (a channel to the hypervisor host) or packet.
+    #[arg(long = "allow-family", value_name = "FAMILY", value_parser = parse_family)]
+    pub allow_families: Vec<u8>,
+
+    /// Where a sandbox in the host's network namespace may listen besides loopback
+    /// (repeatable, TCP): PORT, PORT-PORT or ADDRESS:PORT. Without it, listening on other
+    /// addresses fails with EPERM and connections from elsewhere to its listeners are dropped.
+    #[arg(long = "listen", value_name = "RULE")]
+    pub listen: Vec<crate::policy::Listen>,
+}
+
+fn parse_family(s: &str) -> Result<u8, String> {
+    crate::policy::file::parse_family(s)
 }
 
 impl PolicyArgs {
@@ -207,6 +233,10 @@ impl PolicyArgs {
         }
         p.allow_raw_sockets |= self.allow_raw_sockets;
         p.allow_icmp |= self.allow_ping;
+        p.allow_routing_options |= self.allow_routing_options;
+        p.allow_abstract_unix |= self.allow_abstract_unix;
+        p.families.extend(self.allow_families.iter().copied());
+        p.listen.extend(self.listen.iter().cloned());
         match self.dns_mode {
             Some(DnsModeArg::Proxy) => p.dns.mode = crate::policy::DnsMode::Proxy,
             Some(DnsModeArg::Resolver) => p.dns.mode = crate::policy::DnsMode::Resolver,
@@ -513,9 +543,16 @@ pub fn summary(counts: &Counts, sink: &Sink) -> Option<String> {
         None => String::new(),
     };
     let lost = if counts.events_lost > 0 {
-        format!("; {} events lost because the ring buffer was full", counts.events_lost)
+        format!(
+            "; {} attempts reported nowhere (the event buffer and the denial counts were full)",
+            counts.events_lost
+        )
     } else {
         String::new()
+    };
+    let lost = match counts.summarized {
+        0 => lost,
+        n => format!("{lost}; {n} of them in summary records, not one by one"),
     };
     let plural = |n: u64| if n == 1 { "attempt" } else { "attempts" };
     let dns = match counts.dns_refused {

@@ -9,16 +9,16 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use nix::{
-    sys::signal::Signal,
-    unistd::{Gid, Group, Pid, Uid, User},
-};
+use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{RunArgs, single::Single, summary};
 use crate::{
     cgroup,
+    confine::{Identity, Plan, seccomp::Refused},
     error::{Error, Result},
+    events::{EventRecord, Injector, Labels},
+    policy::Mode,
     privileges,
     sandbox::NsChoice,
 };
@@ -40,19 +40,41 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     let signals = Signals::new()?;
     let sandbox = RunCgroup::create(&parent)?;
     let sink = args.output.sink()?;
+    let (abstract_unix, families, audit) =
+        (policy.allow_abstract_unix, policy.family_mask(), policy.mode == Mode::Audit);
     // Domains are resolved before CMD starts, so its first connection already finds them.
     // CMD starts in netcontrol's own network namespace.
     let mut enforced =
         Single::start(&sandbox.path, policy, sink, &args.kernel, NsChoice::Own).await?;
+    let families_by_lsm = !enforced.dp.missing().iter().any(|m| m.hook == "lsm_socket_create");
+    let plan = Plan::new(identity, abstract_unix, families, families_by_lsm)
+        .map_err(|e| Error::io("preparing the command's confinement", e))?;
+    for gap in plan.gaps() {
+        tracing::warn!("{gap}");
+    }
+    let refusals = Refusals {
+        events: enforced.dp.injector(),
+        labels: enforced.dp.labels().clone(),
+        sandbox_id: cgroup::id(&sandbox.path)?,
+        audit,
+        count: Default::default(),
+    };
 
-    let outcome = run_command(&sandbox.path, &args.command, identity, signals, &mut enforced).await;
+    let outcome =
+        run_command(&sandbox.path, &args.command, plan, &refusals, signals, &mut enforced).await;
 
     // Whatever happened, end the sandbox: no process may outlive its enforcement.
     let emptied = cgroup::kill_all(&sandbox.path, Duration::from_secs(10));
     let stopped = enforced.stop().await;
     drop(sandbox);
     emptied?;
-    let (counts, sink) = stopped?;
+    let (mut counts, sink) = stopped?;
+    let refused = refusals.count.load(std::sync::atomic::Ordering::Relaxed);
+    if audit {
+        counts.would_block += refused;
+    } else {
+        counts.blocked += refused;
+    }
     if let Some(line) = summary(&counts, &sink) {
         eprintln!("{line}");
     }
@@ -61,10 +83,40 @@ pub async fn main(args: RunArgs) -> Result<i32> {
 
 /// Spawn CMD inside the sandbox cgroup and wait for it, forwarding signals and following DNS
 /// meanwhile.
+/// Socket families the seccomp filter refused (the kernel runs no BPF LSM): reported as
+/// the LSM program would have.
+struct Refusals {
+    events: Injector,
+    labels: Labels,
+    sandbox_id: u64,
+    audit: bool,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Refusals {
+    /// The function the seccomp supervisor calls for each notification: report it and say
+    /// whether to refuse it.
+    fn answer(&self) -> impl FnMut(Refused) -> bool + Send + 'static {
+        let (events, labels, sandbox_id, audit, count) = (
+            self.events.clone(),
+            self.labels.clone(),
+            self.sandbox_id,
+            self.audit,
+            self.count.clone(),
+        );
+        move |r: Refused| {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            events.send(EventRecord::seccomp_refusal(&r, sandbox_id, audit, &labels));
+            !audit
+        }
+    }
+}
+
 async fn run_command(
     cgroup_path: &Path,
     argv: &[OsString],
-    identity: Option<Identity>,
+    plan: Plan,
+    refusals: &Refusals,
     mut signals: Signals,
     sandbox: &mut Single,
 ) -> Result<i32> {
@@ -74,29 +126,28 @@ async fn run_command(
         .open(&procs_path)
         .map_err(|source| Error::Cgroup { op: "opening", path: procs_path.clone(), source })?;
     let procs_fd = procs.as_raw_fd();
+    let (child_part, mut parent_part) = plan.into_parts();
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    if let Some(id) = &identity {
+    if let Some(id) = &parent_part.identity {
         cmd.env("HOME", &id.home).env("USER", &id.name).env("LOGNAME", &id.name);
     }
     // SAFETY: runs in the forked child before exec and makes only syscalls (async-signal-
-    // safe); the fd stays open until spawn returns. Joining the cgroup before exec means CMD
+    // safe); the fds stay open until spawn returns. Joining the cgroup before exec means CMD
     // is enforced from its first instruction; it needs root, so it comes before dropping to
-    // --user.
+    // --user (in `apply`).
     unsafe {
         cmd.pre_exec(move || {
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(io::Error::last_os_error());
             }
-            if let Some(id) = &identity {
-                nix::unistd::setgroups(&id.groups)?;
-                nix::unistd::setgid(id.gid)?;
-                nix::unistd::setuid(id.uid)?;
-            }
-            Ok(())
+            child_part.apply()
         });
     }
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The child part's fds (in the closure) go: a child that died early closes the channel.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let name = argv[0].to_string_lossy();
@@ -114,6 +165,9 @@ async fn run_command(
         }
     };
     drop(procs);
+    let _supervisor = parent_part
+        .supervise(refusals.answer())
+        .map_err(|e| Error::io("serving the command's seccomp filter", e))?;
     let pid = child.id().map(|p| Pid::from_raw(p as i32));
     let status = loop {
         tokio::select! {
@@ -123,57 +177,6 @@ async fn run_command(
         }
     };
     Ok(exit_code(status))
-}
-
-/// Who CMD runs as with --user, resolved before forking (name lookups are not
-/// async-signal-safe).
-struct Identity {
-    uid: Uid,
-    gid: Gid,
-    groups: Vec<Gid>,
-    name: String,
-    home: PathBuf,
-}
-
-impl Identity {
-    fn resolve(spec: &str) -> Result<Self> {
-        let err = |why: String| Error::User { spec: spec.to_owned(), why };
-        let (user, group) = match spec.split_once(':') {
-            Some((u, g)) => (u, Some(g)),
-            None => (spec, None),
-        };
-        let found = match user.parse::<u32>() {
-            Ok(n) => User::from_uid(Uid::from_raw(n)),
-            Err(_) => User::from_name(user),
-        }
-        .map_err(|e| err(e.to_string()))?;
-        let (uid, mut gid, name, home) = match found {
-            Some(u) => (u.uid, u.gid, u.name, u.dir),
-            // A bare uid without a passwd entry is fine: it gets its own number as group.
-            None => match user.parse::<u32>() {
-                Ok(n) => (Uid::from_raw(n), Gid::from_raw(n), n.to_string(), PathBuf::from("/")),
-                Err(_) => return Err(err(format!("no user named {user:?}"))),
-            },
-        };
-        if let Some(g) = group {
-            gid = match g.parse::<u32>() {
-                Ok(n) => Gid::from_raw(n),
-                Err(_) => {
-                    Group::from_name(g)
-                        .map_err(|e| err(e.to_string()))?
-                        .ok_or_else(|| err(format!("no group named {g:?}")))?
-                        .gid
-                }
-            };
-        }
-        let groups = match std::ffi::CString::new(name.clone()) {
-            Ok(c) if group.is_none() => {
-                nix::unistd::getgrouplist(&c, gid).unwrap_or_else(|_| vec![gid])
-            }
-            _ => vec![gid],
-        };
-        Ok(Self { uid, gid, groups, name, home })
-    }
 }
 
 /// The shell convention: the exit code, or 128 + the signal that killed it.

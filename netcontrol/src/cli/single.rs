@@ -182,6 +182,7 @@ fn add(a: Counts, b: Counts) -> Counts {
         would_block: a.would_block + b.would_block,
         redirected: a.redirected + b.redirected,
         events_lost: a.events_lost + b.events_lost,
+        summarized: a.summarized + b.summarized,
         dns_refused: a.dns_refused + b.dns_refused,
     }
 }

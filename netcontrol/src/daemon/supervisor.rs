@@ -20,7 +20,7 @@ use super::{
     runtime::{self, Attached},
 };
 use crate::{
-    bpf::{PinRoot, pins},
+    bpf::{Attachment, PinRoot, attach::Scope, pins},
     cgroup,
     datapath::Datapath,
     docker::{Container, Lifecycle},
@@ -61,6 +61,8 @@ pub struct Supervisor {
     pub(super) pods: BTreeMap<String, Pod>,
     /// Like `docker_synced`, for the pods.
     pub(super) pods_synced: bool,
+    /// The global hooks' links (BPF LSM), attached once for every sandbox.
+    global: Option<Attachment>,
 }
 
 pub(super) struct Slot {
@@ -127,6 +129,7 @@ impl Supervisor {
             docker_synced,
             pods: BTreeMap::new(),
             pods_synced,
+            global: None,
         })
     }
 
@@ -138,6 +141,11 @@ impl Supervisor {
         docker: Option<&mut mpsc::Receiver<Lifecycle>>,
         pods: Option<&mut mpsc::Receiver<PodEvent>>,
     ) {
+        // The global hooks first: they judge every sandbox's tasks by the sandbox table.
+        match self.dp.attach(&self.mount, Some(&self.root.daemon_global()), Scope::Global) {
+            Ok(a) => self.global = Some(a),
+            Err(e) => tracing::error!("attaching the global hooks: {e}"),
+        }
         for s in self.config.sandboxes.clone() {
             self.add_config_slot(&s);
         }
@@ -822,7 +830,10 @@ impl Supervisor {
     /// Stop supervising, leaving every sandbox enforced by its pins (a restarted daemon
     /// re-adopts them), and deliver the events still queued.
     pub async fn shutdown(self) -> Result<()> {
-        let Self { dp, slots, .. } = self;
+        let Self { dp, slots, global, .. } = self;
+        if let Some(g) = global {
+            g.leave_pinned();
+        }
         let n = slots.values().filter(|s| matches!(s.state, State::Enforcing(_))).count();
         for slot in slots.into_values() {
             if let State::Enforcing(s) = slot.state {

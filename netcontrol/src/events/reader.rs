@@ -1,7 +1,9 @@
 //! Reading the EVENTS ring buffer on the tokio runtime and handing records to the sink, with
-//! the records netcontrol makes itself (DNS decisions) merged in.
+//! the records netcontrol makes itself (DNS decisions) merged in, and the summary records of
+//! denials that got no event of their own (from `DENIALS`, once a second).
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -10,7 +12,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use netcontrol_common::abi::Event;
+use netcontrol_common::abi::{DenialKey, Event};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, oneshot},
@@ -18,7 +20,10 @@ use tokio::{
 };
 
 use super::{Clock, EventRecord, Labels, Sink};
-use crate::error::{Error, Result};
+use crate::{
+    bpf::maps::Denials,
+    error::{Error, Result},
+};
 
 /// Records netcontrol makes itself that may wait for the sink; beyond it they are counted as
 /// lost, like a full ring buffer.
@@ -26,6 +31,12 @@ const INJECT_QUEUE: usize = 4096;
 
 /// How often the reader looks for events that were queued without a wakeup.
 const TAIL_LOOK: Duration = Duration::from_millis(50);
+
+/// How often denials counted without an event are summarized.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// A `DENIALS` key with no attempt for this long is forgotten (the map is bounded).
+const QUIET_NS: u64 = 60_000_000_000;
 
 /// A running reader. `finish` stops it after draining everything queued.
 pub struct EventPump {
@@ -55,7 +66,12 @@ impl Injector {
 }
 
 impl EventPump {
-    pub fn start(ring: RingBuf<MapData>, sink: Sink, labels: Labels) -> Result<Self> {
+    pub fn start(
+        ring: RingBuf<MapData>,
+        denials: Denials,
+        sink: Sink,
+        labels: Labels,
+    ) -> Result<Self> {
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until dropped.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| {
@@ -63,7 +79,8 @@ impl EventPump {
             })?;
         let (stop, stopped) = oneshot::channel();
         let (tx, rx) = mpsc::channel(INJECT_QUEUE);
-        let task = tokio::spawn(pump(fd, rx, sink, labels, Clock::new(), stopped));
+        let summaries = Summaries { denials, seen: HashMap::new() };
+        let task = tokio::spawn(pump(fd, rx, summaries, sink, labels, Clock::new(), stopped));
         Ok(Self { stop, task, injector: Injector { tx, lost: Arc::new(AtomicU64::new(0)) } })
     }
 
@@ -81,6 +98,7 @@ impl EventPump {
 async fn pump(
     mut fd: AsyncFd<RingBuf<MapData>>,
     mut injected: mpsc::Receiver<EventRecord>,
+    mut summaries: Summaries,
     mut sink: Sink,
     labels: Labels,
     clock: Clock,
@@ -91,6 +109,8 @@ async fn pump(
     // that woke no one is picked up here.
     let mut tick = tokio::time::interval(TAIL_LOOK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summary_tick = tokio::time::interval(SUMMARY_EVERY);
+    summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
@@ -110,11 +130,17 @@ async fn pump(
             _ = tick.tick() => {
                 drain(fd.get_mut(), &mut sink, &labels, clock)?;
             }
+            _ = summary_tick.tick() => {
+                // Events first, so that a summary follows the events of its key.
+                drain(fd.get_mut(), &mut sink, &labels, clock)?;
+                summaries.sweep(&mut sink, &labels, clock, false)?;
+            }
             _ = &mut stopped => {
                 drain(fd.get_mut(), &mut sink, &labels, clock)?;
                 while let Ok(record) = injected.try_recv() {
                     sink.write(&record)?;
                 }
+                summaries.sweep(&mut sink, &labels, clock, true)?;
                 sink.flush()?;
                 return Ok(sink);
             }
@@ -146,4 +172,46 @@ pub fn drain(
         sink.flush()?;
     }
     Ok(n)
+}
+
+/// Summary records for denials counted in `DENIALS` without an event of their own.
+struct Summaries {
+    denials: Denials,
+    /// What has been reported of each key (mirrors DENIALS_REPORTED, read once per key).
+    seen: HashMap<DenialKey, u64>,
+}
+
+impl Summaries {
+    /// Report every key with attempts not reported yet; forget keys that went quiet (all of
+    /// them when `last`: the sandboxes are gone).
+    fn sweep(&mut self, sink: &mut Sink, labels: &Labels, clock: Clock, last: bool) -> Result<()> {
+        let now = super::record::monotonic_ns();
+        let mut wrote = false;
+        for (key, value) in self.denials.all() {
+            let reported = match self.seen.get(&key) {
+                Some(n) => *n,
+                None => self.denials.reported(&key),
+            };
+            let delta = value.suppressed.saturating_sub(reported);
+            if delta > 0 {
+                sink.write(&EventRecord::summary(&key, &value, delta, clock, labels))?;
+                wrote = true;
+                self.seen.insert(key, value.suppressed);
+                if let Err(e) = self.denials.set_reported(&key, value.suppressed) {
+                    tracing::warn!("{e}");
+                }
+            } else if last || now.saturating_sub(value.last_ns) > QUIET_NS {
+                self.seen.remove(&key);
+                if let Err(e) = self.denials.forget(&key) {
+                    tracing::warn!("{e}");
+                }
+            } else {
+                self.seen.insert(key, reported);
+            }
+        }
+        if wrote {
+            sink.flush()?;
+        }
+        Ok(())
+    }
 }

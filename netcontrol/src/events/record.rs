@@ -7,8 +7,14 @@ use std::{
 };
 
 use netcontrol_common::{
-    abi::{AF_INET, EVENT_F_V4_MAPPED, Event, HOOK_SOCK_CREATE},
-    user::{family_name, hook_name, protocol_name, reason_name, sock_type_name, verdict_name},
+    abi::{
+        AF_INET, DenialKey, DenialValue, EVENT_F_UNIX_NAME, EVENT_F_V4_MAPPED, Event,
+        HOOK_LSM_SOCKET, HOOK_SETSOCKOPT, HOOK_SOCK_CREATE, REASON_SOCKET_FAMILY,
+    },
+    user::{
+        family_name, hook_name, protocol_name, reason_name, sock_type_name, socket_family_name,
+        socket_option_name, verdict_name,
+    },
 };
 use serde::Serialize;
 
@@ -18,8 +24,10 @@ use super::Labels;
 pub struct EventRecord {
     /// RFC 3339 wall-clock time of the attempt.
     pub time: String,
-    /// "egress" (connect/sendmsg), "socket" (socket creation) or "dns" (a DNS query the
-    /// DNS-aware proxy refused).
+    /// "egress" (connect/sendmsg, packets), "socket" (socket creation or a socket option),
+    /// "listen" (a bind, or a connection arriving at a listening socket), "dns" (a DNS query or
+    /// answer the DNS-aware proxy refused), "tamper" (netcontrol's programs were detached or
+    /// their pins removed behind its back).
     pub event: &'static str,
     /// "blocked", or "would_block" in audit mode.
     pub verdict: &'static str,
@@ -58,6 +66,21 @@ pub struct EventRecord {
     /// The Kubernetes pod the process runs in, if netcontrol knows it.
     pub pod_namespace: Option<String>,
     pub pod_name: Option<String>,
+    /// How many attempts this record stands for: 1 for an attempt's own event, more for a
+    /// summary of attempts that got no event of their own.
+    pub count: u64,
+    /// A summary: `count` attempts like this one (same sandbox, hook, destination, reason)
+    /// were blocked since the last record of it, without events of their own (rate limit or
+    /// a full buffer). The process fields name the latest of them.
+    pub summary: bool,
+    /// `socket_option` events: the option (`IPV6_RTHDR`, `IP_OPTIONS`, ...).
+    pub socket_option: Option<String>,
+    /// `socket_family` events: the family (`vsock`, `packet`, ...).
+    pub socket_family: Option<String>,
+    /// Abstract unix socket events: the name, `@` first (its first 16 bytes).
+    pub unix_address: Option<String>,
+    /// DNS rebinding refusals: the addresses taken out of the answer.
+    pub refused_addresses: Option<Vec<IpAddr>>,
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps into wall-clock time.
@@ -90,39 +113,159 @@ impl Default for Clock {
     }
 }
 
+/// What an event or summary says about the attempt (the fields `Event` and `DenialKey` share).
+struct Attempt<'a> {
+    hook: u8,
+    family: u8,
+    protocol: u8,
+    sock_type: u16,
+    addr: &'a [u8; 16],
+    port: u16,
+    reason: u8,
+    verdict: u8,
+    flags: u8,
+    detail: u32,
+}
+
 impl EventRecord {
     pub fn new(e: &Event, clock: Clock, labels: &Labels) -> Self {
-        let is_socket = e.hook == HOOK_SOCK_CREATE;
-        let dst_ip = (!is_socket).then(|| {
-            if e.family == AF_INET {
-                IpAddr::V4(Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]))
+        let a = Attempt {
+            hook: e.hook,
+            family: e.family,
+            protocol: e.protocol,
+            sock_type: e.sock_type,
+            addr: &e.addr,
+            port: e.port,
+            reason: e.reason,
+            verdict: e.verdict,
+            flags: e.flags,
+            detail: e.detail,
+        };
+        let who =
+            Who { pid_tgid: e.pid_tgid, uid_gid: e.uid_gid, comm: &e.comm, cgroup_id: e.cgroup_id };
+        Self::of(&a, &who, e.sandbox_id, clock.wall(e.ts_ns), labels)
+    }
+
+    /// `count` attempts of `key` that got no event of their own.
+    pub fn summary(
+        key: &DenialKey,
+        v: &DenialValue,
+        count: u64,
+        clock: Clock,
+        labels: &Labels,
+    ) -> Self {
+        let a = Attempt {
+            hook: key.hook,
+            family: key.family,
+            protocol: key.protocol,
+            sock_type: key.sock_type,
+            addr: &key.addr,
+            port: key.port,
+            reason: key.reason,
+            verdict: key.verdict,
+            flags: key.flags,
+            detail: key.detail,
+        };
+        let who =
+            Who { pid_tgid: v.pid_tgid, uid_gid: v.uid_gid, comm: &v.comm, cgroup_id: v.cgroup_id };
+        Self {
+            count,
+            summary: true,
+            ..Self::of(&a, &who, key.sandbox_id, clock.wall(v.last_ns), labels)
+        }
+    }
+
+    /// A socket() of a family the seccomp filter of `run` refused (kernels without the BPF
+    /// LSM): the same record the LSM program's refusal gives, from hook `seccomp`.
+    pub fn seccomp_refusal(
+        r: &crate::confine::seccomp::Refused,
+        sandbox_id: u64,
+        audit: bool,
+        labels: &Labels,
+    ) -> Self {
+        let proc_field = |file: &str| {
+            std::fs::read_to_string(format!("/proc/{}/{file}", r.pid)).unwrap_or_default()
+        };
+        let status = proc_field("status");
+        let ids = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            event: "socket",
+            verdict: if audit { "would_block" } else { "blocked" },
+            reason: reason_name(REASON_SOCKET_FAMILY),
+            hook: "seccomp",
+            family: "other",
+            protocol: protocol_name(r.protocol as u8),
+            socket_type: Some(sock_type_name((r.sock_type & 0xf) as u16)),
+            pid: r.pid,
+            tid: r.pid,
+            uid: ids("Uid:"),
+            gid: ids("Gid:"),
+            comm: proc_field("comm").trim_end().to_owned(),
+            sandbox_id,
+            sandbox: labels.sandbox(sandbox_id),
+            count: 1,
+            socket_family: Some(socket_family_name(r.family)),
+            ..Self::default()
+        }
+    }
+
+    fn of(
+        a: &Attempt<'_>,
+        who: &Who<'_>,
+        sandbox_id: u64,
+        time: SystemTime,
+        labels: &Labels,
+    ) -> Self {
+        let kind = kind(a.hook, a.reason);
+        let has_address = matches!(kind, "egress" | "listen") && a.flags & EVENT_F_UNIX_NAME == 0;
+        let dst_ip = has_address.then(|| {
+            if a.family == AF_INET {
+                IpAddr::V4(Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3]))
             } else {
-                IpAddr::V6(Ipv6Addr::from(e.addr))
+                IpAddr::V6(Ipv6Addr::from(*a.addr))
             }
         });
-        let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+        let comm_len = who.comm.iter().position(|&b| b == 0).unwrap_or(who.comm.len());
+        let unix_address = (a.flags & EVENT_F_UNIX_NAME != 0).then(|| {
+            let n = (a.detail as usize).min(a.addr.len());
+            format!("@{}", String::from_utf8_lossy(&a.addr[..n]).escape_debug())
+        });
+        let socket_type = (a.hook == HOOK_SOCK_CREATE || a.hook == HOOK_LSM_SOCKET)
+            .then(|| sock_type_name(a.sock_type));
         Self {
-            time: humantime::format_rfc3339_nanos(clock.wall(e.ts_ns)).to_string(),
-            event: if is_socket { "socket" } else { "egress" },
-            verdict: verdict_name(e.verdict),
-            reason: reason_name(e.reason),
-            hook: hook_name(e.hook),
-            family: family_name(e.family),
-            protocol: protocol_name(e.protocol),
+            time: humantime::format_rfc3339_nanos(time).to_string(),
+            event: kind,
+            verdict: verdict_name(a.verdict),
+            reason: reason_name(a.reason),
+            hook: hook_name(a.hook),
+            family: family_name(a.family),
+            protocol: protocol_name(a.protocol),
             dst_ip,
-            dst_port: (!is_socket).then_some(e.port),
-            v4_mapped: e.flags & EVENT_F_V4_MAPPED != 0,
-            socket_type: is_socket.then(|| sock_type_name(e.sock_type)),
-            pid: (e.pid_tgid >> 32) as u32,
-            tid: e.pid_tgid as u32,
-            uid: e.uid_gid as u32,
-            gid: (e.uid_gid >> 32) as u32,
-            comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
-            cgroup_id: e.cgroup_id,
-            sandbox_id: e.sandbox_id,
-            sandbox: labels.sandbox(e.sandbox_id),
+            dst_port: (has_address && (a.port != 0 || a.protocol != 0)).then_some(a.port),
+            v4_mapped: a.flags & EVENT_F_V4_MAPPED != 0,
+            socket_type,
+            pid: (who.pid_tgid >> 32) as u32,
+            tid: who.pid_tgid as u32,
+            uid: who.uid_gid as u32,
+            gid: (who.uid_gid >> 32) as u32,
+            comm: String::from_utf8_lossy(&who.comm[..comm_len]).into_owned(),
+            cgroup_id: who.cgroup_id,
+            sandbox_id,
+            sandbox: labels.sandbox(sandbox_id),
             domain: dst_ip.and_then(|ip| labels.domain(ip)),
             dns_type: None,
+            count: 1,
+            socket_option: (a.hook == HOOK_SETSOCKOPT).then(|| socket_option_name(a.detail)),
+            socket_family: (a.reason == REASON_SOCKET_FAMILY).then(|| socket_family_name(a.detail)),
+            unix_address,
             ..Self::default()
         }
         .identified(labels)
@@ -145,25 +288,49 @@ impl EventRecord {
     /// One line for a human reading stderr, saying what the process got back.
     pub fn human(&self) -> String {
         let what = match (self.dst_ip, self.dst_port) {
-            (Some(ip), Some(port)) => {
-                let verb = if self.hook.starts_with("sendmsg") { "send to" } else { "connect to" };
-                let dst = match ip {
-                    IpAddr::V6(ip) => format!("[{ip}]:{port}"),
-                    IpAddr::V4(ip) => format!("{ip}:{port}"),
+            (Some(ip), port) => {
+                let verb = match self.hook {
+                    h if h.starts_with("sendmsg") => "send to",
+                    h if h.starts_with("bind") => "bind to",
+                    "skb_egress" => "packet to",
+                    "skb_ingress" => "connection from",
+                    _ => "connect to",
+                };
+                let dst = match (ip, port) {
+                    (IpAddr::V6(ip), Some(port)) => format!("[{ip}]:{port}"),
+                    (IpAddr::V4(ip), Some(port)) => format!("{ip}:{port}"),
+                    (ip, None) => ip.to_string(),
+                };
+                let dst = match self.hook {
+                    "skb_ingress" => format!("{ip} to port {}", port.unwrap_or(0)),
+                    _ => dst,
                 };
                 match &self.domain {
                     Some(d) => format!("{} {verb} {dst} ({d})", self.protocol),
                     None => format!("{} {verb} {dst}", self.protocol),
                 }
             }
-            _ => format!("{} {} socket", self.family, self.socket_type.unwrap_or("")),
+            _ => match (&self.socket_option, &self.socket_family, &self.unix_address) {
+                (Some(o), _, _) => format!("setsockopt {o}"),
+                (_, Some(f), _) => format!("{f} socket"),
+                (_, _, Some(u)) => format!("unix connect to {u}"),
+                _ => format!("{} {} socket", self.family, self.socket_type.unwrap_or("")),
+            },
         };
         let why = match self.reason {
             "not_allowlisted" => "not allowlisted",
             "port_not_allowed" => "port or protocol not allowlisted",
-            "metadata_address" => "cloud metadata address (only a rule naming it opens it)",
+            "metadata_address" => "cloud credential address (only a rule naming it opens it)",
+            "link_local_address" => "link-local address (only a rule inside link-local opens it)",
+            "unspecified_address" => "unspecified address (only a rule naming it opens it)",
             "raw_socket" => "raw sockets are not allowed",
             "icmp_socket" => "ping sockets are not allowed",
+            "sctp_socket" => "SCTP is not allowed (a rule with /sctp allows it)",
+            "socket_family" => "this socket family is not allowed (sockets.families)",
+            "socket_option" => "socket options that route packets are not allowed",
+            "source_route" => "source-routed packets are not allowed",
+            "abstract_unix_socket" => "abstract unix sockets of the host are not allowed",
+            "listen_not_allowed" => "listening on non-loopback addresses needs a listen rule",
             "no_sandbox" => "socket used outside its sandbox",
             other => other,
         };
@@ -177,11 +344,50 @@ impl EventRecord {
             (None, Some(ns), Some(pod)) => format!(" in pod {ns}/{pod}"),
             _ => String::new(),
         };
-        format!(
-            "netcontrol: {verb} {} (pid {}){inside}: {what}: {why} ({outcome})",
-            self.comm, self.pid
-        )
+        if self.summary {
+            let who = if self.pid == 0 {
+                String::new()
+            } else {
+                format!(", latest by {} (pid {})", self.comm, self.pid)
+            };
+            return format!(
+                "netcontrol: {verb} {} more like this{who}{inside}: {what}: {why} ({outcome})",
+                self.count
+            );
+        }
+        let who = if self.pid == 0 {
+            "a packet".to_owned()
+        } else {
+            format!("{} (pid {})", self.comm, self.pid)
+        };
+        format!("netcontrol: {verb} {who}{inside}: {what}: {why} ({outcome})")
     }
+}
+
+/// The process fields of a record.
+struct Who<'a> {
+    pid_tgid: u64,
+    uid_gid: u64,
+    comm: &'a [u8; 16],
+    cgroup_id: u64,
+}
+
+/// The `event` field for a hook and reason.
+fn kind(hook: u8, reason: u8) -> &'static str {
+    use netcontrol_common::abi::{HOOK_BIND4, HOOK_BIND6, HOOK_SKB_INGRESS, REASON_LISTEN};
+    match hook {
+        HOOK_SOCK_CREATE | HOOK_LSM_SOCKET | HOOK_SETSOCKOPT => "socket",
+        HOOK_BIND4 | HOOK_BIND6 | HOOK_SKB_INGRESS => "listen",
+        _ if reason == REASON_LISTEN => "listen",
+        _ => "egress",
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of the programs' timestamps (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -216,6 +422,8 @@ mod tests {
             verdict: VERDICT_DENY,
             flags: 0,
             _pad: [0; 2],
+            detail: 0,
+            _pad2: 0,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write},
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -111,10 +112,95 @@ impl Json {
     }
 }
 
+/// Open the events file for appending. netcontrol runs as root and the sandbox's user may
+/// have been there first: a symbolic or hard link at the path would make root append to any
+/// file, and a file (or a directory on the way) that user owns or may write lets them change
+/// or erase the record. So the path must name a regular file of root's alone, in directories
+/// only root can change, or nothing yet (it is created, mode 0600).
 fn open(path: &Path) -> io::Result<(BufWriter<File>, u64)> {
-    let f = OpenOptions::new().create(true).append(true).open(path)?;
-    let len = f.metadata()?.len();
+    check_directories(path)?;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(refuse("it is a symbolic link (it could point root's writes anywhere)"));
+        }
+        Ok(m) if !m.is_file() => return Err(refuse("it is not a regular file")),
+        _ => {}
+    }
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        // Never follow a link planted after the look above, never block on a FIFO.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                refuse("it is a symbolic link (it could point root's writes anywhere)")
+            }
+            _ => e,
+        })?;
+    let m = f.metadata()?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !m.is_file() {
+        return Err(refuse("it is not a regular file"));
+    }
+    if m.uid() != me {
+        return Err(refuse(&format!(
+            "it is owned by uid {}, who could change or erase the events; remove it and let \
+             netcontrol create it",
+            m.uid()
+        )));
+    }
+    if m.nlink() != 1 {
+        return Err(refuse("it has other hard links (the writes would land in another file too)"));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(refuse(&format!(
+            "its mode {:o} lets other users write it; chmod go-w it",
+            m.mode() & 0o7777
+        )));
+    }
+    let len = m.len();
     Ok((BufWriter::new(f), len))
+}
+
+fn refuse(why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("refusing to write events there: {why}"),
+    )
+}
+
+/// Every directory the path goes through must be one that only root can change (owned by
+/// root, not writable by others, or sticky like /tmp): else its owner could swap the file.
+fn check_directories(path: &Path) -> io::Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let dir = fs::canonicalize(&dir)?;
+    for d in dir.ancestors() {
+        let m = fs::metadata(d)?;
+        let sticky = m.permissions().mode() & 0o1000 != 0;
+        let others_write = m.mode() & 0o002 != 0;
+        let group_write = m.mode() & 0o020 != 0 && m.gid() != 0;
+        if m.uid() != me && m.uid() != 0 {
+            return Err(refuse(&format!(
+                "directory {} is owned by uid {}, who could replace the file",
+                d.display(),
+                m.uid()
+            )));
+        }
+        if (others_write || group_write) && !sticky {
+            return Err(refuse(&format!(
+                "directory {} (mode {:o}) lets other users replace the file",
+                d.display(),
+                m.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// FILE -> FILE.1 -> FILE.2 ... keeping `keep` old files (0: the full file is just dropped).
@@ -141,6 +227,59 @@ fn rotate(path: &Path, keep: u32) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::events::EventRecord;
+
+    #[test]
+    fn event_files_are_made_private_and_links_or_foreign_files_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        drop(Sink::new(Some(&path), false).expect("a new file"));
+        let mode = fs::metadata(&path).expect("made").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Appending to our own file again is fine.
+        drop(Sink::new(Some(&path), false).expect("again"));
+
+        let target = dir.path().join("precious");
+        fs::write(&target, "root's").expect("write");
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = Sink::new(Some(&link), false).err().expect("a symlink is refused").to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        let hard = dir.path().join("hard.jsonl");
+        fs::hard_link(&target, &hard).expect("hard link");
+        let err = Sink::new(Some(&hard), false).err().expect("a hard link is refused").to_string();
+        assert!(err.contains("hard links"), "{err}");
+        assert_eq!(fs::read_to_string(&target).expect("read"), "root's", "nothing appended");
+
+        let open = dir.path().join("open.jsonl");
+        fs::write(&open, "").expect("write");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o666)).expect("chmod");
+        let err = Sink::new(Some(&open), false).err().expect("0666 is refused").to_string();
+        assert!(err.contains("lets other users write it"), "{err}");
+
+        // A file the sandbox's user made beforehand (tests run as root, who can chown).
+        if nix::unistd::geteuid().is_root() {
+            let theirs = dir.path().join("theirs.jsonl");
+            fs::write(&theirs, "").expect("write");
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+            let err = Sink::new(Some(&theirs), false).err().expect("refused").to_string();
+            assert!(err.contains("owned by uid 65534"), "{err}");
+        }
+
+        let fifo = dir.path().join("fifo.jsonl");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let err = Sink::new(Some(&fifo), false).err().expect("a fifo is refused").to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).expect("mkdir");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err =
+            Sink::new(Some(&shared.join("e.jsonl")), false).err().expect("refused").to_string();
+        assert!(err.contains("lets other users replace the file"), "{err}");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        drop(Sink::new(Some(&shared.join("e.jsonl")), false).expect("sticky, like /tmp: fine"));
+    }
 
     fn record(i: u32) -> EventRecord {
         EventRecord { pid: i, comm: "x".repeat(40), ..EventRecord::default() }

@@ -2,31 +2,126 @@
 //!
 //! The kernel does one longest-prefix lookup per attempt, which returns only the most specific
 //! entry. So every entry carries the port ranges of all rules whose prefix covers it
-//! (`10.0.0.0/8:80` plus `10.1.0.0/16:443` gives 10.1.0.0/16 both ports). Cloud metadata
-//! addresses are the exception: they never inherit from covering rules, so `0.0.0.0/0` does not
-//! open them; only a rule naming the exact address does.
+//! (`10.0.0.0/8:80` plus `10.1.0.0/16:443` gives 10.1.0.0/16 both ports). Shielded addresses
+//! ([`SHIELDS`]) are the exception: broader rules never reach into them, so `0.0.0.0/0` does
+//! not open a cloud credential endpoint, link-local addresses or 0.0.0.0.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use netcontrol_common::abi::{
-    ALLOW_F_LEARNED, ALLOW_F_PROTECTED, AllowValue, MAX_PORT_RANGES, PROTO_ANY, PortRange,
+use netcontrol_common::{
+    abi::{
+        ALLOW_F_LEARNED, AllowValue, MAX_PORT_RANGES, PROTO_ANY, PortRange, REASON_LINK_LOCAL,
+        REASON_METADATA, REASON_UNSPECIFIED,
+    },
+    verdict::protected_flags,
 };
 
 use super::rule::{Ports, Proto};
 
-/// Addresses that only an exact rule opens: cloud instance metadata and credential endpoints.
-pub const PROTECTED_V4: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(169, 254, 169, 254), // AWS, GCP, Azure, OCI, DigitalOcean, OpenStack
-    Ipv4Addr::new(169, 254, 170, 2),   // AWS ECS task credentials
-    Ipv4Addr::new(100, 100, 100, 200), // Alibaba Cloud
+/// Addresses that rules broader than them do not open.
+#[derive(Clone, Copy, Debug)]
+pub struct Shield {
+    pub net: &'static str,
+    /// Only a rule naming the exact address opens it; otherwise (a range), a rule inside it.
+    pub exact: bool,
+    /// What a denial reports (`REASON_*`).
+    pub reason: u8,
+    /// What it is, and where that is documented.
+    pub what: &'static str,
+}
+
+const fn exact(net: &'static str, what: &'static str) -> Shield {
+    Shield { net, exact: true, reason: REASON_METADATA, what }
+}
+
+/// Cloud instance metadata and credential endpoints (opened only by a rule naming the exact
+/// address), link-local ranges (opened only by rules inside them: GKE's metadata DNS and
+/// NodeLocal DNSCache are reached by exact rules such as `169.254.20.10:53`), and the
+/// unspecified addresses (the kernel turns a connect to them into one to the host itself).
+pub const SHIELDS: &[Shield] = &[
+    exact(
+        "169.254.169.254/32",
+        "instance metadata: AWS, GCP, Azure, OCI, DigitalOcean, OpenStack (each cloud's IMDS docs)",
+    ),
+    exact("fd00:ec2::254/128", "AWS instance metadata over IPv6 (AWS EC2 user guide, IMDS)"),
+    exact("169.254.170.2/32", "AWS ECS task metadata and credentials (ECS developer guide)"),
+    exact("169.254.170.23/32", "EKS Pod Identity agent credentials (EKS user guide, Pod Identity)"),
+    exact("fd00:ec2::23/128", "EKS Pod Identity agent over IPv6 (EKS user guide)"),
+    exact("169.254.169.252/32", "GKE metadata server of Workload Identity (GKE docs, port 988)"),
+    exact(
+        "168.63.129.16/32",
+        "Azure WireServer: VM agent, extension and certificate channel (Azure docs, \"What is IP address 168.63.129.16?\")",
+    ),
+    exact("100.100.100.200/32", "Alibaba Cloud ECS metadata (Alibaba Cloud docs)"),
+    exact("169.254.0.23/32", "Tencent Cloud CVM metadata (Tencent Cloud docs)"),
+    Shield {
+        net: "0.0.0.0/32",
+        exact: true,
+        reason: REASON_UNSPECIFIED,
+        what: "unspecified: connecting to it reaches the host itself",
+    },
+    Shield {
+        net: "::/128",
+        exact: true,
+        reason: REASON_UNSPECIFIED,
+        what: "unspecified: connecting to it reaches the host itself",
+    },
+    Shield {
+        net: "169.254.0.0/16",
+        exact: false,
+        reason: REASON_LINK_LOCAL,
+        what: "IPv4 link-local (RFC 3927): cloud agents and metadata services live here",
+    },
+    Shield {
+        net: "fe80::/10",
+        exact: false,
+        reason: REASON_LINK_LOCAL,
+        what: "IPv6 link-local (RFC 4291)",
+    },
 ];
-pub const PROTECTED_V6: [Ipv6Addr; 1] = [
-    Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254), // AWS (IPv6 IMDS)
-];
+
+/// The shields of one family, parsed: (prefix length, network, exact, reason).
+fn shields<const N: usize>() -> Vec<(u8, [u8; N], bool, u8)> {
+    SHIELDS
+        .iter()
+        .filter_map(|s| {
+            let net: IpNet = s.net.parse().expect("valid shield");
+            let bytes: [u8; N] = match net.network() {
+                IpAddr::V4(a) => a.octets().as_slice().try_into().ok()?,
+                IpAddr::V6(a) => a.octets().as_slice().try_into().ok()?,
+            };
+            Some((net.prefix_len(), bytes, s.exact, s.reason))
+        })
+        .collect()
+}
+
+/// The innermost shield containing `(len, addr)`: exact ones only at their own address.
+fn shield_of<const N: usize>(
+    shields: &[(u8, [u8; N], bool, u8)],
+    len: u8,
+    addr: [u8; N],
+) -> Option<(u8, u8)> {
+    shields
+        .iter()
+        .filter(|(slen, snet, exact, _)| {
+            if *exact {
+                *slen == len && *snet == addr
+            } else {
+                *slen <= len && truncate(addr, *slen) == *snet
+            }
+        })
+        .max_by_key(|(slen, ..)| *slen)
+        .map(|(slen, _, _, reason)| (*slen, *reason))
+}
+
+/// Whether an address lies in a shield (DNS answers never open one).
+pub fn shielded(ip: IpAddr) -> Option<&'static Shield> {
+    SHIELDS.iter().find(|s| s.net.parse::<IpNet>().is_ok_and(|n| n.contains(&ip)))
+}
 
 /// One (network, protocol, ports) grant, after domains were resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,27 +216,29 @@ impl Index {
     /// Every entry the grants need.
     pub fn entries(&self) -> Result<Entries, TooManyRanges> {
         Ok(Entries {
-            v4: self.v4.entries(&PROTECTED_V4.map(|a| a.octets()), v4_net)?,
-            v6: self.v6.entries(&PROTECTED_V6.map(|a| a.octets()), v6_net)?,
+            v4: self.v4.entries(&shields::<4>(), v4_net)?,
+            v6: self.v6.entries(&shields::<16>(), v6_net)?,
         })
+    }
+
+    /// The entries of listen rules: no shields (0.0.0.0 is the wildcard to bind to, and
+    /// nothing is sent there).
+    pub fn listen_entries(&self) -> Result<Entries, TooManyRanges> {
+        Ok(Entries { v4: self.v4.entries(&[], v4_net)?, v6: self.v6.entries(&[], v6_net)? })
     }
 
     /// The entry for a single address that also carries `extra` ranges (learned from DNS):
     /// the ranges of every grant covering it plus `extra`, flagged `ALLOW_F_LEARNED`. A
-    /// protected address ignores `extra`: DNS never opens a metadata address. None when the
-    /// address needs no entry of its own.
+    /// shielded address ignores `extra`: DNS never opens one. None when the address needs no
+    /// entry of its own.
     pub fn host_value(
         &self,
         ip: IpAddr,
         extra: &[PortRange],
     ) -> Result<Option<AllowValue>, TooManyRanges> {
         match ip {
-            IpAddr::V4(a) => {
-                self.v4.host_value(a.octets(), extra, &PROTECTED_V4.map(|a| a.octets()), v4_net)
-            }
-            IpAddr::V6(a) => {
-                self.v6.host_value(a.octets(), extra, &PROTECTED_V6.map(|a| a.octets()), v6_net)
-            }
+            IpAddr::V4(a) => self.v4.host_value(a.octets(), extra, &shields::<4>(), v4_net),
+            IpAddr::V6(a) => self.v6.host_value(a.octets(), extra, &shields::<16>(), v6_net),
         }
     }
 
@@ -183,33 +280,44 @@ impl<const N: usize> Family<N> {
         (0..=len).filter_map(move |l| self.own.get(&(l, truncate(addr, l)))).flatten()
     }
 
+    /// The ranges of the granted prefixes covering `(len, addr)` from `min_len` on: a shielded
+    /// prefix takes only what is granted inside its shield.
+    fn covering_from(
+        &self,
+        min_len: u8,
+        len: u8,
+        addr: [u8; N],
+    ) -> impl Iterator<Item = &PortRange> {
+        (min_len..=len).filter_map(move |l| self.own.get(&(l, truncate(addr, l)))).flatten()
+    }
+
     fn entries(
         &self,
-        protected: &[[u8; N]],
+        shields: &[(u8, [u8; N], bool, u8)],
         to_net: fn(u8, [u8; N]) -> IpNet,
     ) -> Result<BTreeMap<(u8, [u8; N]), AllowValue>, TooManyRanges> {
         let mut out = BTreeMap::new();
         for &(len, addr) in self.own.keys() {
-            let is_protected = len == Self::BITS && protected.contains(&addr);
-            let ranges: Vec<PortRange> = if is_protected {
-                self.own[&(len, addr)].clone()
-            } else {
-                self.covering(len, addr).copied().collect()
+            let (ranges, flags): (Vec<PortRange>, u32) = match shield_of(shields, len, addr) {
+                Some((slen, reason)) => (
+                    self.covering_from(slen, len, addr).copied().collect(),
+                    protected_flags(reason),
+                ),
+                None => (self.covering(len, addr).copied().collect(), 0),
             };
-            let flags = if is_protected { ALLOW_F_PROTECTED } else { 0 };
             out.insert((len, addr), value(&ranges, flags, || to_net(len, addr))?);
         }
-        // A protected address covered by a broader rule gets an entry of its own (with only
-        // its exact rules' ports, usually none), so the broader rule cannot reach it.
-        for &p in protected {
-            if out.contains_key(&(Self::BITS, p)) {
+        // A shield that a broader rule covers gets an entry of its own (with only the ports
+        // granted inside it, usually none), so the broader rule cannot reach into it.
+        for &(slen, snet, _, reason) in shields {
+            if out.contains_key(&(slen, snet)) {
                 continue;
             }
-            let covered = (0..Self::BITS).any(|l| self.own.contains_key(&(l, truncate(p, l))));
+            let covered = (0..slen).any(|l| self.own.contains_key(&(l, truncate(snet, l))));
             if covered {
                 out.insert(
-                    (Self::BITS, p),
-                    AllowValue { flags: ALLOW_F_PROTECTED, ..AllowValue::default() },
+                    (slen, snet),
+                    AllowValue { flags: protected_flags(reason), ..AllowValue::default() },
                 );
             }
         }
@@ -220,13 +328,13 @@ impl<const N: usize> Family<N> {
         &self,
         addr: [u8; N],
         extra: &[PortRange],
-        protected: &[[u8; N]],
+        shields: &[(u8, [u8; N], bool, u8)],
         to_net: fn(u8, [u8; N]) -> IpNet,
     ) -> Result<Option<AllowValue>, TooManyRanges> {
         let bits = Self::BITS;
-        if protected.contains(&addr) {
+        if shield_of(shields, bits, addr).is_some() {
             // What the static entries say, learned ranges ignored.
-            return Ok(self.entries(protected, to_net)?.remove(&(bits, addr)));
+            return Ok(self.entries(shields, to_net)?.remove(&(bits, addr)));
         }
         let ranges: Vec<PortRange> = self.covering(bits, addr).chain(extra).copied().collect();
         if ranges.is_empty() {
@@ -283,8 +391,10 @@ fn merge(ranges: &[PortRange]) -> Vec<PortRange> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use netcontrol_common::{
-        abi::{PROTO_TCP, PROTO_UDP, REASON_METADATA, REASON_NONE, REASON_PORT_NOT_ALLOWED},
+        abi::{PROTO_TCP, PROTO_UDP, REASON_NONE, REASON_PORT_NOT_ALLOWED},
         verdict::judge_destination,
     };
 
@@ -328,21 +438,89 @@ mod tests {
         let e =
             compile(&[g("0.0.0.0/0", Proto::Any, 0, u16::MAX), g("::/0", Proto::Any, 0, u16::MAX)])
                 .expect("compile");
-        for ip in PROTECTED_V4 {
-            assert_eq!(judge_destination(lookup4(&e, ip.octets()), PROTO_TCP, 80), REASON_METADATA);
+        for s in SHIELDS.iter().filter(|s| s.exact && s.reason == REASON_METADATA) {
+            let reason = match s.net.parse::<IpNet>().expect("net").addr() {
+                IpAddr::V4(a) => judge_destination(lookup4(&e, a.octets()), PROTO_TCP, 80),
+                IpAddr::V6(a) => judge_destination(lookup6(&e, a), PROTO_TCP, 80),
+            };
+            assert_eq!(reason, REASON_METADATA, "{}", s.net);
         }
-        let v6 = PROTECTED_V6[0];
-        assert_eq!(judge_destination(lookup6(&e, v6), PROTO_TCP, 80), REASON_METADATA);
+        // The rest of link-local is shielded too, as link-local.
         assert_eq!(
             judge_destination(lookup4(&e, [169, 254, 169, 253]), PROTO_TCP, 80),
+            REASON_LINK_LOCAL
+        );
+        assert_eq!(
+            judge_destination(lookup6(&e, "fe80::1".parse().expect("ip")), PROTO_TCP, 80),
+            REASON_LINK_LOCAL
+        );
+        // And so are the unspecified addresses.
+        assert_eq!(judge_destination(lookup4(&e, [0, 0, 0, 0]), PROTO_TCP, 80), REASON_UNSPECIFIED);
+        assert_eq!(
+            judge_destination(lookup6(&e, Ipv6Addr::UNSPECIFIED), PROTO_UDP, 53),
+            REASON_UNSPECIFIED
+        );
+        // Next to them, the default route applies.
+        assert_eq!(judge_destination(lookup4(&e, [0, 0, 0, 1]), PROTO_TCP, 80), REASON_NONE);
+        assert_eq!(judge_destination(lookup4(&e, [169, 253, 0, 1]), PROTO_TCP, 80), REASON_NONE);
+        assert_eq!(
+            judge_destination(lookup4(&e, [100, 100, 100, 201]), PROTO_TCP, 80),
             REASON_NONE
         );
-        // A /24 around it is not "the exact address" either.
+        // A /24 around it is not "the exact address" either, but it opens the rest of its
+        // link-local /24.
         let e = compile(&[g("169.254.169.0/24", Proto::Any, 0, u16::MAX)]).expect("compile");
         assert_eq!(
             judge_destination(lookup4(&e, [169, 254, 169, 254]), PROTO_TCP, 80),
             REASON_METADATA
         );
+        assert_eq!(judge_destination(lookup4(&e, [169, 254, 169, 1]), PROTO_TCP, 80), REASON_NONE);
+    }
+
+    #[test]
+    fn link_local_opens_only_to_rules_inside_it() {
+        // NodeLocal DNSCache and GKE's metadata DNS, by exact rules, under a default route.
+        let e = compile(&[
+            g("0.0.0.0/0", Proto::Any, 0, u16::MAX),
+            g("169.254.20.10/32", Proto::Udp, 53, 53),
+            g("169.254.169.254/32", Proto::Udp, 53, 53),
+        ])
+        .expect("compile");
+        let at = |ip, proto, port| judge_destination(lookup4(&e, ip), proto, port);
+        assert_eq!(at([169, 254, 20, 10], PROTO_UDP, 53), REASON_NONE);
+        // The default route's other ports do not come along into link-local.
+        assert_eq!(at([169, 254, 20, 10], PROTO_TCP, 80), REASON_LINK_LOCAL);
+        assert_eq!(at([169, 254, 169, 254], PROTO_UDP, 53), REASON_NONE);
+        assert_eq!(at([169, 254, 169, 254], PROTO_TCP, 80), REASON_METADATA);
+        assert_eq!(at([169, 254, 1, 1], PROTO_TCP, 80), REASON_LINK_LOCAL);
+        // A rule for all of link-local opens it, but still not the metadata address.
+        let e = compile(&[g("169.254.0.0/16", Proto::Tcp, 80, 80)]).expect("compile");
+        assert_eq!(judge_destination(lookup4(&e, [169, 254, 1, 1]), PROTO_TCP, 80), REASON_NONE);
+        assert_eq!(
+            judge_destination(lookup4(&e, [169, 254, 169, 254]), PROTO_TCP, 80),
+            REASON_METADATA
+        );
+        // fe80::/10 likewise.
+        let e = compile(&[g("::/0", Proto::Any, 0, u16::MAX), g("fe80::/64", Proto::Tcp, 22, 22)])
+            .expect("compile");
+        let fe = |s: &str| lookup6(&e, s.parse().expect("ip"));
+        assert_eq!(judge_destination(fe("fe80::5"), PROTO_TCP, 22), REASON_NONE);
+        assert_eq!(judge_destination(fe("fe80::5"), PROTO_TCP, 80), REASON_LINK_LOCAL);
+        assert_eq!(judge_destination(fe("fe80:0:0:1::5"), PROTO_TCP, 22), REASON_LINK_LOCAL);
+        assert_eq!(judge_destination(fe("2001:db8::1"), PROTO_TCP, 80), REASON_NONE);
+    }
+
+    #[test]
+    fn the_shield_list_parses_and_says_what_each_is() {
+        for s in SHIELDS {
+            let net: IpNet = s.net.parse().unwrap_or_else(|_| panic!("{}", s.net));
+            assert_eq!(net.network(), net.addr(), "{}", s.net);
+            assert_eq!(s.exact, net.prefix_len() == net.max_prefix_len(), "{}", s.net);
+            assert!(!s.what.is_empty());
+        }
+        assert!(shielded("169.254.170.23".parse().expect("ip")).is_some());
+        assert!(shielded("fe80::1".parse().expect("ip")).is_some());
+        assert!(shielded("10.0.0.1".parse().expect("ip")).is_none());
     }
 
     #[test]
@@ -414,6 +592,17 @@ mod tests {
             .expect("value")
             .expect("some");
         assert_eq!(judge_destination(Some(&md), PROTO_TCP, 80), REASON_METADATA);
+        // Nor does one pointing at 0.0.0.0 or a link-local address.
+        let zero = index
+            .host_value("0.0.0.0".parse().expect("ip"), &learned)
+            .expect("value")
+            .expect("some");
+        assert_eq!(judge_destination(Some(&zero), PROTO_TCP, 80), REASON_UNSPECIFIED);
+        assert_eq!(
+            index.host_value("169.254.3.3".parse().expect("ip"), &learned).expect("value"),
+            None,
+            "the link-local range's own entry decides"
+        );
         // Nothing to allow: no entry.
         assert_eq!(
             Index::new(&[]).host_value("192.0.2.1".parse().expect("ip"), &[]).expect("value"),

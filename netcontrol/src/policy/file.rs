@@ -8,8 +8,11 @@
 //!   - 10.0.0.0/8
 //!   - domain: api.stripe.com     # the long form
 //!     ports: [443, "8000-8100"]
-//!     protocol: tcp              # tcp, udp, icmp or any (the default)
+//!     protocol: tcp              # tcp, udp, icmp, sctp or any (the default)
+//!   - domain: db.internal.test
+//!     allow_private: true        # its DNS answers may be private addresses
 //!   - cidr: 192.168.0.0/16
+//! listen: [8080, "0.0.0.0:9000"] # besides loopback (sandboxes in the host's network namespace)
 //! dns:
 //!   mode: proxy                  # or resolver
 //!   servers: [127.0.0.53]        # default: the nameservers of /etc/resolv.conf
@@ -21,9 +24,14 @@
 //!   refuse_with: nxdomain        # or refused
 //!   max_queries_per_second: 100
 //!   max_name_length: 253
+//!   rebinding: refuse            # or allow
+//!   allow_private: false
 //! sockets:
 //!   raw: false
 //!   ping: false
+//!   routing_options: false
+//!   abstract_unix: false
+//!   families: []                 # e.g. [vsock, packet]
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, line and column.
@@ -41,7 +49,8 @@ use serde::{
 };
 
 use super::{
-    DnsMode, DnsSettings, Mode, Policy, Ports, Proto, Refusal, Rule, Target, name::Pattern,
+    DnsMode, DnsSettings, Listen, Mode, Policy, Ports, Proto, Rebinding, Refusal, Rule, Target,
+    name::Pattern,
 };
 
 /// A policy file that could not be read or is not valid.
@@ -123,6 +132,8 @@ pub(crate) struct RawPolicy {
     #[serde(default)]
     allow: Vec<Entry>,
     #[serde(default)]
+    listen: Vec<ListenSpec>,
+    #[serde(default)]
     dns: Option<RawDns>,
     #[serde(default)]
     sockets: Option<RawSockets>,
@@ -148,6 +159,15 @@ struct RawDns {
     grace: Option<Seconds>,
     max_ips_per_name: Option<usize>,
     timeout: Option<Seconds>,
+    rebinding: Option<RawRebinding>,
+    allow_private: Option<bool>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawRebinding {
+    Refuse,
+    Allow,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -169,6 +189,64 @@ enum RawRefusal {
 struct RawSockets {
     raw: Option<bool>,
     ping: Option<bool>,
+    routing_options: Option<bool>,
+    abstract_unix: Option<bool>,
+    #[serde(default)]
+    families: Vec<Family>,
+}
+
+/// A socket family by name (`vsock`, `packet`, ...).
+struct Family(u8);
+
+impl<'de> Deserialize<'de> for Family {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_family(&s).map(Family).map_err(de::Error::custom)
+    }
+}
+
+/// A socket family name as `sockets.families` and `--allow-family` take it.
+pub fn parse_family(s: &str) -> Result<u8, String> {
+    use netcontrol_common::{abi::ALWAYS_ALLOWED_FAMILIES, user::SOCKET_FAMILIES};
+    let name = s.trim().to_ascii_lowercase();
+    let name = name.strip_prefix("af_").unwrap_or(&name);
+    match SOCKET_FAMILIES.iter().find(|(n, _)| *n == name) {
+        Some((_, f)) if ALWAYS_ALLOWED_FAMILIES & (1 << f) != 0 => {
+            Err(format!("{s}: unix, inet, inet6 and netlink sockets are always allowed"))
+        }
+        Some((_, f)) => Ok(*f),
+        None => Err(format!(
+            "{s:?} is not a socket family; one of {}",
+            SOCKET_FAMILIES
+                .iter()
+                .filter(|(_, f)| ALWAYS_ALLOWED_FAMILIES & (1 << f) == 0)
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// A listen rule: a port (`8080`), a range, or `ADDRESS:PORT`.
+struct ListenSpec(Listen);
+
+impl<'de> Deserialize<'de> for ListenSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ListenSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port (8080), a range (\"8000-8100\") or \"ADDRESS:PORT\"")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ListenSpec, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ListenSpec, E> {
+                s.parse::<Listen>().map(ListenSpec).map_err(|e| E::custom(e.why))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl RawPolicy {
@@ -195,7 +273,14 @@ impl RawPolicy {
             grace: d.grace.map_or(defaults.grace, |s| s.0),
             max_ips_per_name: d.max_ips_per_name.unwrap_or(defaults.max_ips_per_name),
             timeout: d.timeout.map_or(defaults.timeout, |s| s.0),
+            rebinding: match d.rebinding {
+                Some(RawRebinding::Allow) => Rebinding::Allow,
+                Some(RawRebinding::Refuse) => Rebinding::Refuse,
+                None => defaults.rebinding,
+            },
+            allow_private: d.allow_private.unwrap_or(defaults.allow_private),
         });
+        let sockets = self.sockets.as_ref();
         Policy {
             mode: match self.mode {
                 Some(RawMode::Audit) => Mode::Audit,
@@ -203,8 +288,12 @@ impl RawPolicy {
             },
             allow: self.allow.into_iter().flat_map(|e| e.0).collect(),
             dns,
-            allow_raw_sockets: self.sockets.as_ref().and_then(|s| s.raw).unwrap_or(false),
-            allow_icmp: self.sockets.as_ref().and_then(|s| s.ping).unwrap_or(false),
+            allow_raw_sockets: sockets.and_then(|s| s.raw).unwrap_or(false),
+            allow_icmp: sockets.and_then(|s| s.ping).unwrap_or(false),
+            allow_routing_options: sockets.and_then(|s| s.routing_options).unwrap_or(false),
+            allow_abstract_unix: sockets.and_then(|s| s.abstract_unix).unwrap_or(false),
+            families: sockets.map(|s| s.families.iter().map(|f| f.0).collect()).unwrap_or_default(),
+            listen: self.listen.into_iter().map(|l| l.0).collect(),
         }
     }
 }
@@ -220,6 +309,7 @@ struct LongForm {
     cidr: Option<String>,
     ports: Option<Vec<PortSpec>>,
     protocol: Option<RawProto>,
+    allow_private: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -229,6 +319,7 @@ enum RawProto {
     Tcp,
     Udp,
     Icmp,
+    Sctp,
 }
 
 impl<'de> Deserialize<'de> for Entry {
@@ -274,7 +365,14 @@ impl LongForm {
             RawProto::Tcp => Proto::Tcp,
             RawProto::Udp => Proto::Udp,
             RawProto::Icmp => Proto::Icmp,
+            RawProto::Sctp => Proto::Sctp,
         };
+        let allow_private = self.allow_private.unwrap_or(false);
+        if allow_private && !matches!(target, Target::Domain(_)) {
+            return Err(
+                "`allow_private` is for domain rules (a cidr names its addresses already)".into()
+            );
+        }
         let ports = match self.ports {
             None => vec![Ports::ANY],
             Some(p) if p.is_empty() => {
@@ -285,7 +383,10 @@ impl LongForm {
         if proto == Proto::Icmp && ports.iter().any(|p| !p.is_any()) {
             return Err("ICMP has no ports; leave `ports` out".into());
         }
-        Ok(ports.into_iter().map(|ports| Rule { target: target.clone(), ports, proto }).collect())
+        Ok(ports
+            .into_iter()
+            .map(|ports| Rule { target: target.clone(), ports, proto, allow_private })
+            .collect())
     }
 }
 
@@ -382,8 +483,16 @@ pub fn render(p: &Policy, system_servers: Option<&[SocketAddr]>) -> String {
                 }
                 _ => "",
             };
-            out.push_str(&format!("  - {}{note}\n", q(&r.to_string())));
+            if r.allow_private {
+                out.push_str(&long_form(r));
+            } else {
+                out.push_str(&format!("  - {}{note}\n", q(&r.to_string())));
+            }
         }
+    }
+    if !p.listen.is_empty() {
+        let list: Vec<String> = p.listen.iter().map(|l| q(&l.to_string())).collect();
+        out.push_str(&format!("listen: [{}]\n", list.join(", ")));
     }
     let d = &p.dns;
     out.push_str("dns:\n");
@@ -417,7 +526,36 @@ pub fn render(p: &Policy, system_servers: Option<&[SocketAddr]>) -> String {
     out.push_str(&format!("  refuse_with: {refuse}\n"));
     out.push_str(&format!("  max_queries_per_second: {}\n", d.max_queries_per_second));
     out.push_str(&format!("  max_name_length: {}\n", d.max_name_length));
+    out.push_str(&format!("  rebinding: {}\n", d.rebinding.name()));
+    out.push_str(&format!("  allow_private: {}\n", d.allow_private));
     out.push_str(&format!("sockets:\n  raw: {}\n  ping: {}\n", p.allow_raw_sockets, p.allow_icmp));
+    out.push_str(&format!("  routing_options: {}\n", p.allow_routing_options));
+    out.push_str(&format!("  abstract_unix: {}\n", p.allow_abstract_unix));
+    let families: Vec<String> = p
+        .families
+        .iter()
+        .map(|f| netcontrol_common::user::socket_family_name(u32::from(*f)))
+        .collect();
+    out.push_str(&format!("  families: [{}]\n", families.join(", ")));
+    out
+}
+
+/// A domain rule in the long form (what the short form cannot say).
+fn long_form(r: &Rule) -> String {
+    let mut out =
+        format!("  - domain: {}\n", serde_json::to_string(&r.target.to_string()).expect("string"));
+    if !r.ports.is_any() {
+        let ports = if r.ports.lo == r.ports.hi {
+            r.ports.lo.to_string()
+        } else {
+            format!("\"{}-{}\"", r.ports.lo, r.ports.hi)
+        };
+        out.push_str(&format!("    ports: [{ports}]\n"));
+    }
+    if let Some(p) = r.proto.suffix() {
+        out.push_str(&format!("    protocol: {p}\n"));
+    }
+    out.push_str("    allow_private: true\n");
     out
 }
 
@@ -507,6 +645,48 @@ sockets:
         let e = err("allow:\n  - 443\n");
         assert!(e.starts_with("p.yaml:2:5: invalid type: integer `443`, expected a rule"), "{e}");
         assert!(err("# nothing here\n").contains("has no policy in it"));
+    }
+
+    #[test]
+    fn listen_sockets_and_rebinding() {
+        let p = ok("allow:
+  - domain: db.internal.test
+    ports: [5432]
+    protocol: tcp
+    allow_private: true
+  - 10.0.0.5:2905/sctp
+listen: [8080, \"0.0.0.0:9000-9001\"]
+dns:
+  rebinding: refuse
+  allow_private: false
+sockets:
+  routing_options: true
+  abstract_unix: true
+  families: [vsock, AF_PACKET]
+");
+        assert!(p.allow[0].allow_private && !p.allow[1].allow_private);
+        assert!(p.private_allowed_for("db.internal.test"));
+        assert!(!p.private_allowed_for("other.test"));
+        assert_eq!(p.listen.len(), 2);
+        assert!(p.allow_routing_options && p.allow_abstract_unix);
+        assert_eq!(p.families.iter().copied().collect::<Vec<_>>(), [17, 40]);
+        assert_eq!(p.family_mask(), (1 << 17) | (1 << 40));
+        use netcontrol_common::abi::{SANDBOX_F_ALLOW_ROUTING, SANDBOX_F_ALLOW_SCTP};
+        assert_ne!(p.sandbox_flags() & SANDBOX_F_ALLOW_SCTP, 0);
+        assert_ne!(p.sandbox_flags() & SANDBOX_F_ALLOW_ROUTING, 0);
+        let text = render(&p, None);
+        assert_eq!(ok(&text), p, "{text}");
+        let e = err("sockets:\n  families: [inet]\n");
+        assert!(e.contains("always allowed"), "{e}");
+        let e = err("sockets:\n  families: [bogus]\n");
+        assert!(e.contains("not a socket family") && e.contains("vsock"), "{e}");
+        let e = err("allow:\n  - cidr: 10.0.0.0/8\n    allow_private: true\n");
+        assert!(e.contains("for domain rules"), "{e}");
+        let e = err("listen: [\"53/udp\"]\n");
+        assert!(e.contains("for TCP"), "{e}");
+        let e = err("dns:\n  rebinding: maybe\n");
+        assert!(e.contains("unknown variant `maybe`"), "{e}");
+        assert_eq!(ok("allow: []\n").dns.rebinding, Rebinding::Refuse);
     }
 
     #[test]

@@ -14,12 +14,15 @@ use std::{
 };
 
 use ipnet::IpNet;
-use netcontrol_common::abi::{SANDBOX_F_ALLOW_ICMP, SANDBOX_F_ALLOW_RAW, SANDBOX_F_AUDIT};
+use netcontrol_common::abi::{
+    SANDBOX_F_ALLOW_ABSTRACT_UNIX, SANDBOX_F_ALLOW_ICMP, SANDBOX_F_ALLOW_RAW,
+    SANDBOX_F_ALLOW_ROUTING, SANDBOX_F_ALLOW_SCTP, SANDBOX_F_AUDIT,
+};
 
 pub use self::{
     compile::{Entries, Grant, compile},
     name::Pattern,
-    rule::{Ports, Proto, Rule, RuleError, Target},
+    rule::{Listen, Ports, Proto, Rule, RuleError, Target},
 };
 
 /// Enforce denies; audit only reports what enforce would deny.
@@ -69,6 +72,28 @@ pub enum Refusal {
     Refused,
 }
 
+/// What DNS answers may point at (`dns.rebinding`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rebinding {
+    /// Answers pointing at loopback, unspecified, link-local, private (RFC 1918, CGNAT, ULA)
+    /// or the host's own addresses are not learned and are taken out of the answer (a name
+    /// an attacker controls must not open the inside of the network). `allow_private` opens
+    /// the private ranges.
+    #[default]
+    Refuse,
+    /// Whatever the answer says is allowed (shielded addresses excepted).
+    Allow,
+}
+
+impl Rebinding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Refuse => "refuse",
+            Self::Allow => "allow",
+        }
+    }
+}
+
 /// How domain rules are resolved and followed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsSettings {
@@ -93,6 +118,10 @@ pub struct DnsSettings {
     pub max_queries_per_second: u32,
     /// Proxy mode: longer names are refused (long names carry exfiltrated data).
     pub max_name_length: usize,
+    pub rebinding: Rebinding,
+    /// With `rebinding: refuse`: private addresses (RFC 1918, CGNAT, ULA) in answers are
+    /// allowed for every name (in-cluster names); per rule, see [`Rule::allow_private`].
+    pub allow_private: bool,
 }
 
 impl Default for DnsSettings {
@@ -108,6 +137,8 @@ impl Default for DnsSettings {
             refuse_with: Refusal::NxDomain,
             max_queries_per_second: 100,
             max_name_length: 253,
+            rebinding: Rebinding::Refuse,
+            allow_private: false,
         }
     }
 }
@@ -123,6 +154,16 @@ pub struct Policy {
     /// Allow ICMP/ICMPv6 datagram ("ping") sockets. Their `connect()` is judged by the address
     /// rules, but an unconnected `sendto()` on them is not visible to any cgroup hook.
     pub allow_icmp: bool,
+    /// Allow the socket options and packets that route through other hosts (IPv6 routing,
+    /// hop-by-hop and destination options, IPv4 source routes).
+    pub allow_routing_options: bool,
+    /// Allow connections and datagrams to abstract unix sockets (for a sandbox in the host's
+    /// network namespace, those are the host's daemons').
+    pub allow_abstract_unix: bool,
+    /// Socket families beyond inet, inet6, unix and netlink the sandbox may create (`AF_*`).
+    pub families: BTreeSet<u8>,
+    /// Where a sandbox in the host's network namespace may listen besides loopback.
+    pub listen: Vec<Listen>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +187,11 @@ pub struct Compiled {
     /// DNS-aware mode: the proxy's ports in the sandbox's namespace (0: none).
     pub dns_port4: u16,
     pub dns_port6: u16,
+    /// Socket families allowed beyond the usual ones (bit N: `AF_*` N).
+    pub families: u64,
     pub entries: Entries,
+    /// Where the sandbox may listen (under its policy id with `LISTEN_POLICY_BIT`).
+    pub listen: Entries,
 }
 
 impl Compiled {
@@ -158,6 +203,7 @@ impl Compiled {
             dns_port4: self.dns_port4,
             dns_port6: self.dns_port6,
             _pad: 0,
+            families: self.families,
         }
     }
 }
@@ -175,7 +221,44 @@ impl Policy {
         if self.allow_icmp {
             f |= SANDBOX_F_ALLOW_ICMP;
         }
+        if self.allow.iter().any(|r| r.proto == Proto::Sctp) {
+            f |= SANDBOX_F_ALLOW_SCTP;
+        }
+        if self.allow_routing_options {
+            f |= SANDBOX_F_ALLOW_ROUTING;
+        }
+        if self.allow_abstract_unix {
+            f |= SANDBOX_F_ALLOW_ABSTRACT_UNIX;
+        }
         f
+    }
+
+    /// The extra socket families as the kernel's bit mask.
+    pub fn family_mask(&self) -> u64 {
+        self.families.iter().filter(|&&f| f < 64).fold(0, |m, &f| m | (1u64 << f))
+    }
+
+    /// Whether DNS answers for `name` may hold private addresses.
+    pub fn private_allowed_for(&self, name: &str) -> bool {
+        self.dns.rebinding == Rebinding::Allow
+            || self.dns.allow_private
+            || self.domain_rules().any(|(p, r)| r.allow_private && p.matches(name))
+    }
+
+    /// The listen rules as grants (TCP; a port alone covers every address of both families).
+    pub fn listen_grants(&self) -> Vec<Grant> {
+        let any: [IpNet; 2] = ["0.0.0.0/0".parse().expect("net"), "::/0".parse().expect("net")];
+        self.listen
+            .iter()
+            .flat_map(|l| {
+                match l.net {
+                    Some(n) => vec![n],
+                    None => any.to_vec(),
+                }
+                .into_iter()
+                .map(move |net| Grant { net, proto: Proto::Tcp, ports: l.ports })
+            })
+            .collect()
     }
 
     /// The exact names to resolve and follow.
@@ -252,7 +335,9 @@ impl Policy {
     ) -> Result<Compiled, PolicyError> {
         Ok(Compiled {
             flags: self.sandbox_flags(),
+            families: self.family_mask(),
             entries: compile(&self.grants(resolved, dns_servers))?,
+            listen: compile::Index::new(&self.listen_grants()).listen_entries()?,
             ..Compiled::default()
         })
     }

@@ -9,6 +9,7 @@
 //! | `[::1]:443`, `[2001:db8::/32]:53/udp` | IPv6 with a port: brackets required      |
 //! | `10.0.0.0/8:*/udp`, `10.0.0.0/8/udp` | every port, one protocol                  |
 //! | `192.0.2.1/icmp`             | ICMP ("ping") to an address (ports do not apply)  |
+//! | `10.0.0.5:2905/sctp`         | SCTP (also lets the sandbox create SCTP sockets)  |
 //! | `api.github.com:443`         | a domain (resolved by netcontrol)                 |
 //!
 //! IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) are turned into IPv4 rules: the kernel side
@@ -17,7 +18,7 @@
 use std::{fmt, net::IpAddr, str::FromStr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use netcontrol_common::abi::{PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use netcontrol_common::abi::{PROTO_ANY, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use super::name::Pattern;
 
@@ -27,6 +28,9 @@ pub struct Rule {
     pub target: Target,
     pub ports: Ports,
     pub proto: Proto,
+    /// Domain rules: DNS answers for the name may be private addresses (RFC 1918, CGNAT,
+    /// ULA), which DNS rebinding protection refuses otherwise. Only the long form sets it.
+    pub allow_private: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -56,6 +60,7 @@ pub enum Proto {
     Tcp,
     Udp,
     Icmp,
+    Sctp,
 }
 
 impl Proto {
@@ -66,6 +71,18 @@ impl Proto {
             Self::Tcp => PROTO_TCP,
             Self::Udp => PROTO_UDP,
             Self::Icmp => PROTO_ICMP,
+            Self::Sctp => PROTO_SCTP,
+        }
+    }
+
+    /// The name rules use (`/tcp`), None for any.
+    pub fn suffix(self) -> Option<&'static str> {
+        match self {
+            Self::Any => None,
+            Self::Tcp => Some("tcp"),
+            Self::Udp => Some("udp"),
+            Self::Icmp => Some("icmp"),
+            Self::Sctp => Some("sctp"),
         }
     }
 }
@@ -78,7 +95,7 @@ pub struct RuleError {
     pub why: String,
 }
 
-const EXPECTED: &str = "expected ADDRESS[/PREFIX][:PORT[-PORT]][/tcp|udp], \
+const EXPECTED: &str = "expected ADDRESS[/PREFIX][:PORT[-PORT]][/tcp|udp|icmp|sctp], \
      e.g. 10.0.0.0/8, 127.0.0.11:8080, [::1]:443/tcp or api.github.com:443";
 
 impl FromStr for Rule {
@@ -110,17 +127,18 @@ impl FromStr for Rule {
             (_, Some(p)) => p,
             (_, None) => Ports::ANY,
         };
-        Ok(Rule { target, ports, proto })
+        Ok(Rule { target, ports, proto, allow_private: false })
     }
 }
 
-/// Split a trailing `/tcp`, `/udp`, `/icmp` or `/any` off.
+/// Split a trailing `/tcp`, `/udp`, `/icmp`, `/sctp` or `/any` off.
 fn split_proto(s: &str) -> (&str, Option<Proto>) {
     if let Some((head, tail)) = s.rsplit_once('/') {
         let proto = match tail.to_ascii_lowercase().as_str() {
             "tcp" => Some(Proto::Tcp),
             "udp" => Some(Proto::Udp),
             "icmp" | "ping" => Some(Proto::Icmp),
+            "sctp" => Some(Proto::Sctp),
             "any" => Some(Proto::Any),
             _ => None,
         };
@@ -241,11 +259,9 @@ impl fmt::Display for Rule {
                 write!(f, ":{}-{}", self.ports.lo, self.ports.hi)?;
             }
         }
-        match self.proto {
-            Proto::Any => Ok(()),
-            Proto::Tcp => f.write_str("/tcp"),
-            Proto::Udp => f.write_str("/udp"),
-            Proto::Icmp => f.write_str("/icmp"),
+        match self.proto.suffix() {
+            None => Ok(()),
+            Some(p) => write!(f, "/{p}"),
         }
     }
 }
@@ -268,6 +284,73 @@ impl fmt::Display for Shown {
             write!(f, "{}", self.0.addr())
         } else {
             write!(f, "{}", self.0)
+        }
+    }
+}
+
+/// Where a sandbox that shares the host's network namespace may listen (TCP; loopback is
+/// always allowed): `8080`, `8000-8100`, `0.0.0.0:8080`, `[::]:8080`, `10.0.0.5:8080`.
+/// A port alone means every address, IPv4 and IPv6.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Listen {
+    pub net: Option<IpNet>,
+    pub ports: Ports,
+}
+
+const LISTEN_EXPECTED: &str = "expected PORT[-PORT] or ADDRESS:PORT[-PORT], e.g. 8080, \
+     8000-8100, 0.0.0.0:8080 or [::]:8080";
+
+impl FromStr for Listen {
+    type Err = RuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why: String| RuleError { rule: s.to_owned(), why };
+        let text = s.trim().strip_suffix("/tcp").unwrap_or(s.trim());
+        if text.is_empty() {
+            return Err(err(format!("the listen rule is empty; {LISTEN_EXPECTED}")));
+        }
+        if text.ends_with("/udp") {
+            return Err(err(
+                "listen rules are for TCP: UDP sockets may bind anywhere (what they send is \
+                 judged like any other datagram)"
+                    .into(),
+            ));
+        }
+        let (addr, ports) = if text.chars().all(|c| c.is_ascii_digit() || c == '-') {
+            (None, text)
+        } else {
+            match split_ports(text).map_err(err)? {
+                (a, Some(p)) => (Some(a), p),
+                (_, None) => {
+                    return Err(err(format!("a listen rule needs a port; {LISTEN_EXPECTED}")));
+                }
+            }
+        };
+        let ports = parse_ports(ports).map_err(err)?;
+        let net = match addr {
+            None => None,
+            Some(a) => match parse_target(a).map_err(err)? {
+                Target::Net(n) => Some(n),
+                Target::Domain(_) => {
+                    return Err(err(format!("{a:?} is not an IP address; {LISTEN_EXPECTED}")));
+                }
+            },
+        };
+        Ok(Self { net, ports })
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.net {
+            Some(n @ IpNet::V6(_)) => write!(f, "[{}]:", Shown(n))?,
+            Some(n) => write!(f, "{}:", Shown(n))?,
+            None => {}
+        }
+        if self.ports.lo == self.ports.hi {
+            write!(f, "{}", self.ports.lo)
+        } else {
+            write!(f, "{}-{}", self.ports.lo, self.ports.hi)
         }
     }
 }
@@ -298,7 +381,12 @@ mod tests {
     fn addresses_and_prefixes() {
         assert_eq!(
             ok("10.0.0.0/8"),
-            Rule { target: net("10.0.0.0/8"), ports: Ports::ANY, proto: Proto::Any }
+            Rule {
+                target: net("10.0.0.0/8"),
+                ports: Ports::ANY,
+                proto: Proto::Any,
+                allow_private: false
+            }
         );
         assert_eq!(ok("127.0.0.11").target, net("127.0.0.11/32"));
         assert_eq!(ok("::1").target, net("::1/128"));
@@ -324,6 +412,8 @@ mod tests {
         assert_eq!((r.target, r.ports, r.proto), (net("10.0.0.0/8"), Ports::ANY, Proto::Udp));
         let r = ok("192.0.2.1/icmp");
         assert_eq!((r.target, r.proto), (net("192.0.2.1/32"), Proto::Icmp));
+        let r = ok("10.0.0.5:2905/sctp");
+        assert_eq!((r.ports, r.proto), (Ports { lo: 2905, hi: 2905 }, Proto::Sctp));
     }
 
     #[test]
@@ -367,6 +457,25 @@ mod tests {
     }
 
     #[test]
+    fn listen_rules() {
+        let l = |s: &str| s.parse::<Listen>().unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(l("8080"), Listen { net: None, ports: Ports { lo: 8080, hi: 8080 } });
+        assert_eq!(l("8000-8100/tcp").ports, Ports { lo: 8000, hi: 8100 });
+        assert_eq!(l("0.0.0.0:8080").net, Some("0.0.0.0/32".parse().expect("net")));
+        assert_eq!(l("[::]:8080").net, Some("::/128".parse().expect("net")));
+        assert_eq!(l("10.0.0.0/8:443").net, Some("10.0.0.0/8".parse().expect("net")));
+        for s in ["8080", "8000-8100", "0.0.0.0:8080", "[::]:9000", "10.0.0.5:1-2"] {
+            assert_eq!(l(s).to_string(), s);
+        }
+        let bad = |s: &str| s.parse::<Listen>().expect_err(s).why;
+        assert!(bad("").contains("empty"));
+        assert!(bad("0.0.0.0").contains("needs a port"));
+        assert!(bad("53/udp").contains("for TCP"));
+        assert!(bad("example.com:80").contains("not an IP address"));
+        assert!(bad("70000").contains("out of range"));
+    }
+
+    #[test]
     fn display_round_trips() {
         for s in [
             "10.0.0.0/8",
@@ -377,6 +486,7 @@ mod tests {
             "192.0.2.1/icmp",
             "api.github.com:443",
             "**.example.test:80/tcp",
+            "10.0.0.5:2905/sctp",
         ] {
             assert_eq!(ok(s).to_string(), s);
             assert_eq!(ok(&ok(s).to_string()), ok(s));

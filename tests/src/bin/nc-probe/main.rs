@@ -6,7 +6,8 @@
 //! [::ffff:127.0.0.1]:80 for an IPv4-mapped destination on an IPv6 socket; "-" for ops that
 //! take none). Exit status: 0 if every op succeeded, 1 otherwise.
 //!
-//! OPs: tcp, udp-connect, udp-sendto, udp-sendmmsg, udp-storm:N (N denied sends expected), tfo-sendto (MSG_FASTOPEN), tfo-connect
+//! OPs: tcp, udp-connect, udp-sendto, udp-sendmmsg, udp-storm:N (N denied sends expected),
+//! udp-spray:N (one denied send to each of N ports from TARGET's), tfo-sendto (MSG_FASTOPEN), tfo-connect
 //! (TCP_FASTOPEN_CONNECT), raw4, raw6, ping4, ping6 (socket only), ping-connect (ICMP datagram
 //! socket connected to TARGET), serve (listen on TARGET for TCP and UDP until killed).
 //!
@@ -18,6 +19,14 @@
 //! Benchmark loops, for MS milliseconds: `loop-tcp:MS` (socket, connect, close), `loop-udp:MS`
 //! (socket, connect, one 1-byte datagram, close). Their line adds "ops", "failed" (attempts
 //! that failed, e.g. with EPERM) and "ns_per_op".
+//!
+//! Ways around the address hooks (see escape.rs): `srh-udp`, `srh-tfo`, `lsrr-udp`,
+//! `lsrr-cmsg`, `srh-raw` (TARGET = FINAL/VIA: judged destination / first hop), `unspec6`,
+//! `listen`, `abstract-connect`, `abstract-sendto` (TARGET = name), `family` (TARGET = AF
+//! number), `sctp`, `udp-cmsg`. And `capture IFACE`, which prints `seen NCMARK:<op>` for each
+//! frame carrying one of their payloads, until killed.
+
+mod escape;
 
 use std::{
     io,
@@ -38,6 +47,9 @@ fn main() {
         let (op, target) = (pair[0].as_str(), pair[1].as_str());
         if op == "serve" {
             serve(target);
+        }
+        if op == "capture" {
+            escape::capture(target);
         }
         if op.starts_with("dns") {
             all_ok &= dns::run(op, target);
@@ -153,6 +165,9 @@ fn run(op: &str, target: &str) -> io::Result<()> {
         op if op.starts_with("udp-storm:") => {
             storm(addr(target)?, op["udp-storm:".len()..].parse().unwrap_or(0))
         }
+        op if op.starts_with("udp-spray:") => {
+            spray(addr(target)?, op["udp-spray:".len()..].parse().unwrap_or(0))
+        }
         "tfo-sendto" => tfo_sendto(addr(target)?),
         "tfo-connect" => tfo_connect(addr(target)?),
         "raw4" => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).map(drop),
@@ -168,7 +183,9 @@ fn run(op: &str, target: &str) -> io::Result<()> {
             let s = socket(fam, libc::SOCK_DGRAM, proto)?;
             connect(s.as_raw_fd(), a)
         }
-        other => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown op {other}"))),
+        other => escape::run(other, target).unwrap_or_else(|| {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown op {other}")))
+        }),
     }
 }
 
@@ -263,6 +280,23 @@ fn storm(a: SocketAddr, n: u32) -> io::Result<()> {
         .filter(|_| s.send_to(b"x", a).is_err_and(|e| e.raw_os_error() == Some(libc::EPERM)))
         .count();
     if denied == n as usize {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("{denied} of {n} denied")))
+    }
+}
+
+/// One datagram to each of N ports from TARGET's on (N distinct destinations); succeeds if
+/// every send got EPERM.
+fn spray(a: SocketAddr, n: u16) -> io::Result<()> {
+    let s = UdpSocket::bind(any(a))?;
+    let denied = (0..n)
+        .filter(|i| {
+            let to = SocketAddr::new(a.ip(), a.port().wrapping_add(*i));
+            s.send_to(b"x", to).is_err_and(|e| e.raw_os_error() == Some(libc::EPERM))
+        })
+        .count();
+    if denied == usize::from(n) {
         Ok(())
     } else {
         Err(io::Error::other(format!("{denied} of {n} denied")))

@@ -1,0 +1,72 @@
+//! Judging socket options (cgroup/setsockopt): the ones that choose where packets go.
+//!
+//! connect/sendmsg judge the destination a program names; an IPv6 routing header (or an IPv4
+//! source route) sends the packets somewhere else first. Refusing the options closes that
+//! for sockets set up with setsockopt(); the per-datagram control message forms are dropped
+//! on the way out by the packet program (`packet::egress`).
+
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::programs::SockoptContext;
+use netcontrol_common::{
+    abi::{
+        AF_INET, AF_INET6, HOOK_SETSOCKOPT, REASON_NONE, REASON_SOCKET_OPTION,
+        SANDBOX_F_ALLOW_ROUTING,
+    },
+    verdict::{SOL_IP, program_return, routing_option, verdict},
+};
+
+use crate::{
+    report::{Attempt, Decision, Who, record},
+    sandbox,
+};
+
+/// Beyond this the program sees a truncated copy of the value; optlen 0 tells the kernel to
+/// use the caller's own buffer (Documentation/bpf/prog_cgroup_sockopt.rst, "Large optval").
+const PAGE: i32 = 4096;
+
+#[inline(always)]
+pub fn judge(ctx: &SockoptContext) -> i32 {
+    let so = ctx.sockopt;
+    // SAFETY: ctx fields, 4-byte loads.
+    let (level, optname, optlen) = unsafe {
+        (
+            read_volatile(&raw const (*so).level),
+            read_volatile(&raw const (*so).optname),
+            read_volatile(&raw const (*so).optlen),
+        )
+    };
+    let ret = if routing_option(level, optname) { judge_routing(level, optname) } else { 1 };
+    if ret == 1 && optlen > PAGE {
+        // SAFETY: optlen is writable in setsockopt programs (4-byte store).
+        unsafe { write_volatile(&raw mut (*so).optlen, 0) };
+    }
+    ret
+}
+
+#[inline(always)]
+fn judge_routing(level: i32, optname: i32) -> i32 {
+    let family = if level == SOL_IP { AF_INET } else { AF_INET6 };
+    let detail = ((level as u32) << 16) | (optname as u32 & 0xffff);
+    let a = Attempt::bare(HOOK_SETSOCKOPT, family, 0, 0, detail);
+    let (cgroup_id, sandbox) = sandbox::current();
+    let d = match sandbox {
+        Some(sb) => {
+            let reason = if sb.flags & SANDBOX_F_ALLOW_ROUTING != 0 {
+                REASON_NONE
+            } else {
+                REASON_SOCKET_OPTION
+            };
+            Decision {
+                cgroup_id,
+                sandbox_id: sb.id,
+                policy_id: sb.policy_id,
+                verdict: verdict(reason, sb.flags),
+                reason,
+            }
+        }
+        None => Decision::unsandboxed(cgroup_id, true),
+    };
+    record(&a, &d, Who::Task);
+    program_return(d.verdict)
+}
