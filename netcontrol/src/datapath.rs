@@ -142,9 +142,6 @@ impl Datapath {
             opts.program_pins = Some(root.daemon_programs());
         }
         let mut loaded = Loaded::new(&opts)?;
-        if let Some(line) = gaps(loaded.missing()) {
-            tracing::warn!("{line}");
-        }
         let (maps, others) = Maps::take(&mut loaded.ebpf)?;
         let pump = EventPump::start(others.events, others.denials, sink, labels.clone())?;
         let bpf_log = loaded.logger.take().map(log::Forwarder::start).transpose()?;
@@ -244,8 +241,10 @@ impl Datapath {
     }
 }
 
-/// One line saying what this kernel does not protect (None: everything is).
-pub fn gaps(missing: &[Missing]) -> Option<String> {
+/// One line saying what this kernel does not protect (None: everything is). `covered` are
+/// the hooks whose protections something else gives (a `run` command's seccomp filter).
+pub fn gaps(missing: &[Missing], covered: &[&str]) -> Option<String> {
+    let missing: Vec<&Missing> = missing.iter().filter(|m| !covered.contains(&m.hook)).collect();
     if missing.is_empty() {
         return None;
     }

@@ -186,6 +186,11 @@ impl Enforcer {
         Ok(counts)
     }
 
+    /// The kernel's ids of the sandbox's cgroup links.
+    pub fn link_ids(&self) -> Vec<u32> {
+        self.attachment.as_ref().map(Attachment::cgroup_link_ids).unwrap_or_default()
+    }
+
     /// Look for tampering with the sandbox's links and put it right.
     pub fn check(&mut self, dp: &mut Datapath) -> Vec<crate::bpf::attach::Tampering> {
         match &mut self.attachment {

@@ -27,8 +27,8 @@ use axum::{
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap};
 use netcontrol_common::{
     abi::{
-        self, COUNTER_ATTEMPTS, GLOBAL_EVENTS_LOST, GLOBAL_STATS_FULL, StatsKey, VERDICT_ALLOW,
-        VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
+        self, COUNTER_ATTEMPTS, GLOBAL_EVENTS_LOST, GLOBAL_STATS_FULL, GLOBAL_SUPPRESSED, StatsKey,
+        VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
     },
     user::{family_name, hook_name, protocol_name, reason_name},
 };
@@ -63,6 +63,8 @@ pub struct Snapshot {
     /// Failed attach attempts, by sandbox name.
     pub attach_errors: BTreeMap<String, u64>,
     pub reload_failures: u64,
+    /// Links found detached or unpinned behind the daemon's back, by sandbox name.
+    pub tamper: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +76,8 @@ pub struct SandboxGauges {
     pub entries_v4: usize,
     pub entries_v6: usize,
     pub dns: Option<Arc<dnsproxy::Stats>>,
+    /// Its cgroup links, which a scrape checks are still attached.
+    pub link_ids: Vec<u32>,
 }
 
 impl SandboxGauges {
@@ -317,6 +321,35 @@ impl Collector for KernelCollector {
         );
         reload_failures.add(vec![], snap.reload_failures as f64);
 
+        let mut tamper = Family::new(
+            "netcontrol_tamper_detected",
+            "Links found detached or unpinned by someone else (each is attached or pinned again)",
+            MetricType::Counter,
+        );
+        for (name, n) in &snap.tamper {
+            tamper.add(vec![("sandbox", name.clone())], *n as f64);
+        }
+        // Checked now, not at the daemon's last look: a detached link is an open sandbox.
+        let mut detached = Family::new(
+            "netcontrol_links_detached",
+            "Links of the sandbox that are not attached at this scrape (0 when all is well)",
+            MetricType::Gauge,
+        );
+        for s in &snap.sandboxes {
+            let n = s
+                .link_ids
+                .iter()
+                .filter(|id| crate::bpf::sys::link_cgroup(**id) == Some(0))
+                .count();
+            detached.add(s.labels(), n as f64);
+        }
+        let mut summarized = Family::new(
+            "netcontrol_events_summarized",
+            "Denials reported in summary records instead of events of their own (rate limit or a full ring buffer)",
+            MetricType::Counter,
+        );
+        summarized.add(vec![], self.read_global(GLOBAL_SUPPRESSED) as f64);
+
         let mut sandboxes = Family::new(
             "netcontrol_sandboxes",
             "Sandboxes by state: enforcing, or waiting (cgroup missing or attach failing)",
@@ -365,6 +398,9 @@ impl Collector for KernelCollector {
             &stats_full,
             &attach_errors,
             &reload_failures,
+            &tamper,
+            &detached,
+            &summarized,
             &entries,
             &sandboxes,
             &map_entries,

@@ -210,6 +210,14 @@ impl Sandbox {
         &self.name
     }
 
+    /// Look for tampering with the sandbox's links, put it right, and report it: an error
+    /// line, a `tamper` event. Returns how many things were found.
+    pub fn check_tamper(&mut self, dp: &mut Datapath) -> usize {
+        let found = self.enforcer.check(dp);
+        report_tampering(dp, &self.name, self.enforcer.sandbox_id(), &found);
+        found.len()
+    }
+
     pub fn enforcer(&self) -> &Enforcer {
         &self.enforcer
     }
@@ -445,6 +453,28 @@ impl ProxyMode {
             );
             self.reported_drops = self.learned.dropped_by_cap;
         }
+    }
+}
+
+/// Say what was tampered with: an error line and an event each.
+pub fn report_tampering(
+    dp: &Datapath,
+    name: &str,
+    sandbox_id: u64,
+    found: &[crate::bpf::attach::Tampering],
+) {
+    for t in found {
+        let outcome = if t.repaired { "attached again" } else { "NOT attached again" };
+        tracing::error!(
+            sandbox = name,
+            "tampering: the {} link was {} behind netcontrol's back; {outcome}",
+            t.hook,
+            match t.what {
+                crate::bpf::attach::TamperKind::Detached => "detached",
+                crate::bpf::attach::TamperKind::Unpinned => "unpinned",
+            }
+        );
+        dp.injector().send(crate::events::EventRecord::tamper(t, sandbox_id, dp.labels()));
     }
 }
 

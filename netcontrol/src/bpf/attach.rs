@@ -411,6 +411,11 @@ impl Attachment {
         self.links.iter().map(|h| h.hook.name)
     }
 
+    /// The kernel's ids of the cgroup links (to ask whether they still enforce).
+    pub fn cgroup_link_ids(&self) -> Vec<u32> {
+        self.links.iter().filter(|h| !h.hook.is_global()).filter_map(|h| h.id).collect()
+    }
+
     fn keep_pins(&mut self) {
         self.links.retain(|h| matches!(h.link, HeldLink::Fd(_)));
         self.pin_dir = None;

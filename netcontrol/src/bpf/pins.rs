@@ -71,6 +71,9 @@ impl PinRoot {
     /// root and everything under it are directories of root's alone (mode 0700, checked when
     /// they exist already), never symbolic links.
     pub fn open(root: &Path) -> Result<Self> {
+        // Before anything is made: a pin root an unprivileged netcontrol made would be one
+        // that user owns.
+        crate::privileges::check()?;
         ensure_bpffs(root)?;
         if let Some(parent) = root.parent()
             && !parent.exists()

@@ -26,6 +26,9 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
     let mut target = Target::resolve(&args).await?;
     let sink = args.output.sink()?;
     let mut single = Single::load(policy, sink, &args.kernel)?;
+    if let Some(line) = crate::datapath::gaps(single.dp.missing(), &[]) {
+        eprintln!("netcontrol: {line}");
+    }
     target.begin(&mut single).await?;
     if let Some(s) = &single.sandbox {
         eprintln!(
@@ -38,8 +41,11 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
         );
     }
     target.hint();
+    let mut tamper_check = tokio::time::interval(TAMPER_CHECK);
+    tamper_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = tamper_check.tick() => drop(single.check_tamper()),
             _ = int.recv() => break,
             _ = term.recv() => break,
             _ = hup.recv() => reload(&args.policy, &mut single, "SIGHUP").await,
@@ -68,6 +74,9 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// How often the links are looked at (a root process could detach them).
+pub const TAMPER_CHECK: Duration = Duration::from_secs(1);
 
 async fn changed(watch: &mut Option<FileWatch>) {
     match watch {

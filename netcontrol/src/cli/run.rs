@@ -49,8 +49,17 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     let families_by_lsm = !enforced.dp.missing().iter().any(|m| m.hook == "lsm_socket_create");
     let plan = Plan::new(identity, abstract_unix, families, families_by_lsm)
         .map_err(|e| Error::io("preparing the command's confinement", e))?;
-    for gap in plan.gaps() {
-        tracing::warn!("{gap}");
+    // What the kernel's hooks cannot close here and the command's confinement does.
+    let mut covered = Vec::new();
+    if plan.filters_families() {
+        covered.push("lsm_socket_create");
+    }
+    if plan.landlock.as_ref().is_ok_and(|l| l.scopes_signals()) {
+        covered.extend(["lsm_socket_connect", "lsm_socket_sendmsg"]);
+    }
+    let gaps = crate::datapath::gaps(enforced.dp.missing(), &covered).into_iter();
+    for gap in gaps.chain(plan.gaps()) {
+        eprintln!("netcontrol: {gap}");
     }
     let refusals = Refusals {
         events: enforced.dp.injector(),
@@ -169,8 +178,11 @@ async fn run_command(
         .supervise(refusals.answer())
         .map_err(|e| Error::io("serving the command's seccomp filter", e))?;
     let pid = child.id().map(|p| Pid::from_raw(p as i32));
+    let mut tamper_check = tokio::time::interval(super::attach::TAMPER_CHECK);
+    tamper_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let status = loop {
         tokio::select! {
+            _ = tamper_check.tick() => drop(sandbox.check_tamper()),
             status = child.wait() => break status.map_err(|e| Error::io("waiting for the command", e))?,
             sig = signals.next() => if let Some(pid) = pid { signals.forward(pid, sig) },
             r = sandbox.follow_dns() => r?,

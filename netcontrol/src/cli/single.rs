@@ -142,6 +142,15 @@ impl Single {
         }
     }
 
+    /// Look for tampering with the main sandbox's links (the children have none of their
+    /// own); returns how many things were found.
+    pub fn check_tamper(&mut self) -> usize {
+        match &mut self.sandbox {
+            Some(s) => s.check_tamper(&mut self.dp),
+            None => 0,
+        }
+    }
+
     pub async fn reload(&mut self, policy: Policy) -> Result<()> {
         if let Some(s) = &mut self.sandbox {
             s.reload(&mut self.dp, policy.clone()).await?;

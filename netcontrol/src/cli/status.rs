@@ -116,5 +116,8 @@ pub fn render(s: &Status) -> String {
         .collect();
     let _ = writeln!(out, "maps: {}", maps.join(", "));
     let _ = writeln!(out, "events lost: {}", s.events_lost);
+    if let Some(g) = &s.kernel_gaps {
+        let _ = writeln!(out, "{g}");
+    }
     out
 }

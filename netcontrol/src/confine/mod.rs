@@ -72,6 +72,11 @@ impl Plan {
         Ok(Self { identity, last_cap, landlock, seccomp })
     }
 
+    /// Whether the seccomp filter keeps other socket families away.
+    pub fn filters_families(&self) -> bool {
+        self.seccomp.is_some()
+    }
+
     /// What is not confined, one line each, for the start of the run.
     pub fn gaps(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -79,6 +79,9 @@ pub struct Status {
     pub maps: Vec<MapUsage>,
     /// Events dropped because the kernel's ring buffer or netcontrol's queue was full.
     pub events_lost: u64,
+    /// What this kernel does not let netcontrol close (hooks it cannot run, and why).
+    #[serde(default)]
+    pub kernel_gaps: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -110,6 +113,9 @@ pub struct SandboxStatus {
     pub would_block: u64,
     pub events_lost: u64,
     pub dns_refused: u64,
+    /// Times its links were found detached or unpinned (and put right).
+    #[serde(default)]
+    pub tampered: u64,
     pub entries_v4: usize,
     pub entries_v6: usize,
 }

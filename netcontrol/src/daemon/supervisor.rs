@@ -63,6 +63,8 @@ pub struct Supervisor {
     pub(super) pods_synced: bool,
     /// The global hooks' links (BPF LSM), attached once for every sandbox.
     global: Option<Attachment>,
+    /// Tampering found, by sandbox name ("global" for the global hooks).
+    tamper: BTreeMap<String, u64>,
 }
 
 pub(super) struct Slot {
@@ -130,6 +132,7 @@ impl Supervisor {
             pods: BTreeMap::new(),
             pods_synced,
             global: None,
+            tamper: BTreeMap::new(),
         })
     }
 
@@ -141,6 +144,9 @@ impl Supervisor {
         docker: Option<&mut mpsc::Receiver<Lifecycle>>,
         pods: Option<&mut mpsc::Receiver<PodEvent>>,
     ) {
+        if let Some(line) = crate::datapath::gaps(self.dp.missing(), &[]) {
+            tracing::warn!("{line}");
+        }
         // The global hooks first: they judge every sandbox's tasks by the sandbox table.
         match self.dp.attach(&self.mount, Some(&self.root.daemon_global()), Scope::Global) {
             Ok(a) => self.global = Some(a),
@@ -411,9 +417,31 @@ impl Supervisor {
         let _ = pins::collect_garbage(&self.root, &self.mount, None);
     }
 
+    /// Look at every sandbox's links (and the global ones): what was detached or unpinned
+    /// behind the daemon's back is attached or pinned again, logged, counted and reported.
+    pub fn check_tamper(&mut self) {
+        let dp = &mut self.dp;
+        for (name, slot) in &mut self.slots {
+            if let State::Enforcing(s) = &mut slot.state {
+                let n = s.check_tamper(dp);
+                if n > 0 {
+                    *self.tamper.entry(name.clone()).or_default() += n as u64;
+                }
+            }
+        }
+        if let Some(g) = &mut self.global {
+            let found = dp.check(g);
+            crate::sandbox::report_tampering(dp, "global", 0, &found);
+            if !found.is_empty() {
+                *self.tamper.entry("global".into()).or_default() += found.len() as u64;
+            }
+        }
+    }
+
     /// Once a second: attach sandboxes whose cgroup appeared (or whose attach failed), and
     /// let go of those whose cgroup went away.
     pub async fn tick(&mut self) {
+        self.check_tamper();
         let now = Instant::now();
         let mut due = Vec::new();
         let mut gone = Vec::new();
@@ -605,6 +633,8 @@ impl Supervisor {
     pub async fn handle(&mut self, request: Request) -> Response {
         let response = match request {
             Request::Status => {
+                // What status says must be what the kernel does now.
+                self.check_tamper();
                 Response { ok: true, status: Some(self.status()), ..Response::default() }
             }
             Request::Reload => match self.reload("control request").await {
@@ -749,6 +779,7 @@ impl Supervisor {
                         s.would_block = counts.would_block;
                         s.events_lost = counts.events_lost;
                         s.dns_refused = counts.dns_refused;
+                        s.tampered = self.tamper.get(name).copied().unwrap_or(0);
                         s.entries_v4 = entries.v4.len();
                         s.entries_v6 = entries.v6.len();
                     }
@@ -777,6 +808,7 @@ impl Supervisor {
             sandboxes,
             maps,
             events_lost: kernel_lost + self.dp.injected_lost(),
+            kernel_gaps: crate::datapath::gaps(self.dp.missing(), &[]),
         }
     }
 
@@ -789,6 +821,7 @@ impl Supervisor {
                 entries_v4: s.enforcer().current().entries.v4.len(),
                 entries_v6: s.enforcer().current().entries.v6.len(),
                 dns: s.dns_stats().cloned(),
+                link_ids: s.enforcer().link_ids(),
             })
             .collect()
     }
@@ -824,6 +857,7 @@ impl Supervisor {
             sandboxes,
             attach_errors: self.attach_errors.clone(),
             reload_failures: self.reload_failures,
+            tamper: self.tamper.clone(),
         });
     }
 

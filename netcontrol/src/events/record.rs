@@ -81,6 +81,8 @@ pub struct EventRecord {
     pub unix_address: Option<String>,
     /// DNS rebinding refusals: the addresses taken out of the answer.
     pub refused_addresses: Option<Vec<IpAddr>>,
+    /// `tamper` events: whether netcontrol put it right (attached or pinned again).
+    pub repaired: Option<bool>,
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps into wall-clock time.
@@ -172,6 +174,24 @@ impl EventRecord {
             count,
             summary: true,
             ..Self::of(&a, &who, key.sandbox_id, clock.wall(v.last_ns), labels)
+        }
+    }
+
+    /// One of netcontrol's links was detached, or its pin removed, by someone else.
+    pub fn tamper(t: &crate::bpf::attach::Tampering, sandbox_id: u64, labels: &Labels) -> Self {
+        Self {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            event: "tamper",
+            verdict: "detected",
+            reason: t.what.name(),
+            hook: t.hook,
+            family: "other",
+            protocol: "any",
+            sandbox_id,
+            sandbox: labels.sandbox(sandbox_id),
+            count: 1,
+            repaired: Some(t.repaired),
+            ..Self::default()
         }
     }
 

@@ -217,6 +217,70 @@ pub fn run(op: &str, target: &str) -> Option<io::Result<()>> {
             let ty = if f == libc::AF_PACKET { libc::SOCK_DGRAM } else { libc::SOCK_STREAM };
             socket(f, ty, 0).map(drop)
         })(),
+        // PTRACE_SEIZE another process (TARGET = pid), as an injection would start.
+        "ptrace" => (|| {
+            let pid: libc::pid_t = target
+                .parse()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
+            // SAFETY: PTRACE_SEIZE with no data; detached again below.
+            if unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: as above.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+            Ok(())
+        })(),
+        // Take a copy of another process's fd (TARGET = pid:fd) with pidfd_getfd.
+        "pidfd-getfd" => (|| {
+            let (pid, fd) = target
+                .split_once(':')
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "PID:FD"))?;
+            let (pid, fd): (i32, i32) = (
+                pid.parse()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?,
+                fd.parse()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?,
+            );
+            // SAFETY: raw system calls with integer arguments; the fds are closed right after.
+            unsafe {
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+                if pidfd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+                let err = io::Error::last_os_error();
+                libc::close(pidfd);
+                if got < 0 {
+                    return Err(err);
+                }
+                libc::close(got);
+            }
+            Ok(())
+        })(),
+        // Send SIGCONT (harmless) to another process (TARGET = pid).
+        "signal" => (|| {
+            let pid: libc::pid_t = target
+                .parse()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
+            // SAFETY: kill with a valid signal.
+            if unsafe { libc::kill(pid, libc::SIGCONT) } < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        })(),
+        // io_uring_setup (a ring can create sockets without the socket system call).
+        "io-uring" => (|| {
+            let mut params = [0u8; 120];
+            // SAFETY: a zeroed io_uring_params (120 bytes) for the kernel to fill.
+            let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: our own fd.
+            unsafe { libc::close(fd as i32) };
+            Ok(())
+        })(),
         // One UDP datagram carrying the marker (a sentinel sent from outside the sandbox).
         "mark-udp" => (|| {
             let a: SocketAddr = target

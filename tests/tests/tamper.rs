@@ -1,0 +1,157 @@
+//! What a sandbox's user (or a root command) might do to netcontrol itself: plant links or
+//! files at the events path, squat the pin root, detach the links. Each is refused or
+//! noticed, said, and put right.
+
+use std::{
+    fs,
+    os::unix::fs::{PermissionsExt, symlink},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use netcontrol_tests::{
+    Attached, Server, find_event, isolate_network, kernel_tests_enabled, netcontrol, show, tcp,
+    unique,
+};
+use serde_json::{Value, json};
+
+/// The id of the link that attaches `attach_type` (bpftool's name) to the cgroup `cgroup_id`.
+fn link_id(cgroup_id: u64, attach_type: &str) -> u64 {
+    let out = Command::new("bpftool").args(["link", "show", "-j"]).output().expect("bpftool");
+    let links: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    links
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|l| l["cgroup_id"] == json!(cgroup_id) && l["attach_type"] == attach_type)
+        .and_then(|l| l["id"].as_u64())
+        .unwrap_or_else(|| panic!("no {attach_type} link on cgroup {cgroup_id}: {links}"))
+}
+
+#[test]
+fn a_detached_link_is_reported_and_attached_again() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let mut sb = Attached::start(&["--allow", "127.0.0.1:1"]);
+    assert!(tcp(&sb, "127.0.0.10", denied.addr.port()).is_eperm());
+    // What a root command could do: detach the link.
+    let id = link_id(sb.cgroup.id(), "cgroup_inet4_connect");
+    let out = Command::new("bpftool")
+        .args(["link", "detach", "id", &id.to_string()])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{}", show(&out));
+    let line =
+        sb.wait_for_line("tampering: the connect4 link was detached", Duration::from_secs(10));
+    assert!(line.contains("attached again"), "{line}");
+    assert!(tcp(&sb, "127.0.0.10", denied.addr.port()).is_eperm(), "enforced again");
+    let events = sb.events_at_least(3);
+    let e = find_event(&events, &[("event", json!("tamper")), ("hook", json!("connect4"))]);
+    assert_eq!(
+        (e["reason"].clone(), e["repaired"].clone()),
+        (json!("link_detached"), json!(true)),
+        "{e}"
+    );
+    assert_ne!(link_id(sb.cgroup.id(), "cgroup_inet4_connect"), id, "a new link");
+    sb.stop();
+}
+
+#[test]
+fn planted_events_files_are_refused() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let precious = dir.path().join("precious");
+    fs::write(&precious, "root's\n").expect("write");
+    fs::set_permissions(&precious, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = dir.path().join("events.jsonl");
+    symlink(&precious, &link).expect("symlink");
+    let out = netcontrol(&["run", "--events", link.to_str().expect("utf8"), "--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to write events there: it is a symbolic link"), "{err}");
+    assert_eq!(fs::read_to_string(&precious).expect("read"), "root's\n");
+
+    // In a directory anyone may write to (sticky, like /tmp): a file the sandbox's user made
+    // beforehand is refused.
+    let shared = dir.path().join("shared");
+    fs::create_dir(&shared).expect("mkdir");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let theirs = shared.join("events.jsonl");
+    fs::write(&theirs, "").expect("write");
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+    let out = netcontrol(&["run", "--events", theirs.to_str().expect("utf8"), "--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("owned by uid 65534"), "{}", show(&out));
+
+    // The file netcontrol makes is root's (0600): the sandbox's user cannot erase it.
+    let ours = shared.join("ours.jsonl");
+    let script = format!(": > {0}; echo gone >> {0}", ours.display());
+    let out = netcontrol(&[
+        "run",
+        "--user",
+        "nobody",
+        "--events",
+        ours.to_str().expect("utf8"),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", show(&out));
+    let mode = fs::metadata(&ours).expect("made").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    assert!(!fs::read_to_string(&ours).expect("read").contains("gone"));
+}
+
+#[test]
+fn squatted_pin_roots_are_refused() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let bpffs = Path::new(netcontrol_tests::TEST_PIN_ROOT).parent().expect("bpffs");
+    // Another user made it first (bpffs lets anyone make directories).
+    let theirs = bpffs.join(unique("nc-squat"));
+    fs::create_dir(&theirs).expect("mkdir");
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+    let out = Command::new(netcontrol_tests::netcontrol_bin())
+        .args(["run", "--pin-root", theirs.to_str().expect("utf8"), "--", "true"])
+        .output()
+        .expect("netcontrol");
+    assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing pin directory") && err.contains("owned by uid 65534"), "{err}");
+    assert!(fs::read_dir(&theirs).expect("read").next().is_none(), "nothing was pinned there");
+    fs::remove_dir(&theirs).expect("rmdir");
+    // Writable by others, or a symbolic link: refused too.
+    let open = bpffs.join(unique("nc-open"));
+    fs::create_dir(&open).expect("mkdir");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = Command::new(netcontrol_tests::netcontrol_bin())
+        .args(["run", "--pin-root", open.to_str().expect("utf8"), "--", "true"])
+        .output()
+        .expect("netcontrol");
+    assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lets other users change"),
+        "{}",
+        show(&out)
+    );
+    fs::remove_dir(&open).expect("rmdir");
+    // A pin root netcontrol makes is root's alone.
+    let fresh = bpffs.join(unique("nc-fresh"));
+    let out = Command::new(netcontrol_tests::netcontrol_bin())
+        .args(["run", "--pin-root", fresh.to_str().expect("utf8"), "--", "true"])
+        .output()
+        .expect("netcontrol");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(fs::metadata(&fresh).expect("made").permissions().mode() & 0o7777, 0o700);
+    let _ = fs::remove_dir_all(&fresh);
+}
