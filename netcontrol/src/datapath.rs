@@ -120,6 +120,8 @@ pub struct Datapath {
     loaded: Loaded,
     origins: Arc<Origins>,
     labels: Labels,
+    /// The host's own addresses, which DNS answers may not open (rebinding protection).
+    host: crate::rebinding::HostAddresses,
 }
 
 impl Datapath {
@@ -154,6 +156,7 @@ impl Datapath {
             loaded,
             origins: Arc::new(origins),
             labels,
+            host: crate::rebinding::HostAddresses::current(),
         })
     }
 
@@ -197,6 +200,10 @@ impl Datapath {
 
     pub fn labels(&self) -> &Labels {
         &self.labels
+    }
+
+    pub fn host_addresses(&self) -> &crate::rebinding::HostAddresses {
+        &self.host
     }
 
     /// Whether the programs were re-adopted from pins (a restarted daemon).

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod privileges;
+pub mod rebinding;
 pub mod resolve;
 pub mod sandbox;
 pub mod watch;

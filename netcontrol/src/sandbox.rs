@@ -100,6 +100,9 @@ pub enum Change {
 /// Answers that may wait at once for their addresses to be allowed.
 const LEARN_QUEUE: usize = 1024;
 
+/// How often the host's own addresses are read again (rebinding protection refuses them).
+const HOST_ADDRESSES_EVERY: Duration = Duration::from_secs(10);
+
 impl Sandbox {
     /// Enforce `spec.policy` on `spec.cgroup`. Domain names are ready before anything is
     /// attached: in resolver mode each has had its first answer; in proxy mode the proxy is
@@ -285,6 +288,7 @@ impl Sandbox {
                 result
             }
             (Change::Sweep, Dns::Proxy(p)) => {
+                dp.host_addresses().refresh_if_older(HOST_ADDRESSES_EVERY);
                 let grace = self.policy.dns.grace;
                 let now_ns = crate::events::record::monotonic_ns();
                 let enforcer = &self.enforcer;
@@ -341,7 +345,7 @@ impl Sandbox {
                 policy.compile(&f.resolved, &servers)?
             }
             Dns::Proxy(p) => {
-                p.proxy.set(proxy_config(&policy, &servers), rules(&policy));
+                p.proxy.set(proxy_config(&policy, &servers), rules(&policy, dp));
                 p.learned.set_settings(Settings::from(&policy.dns));
                 p.learned.retain_names(|n| !policy.ranges_for_name(n).is_empty());
                 // Carried entries' names are unknown: the new policy may not allow them.
@@ -508,7 +512,7 @@ fn start_proxy(
         sandbox_id,
         origins: dp.origins(),
     };
-    Proxy::start(ns, proxy_config(policy, servers), rules(policy), links)
+    Proxy::start(ns, proxy_config(policy, servers), rules(policy, dp), links)
 }
 
 fn proxy_config(policy: &Policy, servers: &[SocketAddr]) -> dnsproxy::Config {
@@ -521,16 +525,18 @@ fn proxy_config(policy: &Policy, servers: &[SocketAddr]) -> dnsproxy::Config {
     }
 }
 
-fn rules(policy: &Policy) -> dnsproxy::Rules {
+fn rules(policy: &Policy, dp: &Datapath) -> dnsproxy::Rules {
     dnsproxy::Rules {
         patterns: policy.patterns(),
         audit: policy.mode == crate::policy::Mode::Audit,
+        rebinding: crate::rebinding::Rules::new(policy, dp.host_addresses().clone()),
     }
 }
 
 /// Resolve the policy's names (resolver mode), each to its first answer.
 async fn follow(sandbox: &str, policy: &Policy, servers: &[SocketAddr], dp: &Datapath) -> Follower {
-    let mut follower = Follower::new(servers, &policy.dns);
+    let rebinding = crate::rebinding::Rules::new(policy, dp.host_addresses().clone());
+    let mut follower = Follower::new(servers, &policy.dns, rebinding);
     let names = policy.names();
     follower.add(&names);
     let first = follower.settle(&names, Follower::settle_deadline(&policy.dns)).await;

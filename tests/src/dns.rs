@@ -108,3 +108,39 @@ pub fn private_resolv_conf(server: SocketAddr) -> tempfile::TempDir {
         .expect("bind-mount resolv.conf");
     dir
 }
+
+/// A DNS "server" that records every query's bytes and relays it to `upstream` (dnsmasq):
+/// what a sandbox's queries look like when they reach whoever runs a name's DNS.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Recorder {
+    pub fn start(ip: &str, upstream: SocketAddr) -> Self {
+        let sock = std::net::UdpSocket::bind(format!("{ip}:53")).expect("bind the recorder");
+        let addr = sock.local_addr().expect("addr");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_535];
+            while let Ok((n, client)) = sock.recv_from(&mut buf) {
+                let query = buf[..n].to_vec();
+                log.lock().expect("lock").push(query.clone());
+                let up = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+                up.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+                let _ = up.send_to(&query, upstream);
+                let mut answer = vec![0u8; 65_535];
+                if let Ok(m) = up.recv(&mut answer) {
+                    let _ = sock.send_to(&answer[..m], client);
+                }
+            }
+        });
+        Self { addr, seen }
+    }
+
+    /// Every query received so far.
+    pub fn queries(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().expect("lock").clone()
+    }
+}

@@ -151,3 +151,164 @@ fn connected_udp_with_control_messages_is_judged_by_its_peer() {
     r.iter().for_each(assert_allowed);
     sb.stop();
 }
+
+/// DNS rebinding: an allowed name whose DNS answers loopback, 0.0.0.0, a private address or
+/// the host's own gets those addresses taken out of the answer, and they are not allowed; a
+/// public one (here the peer's) works; `allow_private` opens private ones for its name.
+#[test]
+fn dns_answers_never_open_the_inside() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let peer = Peer::start();
+    peer.sh(&format!("ip addr add 10.250.0.2/32 dev {}", peer::PEER_IFACE));
+    netcontrol_tests::sh("ip route add 10.250.0.2/32 dev ncpeer0");
+    let dns = netcontrol_tests::dns::Dnsmasq::start("127.0.0.53", 5);
+    let _resolv = netcontrol_tests::dns::private_resolv_conf(dns.addr);
+    let local = Server::start("127.0.0.1");
+    let port = local.addr.port();
+    let _serve = netcontrol_tests::Background::adopt(
+        peer.command(netcontrol_tests::probe_bin().to_str().expect("utf8"))
+            .args(["serve", &format!("{}:{port}", peer::PEER_V4)])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
+    let _serve_private = netcontrol_tests::Background::adopt(
+        peer.command(netcontrol_tests::probe_bin().to_str().expect("utf8"))
+            .args(["serve", &format!("10.250.0.2:{port}")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
+    dns.set("good.rb.test", &[peer::PEER_V4]);
+    dns.set("rebind.rb.test", &["127.0.0.1"]);
+    dns.set("zero.rb.test", &["0.0.0.0"]);
+    dns.set("self.rb.test", &["192.0.2.1"]);
+    dns.set("private.rb.test", &["10.250.0.2"]);
+    dns.set("db.rb.test", &["10.250.0.2"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = netcontrol_tests::policy_file(
+        dir.path(),
+        &format!(
+            "allow:\n  - \"**.rb.test:{port}\"\n  - domain: db.rb.test\n    ports: [{port}]\n    allow_private: true\ndns:\n  servers: [127.0.0.53]\n"
+        ),
+    );
+    let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
+    let ask = |name: &str| sb.probe(&[("dns", &format!("127.0.0.53:53/{name}"))]).remove(0);
+    let answers = |p: &Probe| p.json["answers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(answers(&ask("good.rb.test")), [json!(peer::PEER_V4)]);
+    let serving = netcontrol_tests::within(ARRIVES, || {
+        sb.probe(&[("tcp", &format!("{}:{port}", peer::PEER_V4))])[0].ok
+    });
+    assert!(serving.is_some(), "a public answer is allowed");
+    for name in ["rebind.rb.test", "zero.rb.test", "self.rb.test", "private.rb.test"] {
+        let p = ask(name);
+        assert!(p.ok && answers(&p).is_empty(), "{name}: {p:?}");
+    }
+    assert_eq!(answers(&ask("db.rb.test")), [json!("10.250.0.2")], "allow_private opens it");
+    let r = sb.probe(&[
+        ("tcp", &local.target()),
+        ("tcp", &format!("0.0.0.0:{port}")),
+        ("tcp", &format!("192.0.2.1:{port}")),
+        ("tcp", &format!("10.250.0.2:{port}")),
+    ]);
+    assert_denied(&r[0]);
+    assert_denied(&r[1]);
+    assert_denied(&r[2]);
+    assert_allowed(&r[3]);
+    let events = sb.events_at_least(4);
+    let e = find_event(
+        &events,
+        &[("domain", json!("rebind.rb.test")), ("reason", json!("rebinding_refused"))],
+    );
+    assert_eq!(e["refused_addresses"], json!(["127.0.0.1"]), "{e}");
+    assert_eq!(e["event"], "dns");
+    find_event(
+        &events,
+        &[("domain", json!("self.rb.test")), ("reason", json!("rebinding_refused"))],
+    );
+    sb.stop();
+    assert_eq!(local.accepted(), 0, "nothing reached the host's loopback server");
+}
+
+/// What the DNS proxy forwards is a query made anew from the question: a payload in an EDNS
+/// option (and the client's id, and the case of its name) never reaches the name's DNS.
+#[test]
+fn the_dns_proxy_forwards_only_the_question() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.54"]);
+    let dns = netcontrol_tests::dns::Dnsmasq::start("127.0.0.53", 5);
+    dns.set("api.test", &["127.0.0.20"]);
+    let recorder = netcontrol_tests::dns::Recorder::start("127.0.0.54", dns.addr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = netcontrol_tests::policy_file(
+        dir.path(),
+        "allow: [api.test]\ndns:\n  servers: [127.0.0.54]\n  rebinding: allow\n",
+    );
+    let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
+    let p = sb.probe_tagged("smuggled", &[("dns-edns", "127.0.0.53:53/Api.TEST")]).remove(0);
+    assert!(p.ok, "{p:?}");
+    assert_eq!(p.json["answers"], json!(["127.0.0.20"]), "{p:?}");
+    let queries = recorder.queries();
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    let q = &queries[0];
+    assert!(!q.windows(7).any(|w| w == b"NCMARK:"), "the payload got out: {q:?}");
+    assert!(q.windows(9).any(|w| w == b"\x03api\x04test"), "the name, in lower case: {q:?}");
+    sb.stop();
+}
+
+/// One sandbox holding thousands of TCP connections to its DNS proxy gets its share (the
+/// rest are closed at once, counted) and nothing more: the proxy keeps answering, its fds stay
+/// bounded, and its own upstream queries still work.
+#[test]
+fn a_dns_flood_over_tcp_takes_only_its_share() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let dns = netcontrol_tests::dns::Dnsmasq::start("127.0.0.53", 5);
+    dns.set("api.test", &["127.0.0.20"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = netcontrol_tests::policy_file(
+        dir.path(),
+        "allow: [api.test]\ndns:\n  servers: [127.0.0.53]\n  rebinding: allow\n",
+    );
+    let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
+    let fds =
+        |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let before = fds(sb.pid());
+    let mut hog = sb
+        .cgroup
+        .command(netcontrol_tests::probe_bin())
+        .args(["hold:2000", "127.0.0.53:53"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hog");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hog.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("hog line");
+    // The proxy answers still, over UDP, with its upstream.
+    let p = sb.probe(&[("dns", "127.0.0.53:53/api.test")]).remove(0);
+    assert_eq!(p.json["answers"], json!(["127.0.0.20"]), "{p:?}");
+    let during = fds(sb.pid());
+    assert!(
+        during < before + 32 + 16, // 32: the proxy's MAX_TCP_SESSIONS
+        "netcontrol went from {before} to {during} fds"
+    );
+    drop(hog.stdin.take());
+    let _ = hog.wait();
+    // The sandbox's share is free again: TCP works.
+    let tcp = netcontrol_tests::within(ARRIVES, || {
+        sb.probe(&[("dns-tcp", "127.0.0.53:53/api.test")])[0].ok
+    });
+    assert!(tcp.is_some(), "TCP DNS works again once the connections are gone");
+    sb.stop();
+}

@@ -485,7 +485,7 @@ fn addresses_learned_from_dns_stay_allowed_across_a_restart() {
     let (_servers, port) = servers(&["127.0.0.20", "127.0.0.21"]);
     let cg = TestCgroup::new();
     let mut d = Daemon::new(&format!(
-        "policies:\n  api:\n    allow: [\"api.test:{port}\"]\n    dns: {{servers: [127.0.0.53]}}\nsandboxes:\n{}",
+        "policies:\n  api:\n    allow: [\"api.test:{port}\"]\n    dns: {{servers: [127.0.0.53], rebinding: allow}}\nsandboxes:\n{}",
         sandbox_yaml("job", &cg.path, "api")
     ));
     d.start();

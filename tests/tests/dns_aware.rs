@@ -21,12 +21,21 @@ use serde_json::{Value, json};
 
 /// A sandbox in proxy mode with `allow` rules (YAML list items) and `dns` settings, dnsmasq on
 /// 127.0.0.53 as its upstream.
+///
+/// The test's hosts live on its loopback, and DNS rebinding protection refuses loopback (and
+/// the host's own) addresses in answers: these tests turn it off (`rebinding: allow`) to test
+/// everything else; boundary.rs tests the protection itself with a peer one veth hop away.
 fn sandbox(dir: &std::path::Path, allow: &[&str], dns_extra: &str) -> Attached {
     let items: String = allow.iter().map(|r| format!("  - {r:?}\n")).collect();
-    let policy =
-        policy_file(dir, &format!("allow:\n{items}dns:\n  servers: [127.0.0.53]\n{dns_extra}"));
+    let policy = policy_file(
+        dir,
+        &format!("allow:\n{items}dns:\n  servers: [127.0.0.53]\n{REBINDING_OFF}{dns_extra}"),
+    );
     Attached::start(&["--policy", policy.to_str().expect("utf8")])
 }
+
+/// See [`sandbox`].
+const REBINDING_OFF: &str = "  rebinding: allow\n";
 
 /// One DNS query from inside the sandbox: `op` is dns, dns-tcp or dns-connected.
 fn ask(sb: &Attached, op: &str, server: &str, name: &str) -> Probe {
@@ -59,7 +68,8 @@ fn wildcard_names_connect_and_exfiltration_fails_at_dns() {
     dns.set("exfil-data.attacker.test", &["127.0.0.30"]);
     let _http = HttpServer::start("127.0.0.20", 80);
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy = policy_file(dir.path(), "allow: [\"**.example.test:80\"]\n");
+    let policy =
+        policy_file(dir.path(), "allow: [\"**.example.test:80\"]\ndns:\n  rebinding: allow\n");
     let events = dir.path().join("events.jsonl");
     let out = netcontrol(&[
         "run",
@@ -298,7 +308,7 @@ fn audit_mode_answers_and_reports() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = policy_file(
         dir.path(),
-        "mode: audit\nallow: [api.example.test]\ndns:\n  servers: [127.0.0.53]\n",
+        "mode: audit\nallow: [api.example.test]\ndns:\n  servers: [127.0.0.53]\n  rebinding: allow\n",
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
     let p = ask(&sb, "dns", "127.0.0.53:53", "other.test");
@@ -329,7 +339,9 @@ fn learned_addresses_expire_unless_in_use_and_reload_changes_names() {
     let (_srv, port) = servers(&["127.0.0.20", "127.0.0.21"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let text = |names: &str| {
-        format!("allow:\n{names}dns:\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 2s\n")
+        format!(
+            "allow:\n{names}dns:\n  servers: [127.0.0.53]\n{REBINDING_OFF}  min_ttl: 1s\n  grace: 2s\n"
+        )
     };
     let policy = policy_file(
         dir.path(),
@@ -384,8 +396,10 @@ fn sandbox_in_its_own_network_namespace() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).expect("ready");
     assert_eq!(line.trim(), "ready");
-    let policy =
-        policy_file(dir.path(), "allow: [api.example.test]\ndns:\n  servers: [127.0.0.53]\n");
+    let policy = policy_file(
+        dir.path(),
+        "allow: [api.example.test]\ndns:\n  servers: [127.0.0.53]\n  rebinding: allow\n",
+    );
     let mut sb = Attached::start_on(cgroup, &["--policy", policy.to_str().expect("utf8")]);
     std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"go\n").expect("go");
     let mut rest = Vec::new();

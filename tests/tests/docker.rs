@@ -368,7 +368,9 @@ fn dns_aware_mode_answers_a_container_from_the_tests_dnsmasq() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = netcontrol_tests::policy_file(
         dir.path(),
-        &format!("allow: [\"api.test:{a}\"]\ndns:\n  servers: [{BRIDGE_IP}]\n"),
+        &format!(
+            "allow: [\"api.test:{a}\"]\ndns:\n  servers: [{BRIDGE_IP}]\n  allow_private: true\n"
+        ),
     );
     let events = dir.path().join("events.jsonl");
     let mut nc = attach(

@@ -33,7 +33,7 @@ fn follows_an_address_change_within_ttl_plus_one_second() {
     let policy = policy_file(
         dir.path(),
         &format!(
-            "allow:\n  - api.github.com:{port}\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 0s\n"
+            "allow:\n  - api.github.com:{port}\ndns:\n  mode: resolver\n  rebinding: allow\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 0s\n"
         ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
@@ -66,7 +66,7 @@ fn rotation_never_blocks_within_the_grace_window() {
     let policy = policy_file(
         dir.path(),
         &format!(
-            "allow:\n  - cdn.example.test:{port}\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 60s\n"
+            "allow:\n  - cdn.example.test:{port}\ndns:\n  mode: resolver\n  rebinding: allow\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 60s\n"
         ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
@@ -111,7 +111,7 @@ fn nxdomain_names_are_reported() {
     let policy = policy_file(
         dir.path(),
         &format!(
-            "allow:\n  - api.github.com:{port}\n  - nosuch.example.test:{port}\n  - \"*.wild.example.test\"\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n"
+            "allow:\n  - api.github.com:{port}\n  - nosuch.example.test:{port}\n  - \"*.wild.example.test\"\ndns:\n  mode: resolver\n  rebinding: allow\n  servers: [127.0.0.53]\n"
         ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
@@ -144,7 +144,7 @@ fn dns_down_keeps_the_last_known_addresses() {
     let policy = policy_file(
         dir.path(),
         &format!(
-            "allow:\n  - api.github.com:{port}\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 0s\n  timeout: 500ms\n"
+            "allow:\n  - api.github.com:{port}\ndns:\n  mode: resolver\n  rebinding: allow\n  servers: [127.0.0.53]\n  min_ttl: 1s\n  grace: 0s\n  timeout: 500ms\n"
         ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
@@ -224,7 +224,7 @@ fn events_name_the_domain() {
     let policy = policy_file(
         dir.path(),
         &format!(
-            "allow:\n  - api.github.com:{port}/tcp\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n"
+            "allow:\n  - api.github.com:{port}/tcp\ndns:\n  mode: resolver\n  rebinding: allow\n  servers: [127.0.0.53]\n"
         ),
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
@@ -254,7 +254,7 @@ fn the_sandbox_reaches_its_resolver_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = policy_file(
         dir.path(),
-        "allow:\n  - api.github.com:443\ndns:\n  mode: resolver\n  servers: [127.0.0.53]\n",
+        "allow:\n  - api.github.com:443\ndns:\n  mode: resolver\n  rebinding: allow\n  servers: [127.0.0.53]\n",
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
     let r = sb.probe(&[
@@ -293,7 +293,7 @@ fn run_follows_dnsmasq_for_an_allowed_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = policy_file(
         dir.path(),
-        "allow: [api.github.com:443]\ndns:\n  mode: resolver\n  min_ttl: 1s\n  grace: 0s\n",
+        "allow: [api.github.com:443]\ndns:\n  mode: resolver\n  rebinding: allow\n  min_ttl: 1s\n  grace: 0s\n",
     );
     let flag = dir.path().join("go");
     let curl = "curl -sS -m 5 -o /dev/null -w '%{remote_ip}\\n'";
@@ -343,8 +343,14 @@ fn allow_flag_domains_use_resolv_conf() {
     let _resolv = private_resolv_conf(dns.addr);
     dns.set("api.github.com", &["127.0.0.20"]);
     let (_srv, port) = servers(&["127.0.0.20", "127.0.0.21"]);
-    let mut sb =
-        Attached::start(&["--dns-mode", "resolver", "--allow", &format!("API.GitHub.com.:{port}")]);
+    let mut sb = Attached::start(&[
+        "--dns-mode",
+        "resolver",
+        "--dns-rebinding",
+        "allow",
+        "--allow",
+        &format!("API.GitHub.com.:{port}"),
+    ]);
     assert!(tcp(&sb, "127.0.0.20", port).ok);
     assert!(tcp(&sb, "127.0.0.21", port).is_eperm());
     let r = sb.probe(&[("udp-sendto", "127.0.0.53:53"), ("udp-sendto", "127.0.0.54:53")]);

@@ -183,6 +183,13 @@ pub struct PolicyArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub dns_mode: Option<DnsModeArg>,
 
+    /// DNS rebinding protection: `refuse` (the default) keeps loopback, private,
+    /// link-local and the host's own addresses in answers from being allowed (and takes them
+    /// out of the answers, in DNS-aware mode); `allow` lets answers point anywhere. Overrides
+    /// dns.rebinding of the policy file.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub dns_rebinding: Option<RebindingArg>,
+
     /// Allow raw (SOCK_RAW) sockets. They bypass every address rule: only for trusted code.
     #[arg(long)]
     pub allow_raw_sockets: bool,
@@ -242,6 +249,11 @@ impl PolicyArgs {
             Some(DnsModeArg::Resolver) => p.dns.mode = crate::policy::DnsMode::Resolver,
             None => {}
         }
+        match self.dns_rebinding {
+            Some(RebindingArg::Refuse) => p.dns.rebinding = crate::policy::Rebinding::Refuse,
+            Some(RebindingArg::Allow) => p.dns.rebinding = crate::policy::Rebinding::Allow,
+            None => {}
+        }
         Ok(p)
     }
 }
@@ -250,6 +262,12 @@ impl PolicyArgs {
 pub enum DnsModeArg {
     Proxy,
     Resolver,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RebindingArg {
+    Refuse,
+    Allow,
 }
 
 #[derive(Debug, Args)]

@@ -1,14 +1,18 @@
-//! DNS messages, through hickory-proto: what a query asks, the refusal netcontrol answers with,
-//! and the addresses an upstream answer carries.
+//! DNS messages, through hickory-proto: what a query asks, the query netcontrol forwards in
+//! its place, the refusal it answers with, and the answer it releases (its addresses, minus
+//! those DNS rebinding protection refuses).
 
 use std::{net::IpAddr, time::Duration};
 
 pub use crate::policy::Refusal;
 
 use hickory_resolver::proto::{
-    op::{Message, MessageType, OpCode, ResponseCode},
-    rr::{RData, RecordType},
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{DNSClass, Name, RData, Record, RecordType},
 };
+
+/// The largest UDP answer netcontrol asks for (the DNS flag day's size: no fragmentation).
+const MAX_UDP_PAYLOAD: u16 = 1232;
 
 /// The one question of a query.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +32,7 @@ pub enum Malformed {
     NotOneQuestion { id: u16, op_code: OpCode },
 }
 
-pub fn question(query: &[u8]) -> Result<Question, Malformed> {
+pub fn question(query: &[u8]) -> Result<(Question, Message), Malformed> {
     let msg = Message::from_vec(query).map_err(|_| Malformed::Unreadable)?;
     let bad = Malformed::NotOneQuestion { id: msg.id(), op_code: msg.op_code() };
     if msg.message_type() != MessageType::Query
@@ -40,7 +44,132 @@ pub fn question(query: &[u8]) -> Result<Question, Malformed> {
     let q = &msg.queries()[0];
     let name = q.name().to_lowercase().to_ascii();
     let name = name.strip_suffix('.').unwrap_or(&name).to_owned();
-    Ok(Question { id: msg.id(), name, qtype: q.query_type() })
+    Ok((Question { id: msg.id(), name, qtype: q.query_type() }, msg))
+}
+
+/// The query netcontrol forwards for a client's: made anew from its question (the name in
+/// lower case, class IN), with a fresh id, the standard flags, and of EDNS only the payload
+/// size and the DNSSEC bit. Nothing else the client wrote leaves: not its id, the case of its
+/// name (DNS 0x20), its other sections, nor EDNS options, each of which could carry data to
+/// whoever runs the name's DNS. Returns the id and the bytes.
+pub fn upstream_query(client: &Message, q: &Question) -> Option<(u16, Vec<u8>)> {
+    let id = fresh_id();
+    let name = Name::from_ascii(format!("{}.", q.name)).ok()?;
+    let mut query = Query::query(name, q.qtype);
+    query.set_query_class(DNSClass::IN);
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(client.recursion_desired())
+        .set_checking_disabled(client.checking_disabled());
+    m.add_query(query);
+    if let Some(e) = client.extensions() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(e.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        edns.set_dnssec_ok(e.flags().dnssec_ok);
+        m.set_edns(edns);
+    }
+    Some((id, m.to_vec().ok()?))
+}
+
+fn fresh_id() -> u16 {
+    let mut b = [0u8; 2];
+    // SAFETY: a 2-byte buffer.
+    if unsafe { libc::getrandom(b.as_mut_ptr().cast(), 2, 0) } == 2 {
+        u16::from_ne_bytes(b)
+    } else {
+        std::process::id() as u16
+    }
+}
+
+/// What an upstream answer becomes for the client.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Released {
+    /// The bytes to send.
+    pub bytes: Vec<u8>,
+    /// The addresses it carries, each with its TTL (bounded by the CNAME chain's): these are
+    /// allowed before it goes.
+    pub addresses: Vec<(IpAddr, Duration)>,
+    /// The addresses taken out (rebinding protection).
+    pub refused: Vec<IpAddr>,
+}
+
+/// The answer released to the client for an upstream one (to the query `upstream_id`): the
+/// client's id and question as it asked, the upstream's response code, flags and records,
+/// minus address records `refuse` says no to. None if the upstream answer cannot be read or
+/// does not answer `q`.
+pub fn release(
+    client: &Message,
+    q: &Question,
+    upstream_id: u16,
+    answer: &[u8],
+    refuse: impl Fn(IpAddr) -> bool,
+) -> Option<Released> {
+    let up = Message::from_vec(answer).ok()?;
+    if up.id() != upstream_id || up.message_type() != MessageType::Response {
+        return None;
+    }
+    let asked = up.queries().first()?;
+    let asked_name = asked.name().to_lowercase().to_ascii();
+    if asked_name.strip_suffix('.').unwrap_or(&asked_name) != q.name
+        || asked.query_type() != q.qtype
+    {
+        return None;
+    }
+    let address = |r: &Record| -> Option<IpAddr> {
+        match r.data() {
+            RData::A(a) => Some(a.0.into()),
+            RData::AAAA(a) => Some(a.0.into()),
+            _ => None,
+        }
+    };
+    let mut refused = Vec::new();
+    let mut keep = |r: &Record| match address(r) {
+        Some(ip) if refuse(ip) => {
+            if !refused.contains(&ip) {
+                refused.push(ip);
+            }
+            false
+        }
+        _ => true,
+    };
+    let answers: Vec<Record> = up.answers().iter().filter(|r| keep(r)).cloned().collect();
+    let additionals: Vec<Record> = up.additionals().iter().filter(|r| keep(r)).cloned().collect();
+    let chain = answers
+        .iter()
+        .filter(|r| r.record_type() == RecordType::CNAME)
+        .map(|r| r.ttl())
+        .min()
+        .unwrap_or(u32::MAX);
+    let addresses = answers
+        .iter()
+        .filter_map(|r| Some((address(r)?, Duration::from_secs(u64::from(r.ttl().min(chain))))))
+        .collect();
+    let mut m = Message::new();
+    m.set_id(client.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(OpCode::Query)
+        .set_response_code(up.response_code())
+        .set_authoritative(up.authoritative())
+        .set_truncated(up.truncated())
+        .set_recursion_desired(client.recursion_desired())
+        .set_recursion_available(up.recursion_available())
+        .set_authentic_data(up.authentic_data())
+        .set_checking_disabled(client.checking_disabled());
+    for query in client.queries() {
+        m.add_query(query.clone());
+    }
+    m.add_answers(answers);
+    m.add_name_servers(up.name_servers().iter().cloned());
+    m.add_additionals(additionals);
+    if client.extensions().is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(MAX_UDP_PAYLOAD);
+        edns.set_dnssec_ok(up.extensions().as_ref().is_some_and(|e| e.flags().dnssec_ok));
+        m.set_edns(edns);
+    }
+    Some(Released { bytes: m.to_vec().ok()?, addresses, refused })
 }
 
 /// The answer to a query netcontrol does not forward: the question echoed, no records.
@@ -69,42 +198,6 @@ pub fn format_error(id: u16, op_code: OpCode) -> Option<Vec<u8>> {
     Message::error_msg(id, op_code, ResponseCode::FormErr).to_vec().ok()
 }
 
-/// The addresses in an upstream answer, each with its TTL (bounded by the TTLs of the CNAMEs
-/// before it). None if the answer cannot be read or does not answer `q`.
-pub fn addresses(answer: &[u8], q: &Question) -> Option<Vec<(IpAddr, Duration)>> {
-    let msg = Message::from_vec(answer).ok()?;
-    if msg.id() != q.id || msg.message_type() != MessageType::Response {
-        return None;
-    }
-    let asked = msg.queries().first()?;
-    let asked_name = asked.name().to_lowercase().to_ascii();
-    if asked_name.strip_suffix('.').unwrap_or(&asked_name) != q.name
-        || asked.query_type() != q.qtype
-    {
-        return None;
-    }
-    let chain = msg
-        .answers()
-        .iter()
-        .filter(|r| r.record_type() == RecordType::CNAME)
-        .map(|r| r.ttl())
-        .min()
-        .unwrap_or(u32::MAX);
-    Some(
-        msg.answers()
-            .iter()
-            .filter_map(|r| {
-                let ip: IpAddr = match r.data() {
-                    RData::A(a) => a.0.into(),
-                    RData::AAAA(a) => a.0.into(),
-                    _ => return None,
-                };
-                Some((ip, Duration::from_secs(u64::from(r.ttl().min(chain)))))
-            })
-            .collect(),
-    )
-}
-
 /// The response code of an answer, for statistics.
 pub fn response_code(answer: &[u8]) -> Option<ResponseCode> {
     Message::from_vec(answer).ok().map(|m| m.response_code())
@@ -112,10 +205,7 @@ pub fn response_code(answer: &[u8]) -> Option<ResponseCode> {
 
 #[cfg(test)]
 pub mod tests {
-    use hickory_resolver::proto::{
-        op::Query,
-        rr::{Name, Record, rdata},
-    };
+    use hickory_resolver::proto::rr::rdata;
 
     use super::*;
 
@@ -141,7 +231,7 @@ pub mod tests {
 
     #[test]
     fn questions_are_normalized() {
-        let q = question(&query("API.GitHub.com.", RecordType::AAAA)).expect("question");
+        let (q, _) = question(&query("API.GitHub.com.", RecordType::AAAA)).expect("question");
         assert_eq!(
             q,
             Question { id: 4242, name: "api.github.com".into(), qtype: RecordType::AAAA }
@@ -165,12 +255,19 @@ pub mod tests {
         }
     }
 
+    /// An upstream answer to `up` (the query netcontrol forwarded).
+    fn answer_to(up: &[u8], records: Vec<Record>) -> Vec<u8> {
+        answer(up, records)
+    }
+
     #[test]
     fn addresses_follow_the_cname_chain_ttl() {
-        let q = query("www.example.test.", RecordType::A);
+        let client = query("www.example.test.", RecordType::A);
+        let (qq, cm) = question(&client).expect("question");
+        let (up_id, up) = upstream_query(&cm, &qq).expect("upstream query");
         let name = |s: &str| Name::from_ascii(s).expect("name");
-        let a = answer(
-            &q,
+        let a = answer_to(
+            &up,
             vec![
                 Record::from_rdata(
                     name("www.example.test."),
@@ -189,17 +286,63 @@ pub mod tests {
                 ),
             ],
         );
-        let qq = question(&q).expect("question");
+        let r = release(&cm, &qq, up_id, &a, |_| false).expect("released");
         assert_eq!(
-            addresses(&a, &qq),
-            Some(vec![
+            r.addresses,
+            vec![
                 ("127.0.0.20".parse().expect("ip"), Duration::from_secs(30)),
                 ("127.0.0.21".parse().expect("ip"), Duration::from_secs(10)),
-            ])
+            ]
         );
-        // An answer to another question is not believed.
-        let other = question(&query("evil.test.", RecordType::A)).expect("question");
-        assert_eq!(addresses(&a, &Question { id: 4242, ..other }), None);
-        assert_eq!(addresses(&a, &Question { id: 1, ..qq }), None);
+        // The client gets its own id and question back.
+        let m = Message::from_vec(&r.bytes).expect("parse");
+        assert_eq!(m.id(), 4242);
+        assert_eq!(m.queries()[0].name().to_ascii(), "www.example.test.");
+        // An answer to another question, or with another id, is not believed.
+        let other = question(&query("evil.test.", RecordType::A)).expect("question").0;
+        assert_eq!(release(&cm, &other, up_id, &a, |_| false), None);
+        assert_eq!(release(&cm, &qq, up_id.wrapping_add(1), &a, |_| false), None);
+        // Refused addresses are taken out, and said.
+        let r =
+            release(&cm, &qq, up_id, &a, |ip| ip == "127.0.0.20".parse::<IpAddr>().expect("ip"))
+                .expect("released");
+        assert_eq!(r.refused, vec!["127.0.0.20".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(r.addresses.len(), 1);
+        assert_eq!(Message::from_vec(&r.bytes).expect("parse").answers().len(), 2, "CNAME + one A");
+    }
+
+    #[test]
+    fn forwarded_queries_carry_nothing_of_the_clients_but_the_question() {
+        use hickory_resolver::proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+        let mut m = Message::new();
+        m.set_id(0xbeef)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true);
+        m.add_query(Query::query(
+            Name::from_ascii("ExFil-Data.Api.Test.").expect("name"),
+            RecordType::A,
+        ));
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(EdnsCode::Padding.into(), b"secret payload".to_vec()));
+        m.set_edns(edns);
+        m.add_additional(Record::from_rdata(
+            Name::from_ascii("x.").expect("name"),
+            1,
+            RData::A(rdata::A::new(1, 2, 3, 4)),
+        ));
+        let bytes = m.to_vec().expect("encode");
+        let (q, cm) = question(&bytes).expect("question");
+        let (id, up) = upstream_query(&cm, &q).expect("query");
+        assert!(!up.windows(14).any(|w| w == b"secret payload"), "EDNS options are not forwarded");
+        let u = Message::from_vec(&up).expect("parse");
+        assert_eq!(u.id(), id);
+        assert_eq!(u.queries()[0].name().to_ascii(), "exfil-data.api.test.");
+        assert!(u.additionals().is_empty());
+        let e = u.extensions().as_ref().expect("EDNS kept");
+        assert!(e.options().as_ref().is_empty());
+        assert_eq!(e.max_payload(), 1232);
     }
 }

@@ -2,10 +2,12 @@
 //! and TCP port 53, whatever server it was for). The proxy:
 //!
 //! - answers names the policy does not allow with NXDOMAIN (or REFUSED) and reports them;
-//! - forwards the others to the upstream servers;
+//! - forwards the others to the upstream servers, as a query made anew from the question
+//!   (nothing else the client wrote leaves: [`message::upstream_query`]);
+//! - takes addresses DNS rebinding protection refuses out of the answer (and reports them);
 //! - has the answer's addresses allowed **before** it releases the answer (waiting at most
 //!   [`HOLD`]), so the connection that follows the lookup finds them;
-//! - limits the sandbox's query rate and name length.
+//! - limits the sandbox's query rate, name length, queries in flight and TCP connections.
 //!
 //! [`message`] reads and writes DNS messages (hickory-proto), [`upstream`] forwards, [`asker`]
 //! finds the process behind a refused query.
@@ -26,9 +28,11 @@ use std::{
 use netcontrol_common::abi::{AF_INET, DNS_PROXY_V4, DNS_PROXY_V6, DnsOrigin, EVENT_F_V4_MAPPED};
 use tokio::{
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::{mpsc, oneshot, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
     task::JoinHandle,
 };
+
+use hickory_resolver::proto::op::{OpCode, ResponseCode};
 
 use self::{
     asker::Asker,
@@ -46,6 +50,18 @@ use crate::{
 /// The longest a DNS answer waits for its addresses to be allowed.
 pub const HOLD: Duration = Duration::from_millis(100);
 
+/// TCP connections one sandbox may hold open to its proxy; more are closed at once (one
+/// sandbox must not take the fds every other sandbox's DNS needs).
+pub const MAX_TCP_SESSIONS: usize = 32;
+/// A TCP connection that sends nothing for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Queries of one sandbox being answered at once; beyond it, SERVFAIL at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// How long accepting or receiving waits after an error such as "too many open files",
+/// doubling up to the most (no busy loop while the error lasts).
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MOST: Duration = Duration::from_secs(1);
+
 /// How a sandbox's queries are handled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -58,12 +74,13 @@ pub struct Config {
     pub max_name_length: usize,
 }
 
-/// The names the proxy answers for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The names the proxy answers for, and the addresses it may release.
+#[derive(Clone, Debug)]
 pub struct Rules {
     pub patterns: Vec<Pattern>,
     /// Audit mode: names that are not allowed are answered anyway, and reported.
     pub audit: bool,
+    pub rebinding: crate::rebinding::Rules,
 }
 
 impl Rules {
@@ -92,6 +109,10 @@ pub struct Stats {
     pub upstream_failures: AtomicU64,
     /// Answers released before their addresses were allowed (the hold ran out).
     pub hold_timeouts: AtomicU64,
+    /// Addresses taken out of answers by DNS rebinding protection.
+    pub rebinding_refused: AtomicU64,
+    /// Queries and TCP connections refused for the proxy's own limits (in flight, sessions).
+    pub overloaded: AtomicU64,
 }
 
 impl Stats {
@@ -100,7 +121,7 @@ impl Stats {
     }
 
     /// Every counter by the name metrics and status give it.
-    pub fn by_verdict(&self) -> [(&'static str, u64); 8] {
+    pub fn by_verdict(&self) -> [(&'static str, u64); 10] {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("allowed", l(&self.allowed)),
@@ -111,6 +132,8 @@ impl Stats {
             ("malformed", l(&self.malformed)),
             ("upstream_failed", l(&self.upstream_failures)),
             ("hold_timeout", l(&self.hold_timeouts)),
+            ("rebinding_refused", l(&self.rebinding_refused)),
+            ("overloaded", l(&self.overloaded)),
         ]
     }
 
@@ -162,6 +185,19 @@ struct Ctx {
     asker: Asker,
     stats: Arc<Stats>,
     bucket: Mutex<Bucket>,
+    /// Rate-limited queries are counted, not looked up one by one: one event per second.
+    limited: Mutex<LimitedReport>,
+    in_flight: Arc<Semaphore>,
+    tcp_sessions: Arc<Semaphore>,
+}
+
+/// Rate-limited queries of the current second: the first is reported with its process, the
+/// rest in one summary record when the second is over.
+#[derive(Default)]
+struct LimitedReport {
+    since: Option<Instant>,
+    more: u64,
+    first: Option<EventRecord>,
 }
 
 impl Proxy {
@@ -183,8 +219,11 @@ impl Proxy {
             asker: Asker::new(ns, origins).map_err(|e| Error::io("opening sock_diag", e))?,
             stats: stats.clone(),
             bucket: Mutex::new(Bucket::new(qps)),
+            limited: Mutex::new(LimitedReport::default()),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            tcp_sessions: Arc::new(Semaphore::new(MAX_TCP_SESSIONS)),
         });
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(report_limited(ctx.clone()))];
         let (port4, port6) = (sockets.v4.port, sockets.v6.as_ref().map_or(0, |s| s.port));
         for pair in std::iter::once(sockets.v4).chain(sockets.v6) {
             let udp =
@@ -239,14 +278,68 @@ fn bind_pair(ip: IpAddr) -> std::io::Result<Pair> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no port for the DNS proxy")))
 }
 
+/// Waiting after errors that last (out of fds, of memory): doubling, reset by a success.
+struct Backoff {
+    next: Duration,
+    what: &'static str,
+}
+
+impl Backoff {
+    fn new(what: &'static str) -> Self {
+        Self { next: BACKOFF_FIRST, what }
+    }
+
+    fn ok(&mut self) {
+        self.next = BACKOFF_FIRST;
+    }
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        // The first wait of a run of errors says so; the following ones are counted only.
+        if self.next == BACKOFF_FIRST {
+            tracing::warn!("DNS proxy: {}: {e}; retrying with backoff", self.what);
+        }
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(BACKOFF_MOST);
+    }
+}
+
+/// Errors that say a connection failed, not the socket: take the next one at once.
+fn transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED | libc::ECONNRESET | libc::ECONNREFUSED | libc::EINTR | libc::EAGAIN
+        )
+    )
+}
+
 async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     let local = sock.local_addr().ok();
     let mut buf = vec![0u8; 65_535];
+    let mut backoff = Backoff::new("receiving a query");
     loop {
-        let Ok((n, client)) = sock.recv_from(&mut buf).await else { continue };
+        let (n, client) = match sock.recv_from(&mut buf).await {
+            Ok(got) => {
+                backoff.ok();
+                got
+            }
+            Err(e) if transient(&e) => continue,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
         let query = buf[..n].to_vec();
+        let Ok(permit) = ctx.in_flight.clone().try_acquire_owned() else {
+            Stats::bump(&ctx.stats.overloaded);
+            if let Some(answer) = message::reply(&query, ResponseCode::ServFail) {
+                let _ = sock.try_send_to(&answer, client);
+            }
+            continue;
+        };
         let (sock, ctx) = (sock.clone(), ctx.clone());
         tokio::spawn(async move {
+            let _permit: OwnedSemaphorePermit = permit;
             let proxy = local.unwrap_or_else(|| SocketAddr::new(IpAddr::from(DNS_PROXY_V4), 0));
             if let Some(answer) = handle(&ctx, &query, client, proxy, Transport::Udp).await {
                 let _ = sock.send_to(&answer, client).await;
@@ -256,22 +349,41 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
 }
 
 async fn serve_tcp(listener: TcpListener, ctx: Arc<Ctx>) {
+    let mut backoff = Backoff::new("accepting a TCP connection");
     loop {
-        let Ok((stream, client)) = listener.accept().await else { continue };
-        tokio::spawn(tcp_session(stream, client, ctx.clone()));
+        let (stream, client) = match listener.accept().await {
+            Ok(got) => {
+                backoff.ok();
+                got
+            }
+            Err(e) if transient(&e) => continue,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        // Beyond the sandbox's share the connection is closed at once (the client retries
+        // over UDP or later); nothing is held for it.
+        let Ok(permit) = ctx.tcp_sessions.clone().try_acquire_owned() else {
+            Stats::bump(&ctx.stats.overloaded);
+            drop(stream);
+            continue;
+        };
+        tokio::spawn(tcp_session(stream, client, ctx.clone(), permit));
     }
 }
 
 /// Queries on one TCP connection, one after the other, until it closes or idles.
-async fn tcp_session(mut stream: TcpStream, client: SocketAddr, ctx: Arc<Ctx>) {
+async fn tcp_session(
+    mut stream: TcpStream,
+    client: SocketAddr,
+    ctx: Arc<Ctx>,
+    _permit: OwnedSemaphorePermit,
+) {
     let proxy =
         stream.local_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from(DNS_PROXY_V4), 0));
     loop {
-        let query = match tokio::time::timeout(
-            Duration::from_secs(10),
-            upstream::read_message(&mut stream),
-        )
-        .await
+        let query = match tokio::time::timeout(TCP_IDLE, upstream::read_message(&mut stream)).await
         {
             Ok(Ok(q)) => q,
             _ => return,
@@ -311,7 +423,7 @@ async fn handle(
     proxy: SocketAddr,
     transport: Transport,
 ) -> Option<Vec<u8>> {
-    let q = match message::question(query) {
+    let (q, client_msg) = match message::question(query) {
         Ok(q) => q,
         Err(Malformed::Unreadable) => {
             Stats::bump(&ctx.stats.malformed);
@@ -346,23 +458,45 @@ async fn handle(
         });
         // Rate limits and name length hold in audit mode too: they protect netcontrol.
         let audit_only = rules.audit && why == Refused::NotAllowed;
-        report(ctx, &q, why, audit_only, client, proxy, transport);
+        if why == Refused::RateLimited {
+            // A flood of queries must not cost a sock_diag lookup and an event each.
+            report_limited_one(ctx, &q, client, proxy, transport);
+        } else {
+            report(ctx, &q, why, audit_only, client, proxy, transport);
+        }
         if !audit_only {
             return message::refusal(query, config.refuse_with);
         }
     }
-    let answer = match upstream::forward(&config.upstream, query, transport, config.timeout).await {
-        Ok(a) => a,
-        Err(e) => {
-            Stats::bump(&ctx.stats.upstream_failures);
-            tracing::warn!("DNS proxy: {} {}: upstream failed: {e}", q.qtype, q.name);
-            return message::reply(query, hickory_resolver::proto::op::ResponseCode::ServFail);
-        }
+    let servfail = || message::reply(query, ResponseCode::ServFail);
+    let Some((upstream_id, forwarded)) = message::upstream_query(&client_msg, &q) else {
+        Stats::bump(&ctx.stats.malformed);
+        return message::format_error(q.id, OpCode::Query);
+    };
+    let answer =
+        match upstream::forward(&config.upstream, &forwarded, transport, config.timeout).await {
+            Ok(a) => a,
+            Err(e) => {
+                Stats::bump(&ctx.stats.upstream_failures);
+                tracing::warn!("DNS proxy: {} {}: upstream failed: {e}", q.qtype, q.name);
+                return servfail();
+            }
+        };
+    let refuse = |ip| rules.rebinding.refused(&q.name, ip).is_some();
+    let Some(released) = message::release(&client_msg, &q, upstream_id, &answer, refuse) else {
+        Stats::bump(&ctx.stats.upstream_failures);
+        tracing::warn!("DNS proxy: {} {}: the upstream answer does not answer it", q.qtype, q.name);
+        return servfail();
     };
     Stats::bump(&ctx.stats.allowed);
-    if let Some(ips) = message::addresses(&answer, &q).filter(|ips| !ips.is_empty()) {
+    if !released.refused.is_empty() {
+        ctx.stats.rebinding_refused.fetch_add(released.refused.len() as u64, Ordering::Relaxed);
+        report_rebinding(ctx, &q, &released.refused, rules, client, proxy, transport);
+    }
+    if !released.addresses.is_empty() {
         let (done, allowed) = oneshot::channel();
-        if ctx.learn.send(Learned { name: q.name.clone(), ips, done }).await.is_ok()
+        let learned = Learned { name: q.name.clone(), ips: released.addresses, done };
+        if ctx.learn.send(learned).await.is_ok()
             && tokio::time::timeout(HOLD, allowed).await.is_err()
         {
             Stats::bump(&ctx.stats.hold_timeouts);
@@ -372,7 +506,95 @@ async fn handle(
             );
         }
     }
-    Some(answer)
+    Some(released.bytes)
+}
+
+/// A `dns` event for an answer whose addresses rebinding protection took out.
+fn report_rebinding(
+    ctx: &Ctx,
+    q: &Question,
+    refused: &[IpAddr],
+    rules: &Rules,
+    client: SocketAddr,
+    proxy: SocketAddr,
+    t: Transport,
+) {
+    let origin = ctx.asker.lookup(t, client, proxy);
+    let why: Vec<&str> = refused
+        .iter()
+        .filter_map(|ip| rules.rebinding.refused(&q.name, *ip).map(crate::rebinding::Refusal::name))
+        .collect();
+    tracing::warn!(
+        "DNS proxy: {}: answered {} ({}): not learned and taken out of the answer (dns.rebinding: refuse)",
+        q.name,
+        refused.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", "),
+        why.join(", ")
+    );
+    let mut e =
+        dns_event(q, "rebinding_refused", false, t, origin.as_ref(), ctx.sandbox_id, &ctx.labels);
+    e.refused_addresses = Some(refused.to_vec());
+    ctx.events.send(e);
+}
+
+/// A rate-limited query: the first of each second is reported with its process (one
+/// sock_diag lookup), the rest only counted.
+fn report_limited_one(
+    ctx: &Ctx,
+    q: &Question,
+    client: SocketAddr,
+    proxy: SocketAddr,
+    t: Transport,
+) {
+    let now = Instant::now();
+    let mut r = ctx.limited.lock().unwrap_or_else(|e| e.into_inner());
+    match r.since {
+        Some(since) if now.duration_since(since) < Duration::from_secs(1) => r.more += 1,
+        _ => {
+            flush_limited(ctx, &mut r);
+            r.since = Some(now);
+            drop(r);
+            let origin = ctx.asker.lookup(t, client, proxy);
+            let e = dns_event(
+                q,
+                Refused::RateLimited.reason(),
+                false,
+                t,
+                origin.as_ref(),
+                ctx.sandbox_id,
+                &ctx.labels,
+            );
+            ctx.events.send(e.clone());
+            ctx.limited.lock().unwrap_or_else(|e| e.into_inner()).first = Some(e);
+        }
+    }
+}
+
+/// The summary of a second's rate-limited queries beyond the first, if there were any.
+fn flush_limited(ctx: &Ctx, r: &mut LimitedReport) {
+    if r.more > 0
+        && let Some(first) = &r.first
+    {
+        ctx.events.send(EventRecord {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            count: r.more,
+            summary: true,
+            ..first.clone()
+        });
+    }
+    *r = LimitedReport::default();
+}
+
+/// Once a second: the summary of the second that ended.
+async fn report_limited(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut r = ctx.limited.lock().unwrap_or_else(|e| e.into_inner());
+        if r.since.is_some_and(|s| s.elapsed() >= Duration::from_secs(1)) {
+            flush_limited(&ctx, &mut r);
+        }
+    }
 }
 
 /// A `dns` event for a refused (or, in audit mode, would-be refused) query, naming the process.
@@ -442,6 +664,7 @@ fn dns_event(
         sandbox: labels.sandbox(sandbox_id),
         domain: Some(q.name.clone()),
         dns_type: Some(q.qtype.to_string()),
+        count: 1,
         ..EventRecord::default()
     }
     .identified(labels)
@@ -495,6 +718,10 @@ mod tests {
                 Pattern::parse("**.example.test").expect("p"),
             ],
             audit: false,
+            rebinding: crate::rebinding::Rules::new(
+                &crate::policy::Policy::default(),
+                crate::rebinding::HostAddresses::default(),
+            ),
         };
         assert!(r.allows("api.github.com"));
         assert!(r.allows("a.b.example.test"));

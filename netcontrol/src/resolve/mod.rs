@@ -48,10 +48,16 @@ pub struct Follower {
     pub resolved: Resolved,
     /// Each followed name's latest status (absent: no answer yet).
     pub statuses: BTreeMap<String, NameUpdate>,
+    /// Which answered addresses must not be allowed (DNS rebinding protection).
+    rebinding: crate::rebinding::Rules,
 }
 
 impl Follower {
-    pub fn new(servers: &[SocketAddr], dns: &DnsSettings) -> Self {
+    pub fn new(
+        servers: &[SocketAddr],
+        dns: &DnsSettings,
+        rebinding: crate::rebinding::Rules,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
             lookup: Arc::new(Lookup::new(servers, dns.timeout)),
@@ -62,6 +68,7 @@ impl Follower {
             tasks: HashMap::new(),
             resolved: Resolved::new(),
             statuses: BTreeMap::new(),
+            rebinding,
         }
     }
 
@@ -125,8 +132,23 @@ impl Follower {
         got
     }
 
-    /// Take an update into `resolved` (ignoring names no longer followed).
-    fn record(&mut self, u: NameUpdate) -> NameUpdate {
+    /// Take an update into `resolved` (ignoring names no longer followed), without the
+    /// addresses rebinding protection refuses.
+    fn record(&mut self, mut u: NameUpdate) -> NameUpdate {
+        let refused: Vec<IpAddr> = u
+            .ips
+            .iter()
+            .copied()
+            .filter(|ip| self.rebinding.refused(&u.name, *ip).is_some())
+            .collect();
+        if !refused.is_empty() {
+            tracing::warn!(
+                "{}: resolves to {}, which is not allowed (dns.rebinding: refuse; allow_private opens private addresses)",
+                u.name,
+                refused.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+            );
+            u.ips.retain(|ip| !refused.contains(ip));
+        }
         if self.tasks.contains_key(&u.name) {
             self.resolved.insert(u.name.clone(), u.ips.clone());
             self.statuses.insert(u.name.clone(), u.clone());

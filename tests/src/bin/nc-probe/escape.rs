@@ -110,6 +110,29 @@ fn sendmsg_cmsg(
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// `hold:N TARGET`: open N TCP connections to TARGET (the connects that fail are counted),
+/// print `{"op":...,"held":K}` and keep them until stdin closes.
+pub fn hold(op: &str, target: &str) -> ! {
+    let n: usize = op.strip_prefix("hold:").and_then(|n| n.parse().ok()).unwrap_or(0);
+    let a: SocketAddr = target.parse().unwrap_or_else(|e| {
+        eprintln!("{target}: {e}");
+        std::process::exit(2)
+    });
+    let held: Vec<std::net::TcpStream> = (0..n)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).ok()
+        })
+        .collect();
+    println!(
+        "{{\"op\":{op:?},\"target\":{target:?},\"ok\":true,\"errno\":0,\"error\":\"\",\"held\":{}}}",
+        held.len()
+    );
+    let mut sink = Vec::new();
+    let _ = io::Read::read_to_end(&mut io::stdin(), &mut sink);
+    drop(held);
+    std::process::exit(0)
+}
+
 pub fn run(op: &str, target: &str) -> Option<io::Result<()>> {
     Some(match op {
         // A UDP datagram to FINAL, routed through VIA by a sticky routing header.

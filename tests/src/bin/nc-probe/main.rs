@@ -13,7 +13,8 @@
 //!
 //! DNS ops take TARGET = SERVER/NAME (SERVER as above, NAME with an optional `:TYPE`, default A):
 //! `dns` (UDP; the reply must come from SERVER, as resolvers check), `dns-tcp`, `dns-connected`
-//! (UDP on a connected socket, as glibc does). Their result line adds "rcode" and "answers".
+//! (UDP on a connected socket, as glibc does), `dns-edns` (UDP, the marker payload in an EDNS
+//! option). Their result line adds "rcode" and "answers".
 //! `dns-bench:N` sends N queries one after the other and adds "p50_us", "p99_us".
 //!
 //! Benchmark loops, for MS milliseconds: `loop-tcp:MS` (socket, connect, close), `loop-udp:MS`
@@ -50,6 +51,9 @@ fn main() {
         }
         if op == "capture" {
             escape::capture(target);
+        }
+        if op.starts_with("hold:") {
+            escape::hold(op, target);
         }
         if op.starts_with("dns") {
             all_ok &= dns::run(op, target);
@@ -411,7 +415,7 @@ mod dns {
         let (result, extra) = match parse(target) {
             Err(e) => (Err(e), String::new()),
             Ok((server, name, qtype)) => match op {
-                "dns" | "dns-connected" | "dns-tcp" => {
+                "dns" | "dns-connected" | "dns-tcp" | "dns-edns" => {
                     let start = Instant::now();
                     let r = ask(op, server, &name, qtype);
                     let us = start.elapsed().as_micros();
@@ -451,6 +455,21 @@ mod dns {
     }
 
     fn query(name: &str, qtype: RecordType, id: u16) -> io::Result<Vec<u8>> {
+        query_with(name, qtype, id, None)
+    }
+
+    /// With `payload`: carried in an EDNS option (padding), as data smuggled to whoever runs
+    /// the name's DNS would be.
+    fn query_with(
+        name: &str,
+        qtype: RecordType,
+        id: u16,
+        payload: Option<&[u8]>,
+    ) -> io::Result<Vec<u8>> {
+        use hickory_proto::{
+            op::Edns,
+            rr::rdata::opt::{EdnsCode, EdnsOption},
+        };
         let name = Name::from_ascii(format!("{name}.")).map_err(io::Error::other)?;
         let mut m = Message::new();
         m.set_id(id)
@@ -458,6 +477,12 @@ mod dns {
             .set_op_code(OpCode::Query)
             .set_recursion_desired(true);
         m.add_query(Query::query(name, qtype));
+        if let Some(p) = payload {
+            let mut edns = Edns::new();
+            edns.set_max_payload(4096);
+            edns.options_mut().insert(EdnsOption::Unknown(EdnsCode::Padding.into(), p.to_vec()));
+            m.set_edns(edns);
+        }
         m.to_vec().map_err(io::Error::other)
     }
 
@@ -471,7 +496,11 @@ mod dns {
 
     fn ask(op: &str, server: SocketAddr, name: &str, qtype: RecordType) -> io::Result<Message> {
         let id = (std::process::id() as u16) ^ 0x5a5a;
-        let q = query(name, qtype, id)?;
+        let q = if op == "dns-edns" {
+            query_with(name, qtype, id, Some(&crate::escape::marker(op)))?
+        } else {
+            query(name, qtype, id)?
+        };
         let answer = match op {
             "dns-tcp" => {
                 let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
