@@ -312,3 +312,130 @@ fn a_dns_flood_over_tcp_takes_only_its_share() {
     assert!(tcp.is_some(), "TCP DNS works again once the connections are gone");
     sb.stop();
 }
+
+/// listen() without bind() (or after a bind to port 0) picks a port on every address, which
+/// no bind hook judges: connections to it from elsewhere are dropped when they arrive, while
+/// loopback ones work.
+#[test]
+fn listeners_nobody_bound_take_no_outside_connections() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let peer = Peer::start();
+    let mut sb = Attached::start(&[]);
+    let script = "import socket, sys\n\
+                  s = socket.socket()\n\
+                  s.listen(8)\n\
+                  print(s.getsockname()[1], flush=True)\n\
+                  while True:\n\
+                  \x20   c, _ = s.accept(); c.sendall(b'secret'); c.close()\n";
+    let mut listener = sb
+        .cgroup
+        .command("python3")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(listener.stdout.take().expect("stdout")),
+        &mut port,
+    )
+    .expect("port");
+    let port = port.trim().to_owned();
+    assert!(probe_outside("tcp", &format!("127.0.0.1:{port}")).ok, "loopback works");
+    let from_peer = peer
+        .command(netcontrol_tests::probe_bin().to_str().expect("utf8"))
+        .args(["tcp", &format!("{}:{port}", peer::HERE_V4)])
+        .output()
+        .expect("probe from the peer");
+    let p = netcontrol_tests::parse_probes(&from_peer.stdout);
+    assert!(!p[0].ok, "a connection from the peer got in: {p:?}");
+    let events = sb.events_at_least(1);
+    let e = find_event(&events, &[("hook", json!("skb_ingress"))]);
+    assert_eq!(
+        (e["dst_ip"].clone(), e["event"].clone()),
+        (json!(peer::PEER_V4), json!("listen")),
+        "{e}"
+    );
+    assert_eq!(e["dst_port"], json!(port.parse::<u16>().expect("port")));
+    let _ = listener.kill();
+    let _ = listener.wait();
+    sb.stop();
+
+    // With a listen rule for the port, it takes them.
+    let mut sb = Attached::start(&["--listen", "1-65535"]);
+    let mut listener = sb
+        .cgroup
+        .command("python3")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(listener.stdout.take().expect("stdout")),
+        &mut port,
+    )
+    .expect("port");
+    let from_peer = peer
+        .command(netcontrol_tests::probe_bin().to_str().expect("utf8"))
+        .args(["tcp", &format!("{}:{}", peer::HERE_V4, port.trim())])
+        .output()
+        .expect("probe from the peer");
+    assert!(netcontrol_tests::parse_probes(&from_peer.stdout)[0].ok, "{from_peer:?}");
+    let _ = listener.kill();
+    let _ = listener.wait();
+    sb.stop();
+}
+
+/// Credential and instance-agent endpoints of the major clouds stay closed under default
+/// routes, and so does the rest of link-local; exact rules open what they name (NodeLocal
+/// DNSCache, GKE's metadata DNS).
+#[test]
+fn cloud_endpoints_and_link_local_need_exact_rules() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let endpoints = [
+        "169.254.169.254",
+        "169.254.170.2",
+        "169.254.170.23",
+        "169.254.169.252",
+        "168.63.129.16",
+        "100.100.100.200",
+        "169.254.0.23",
+        "fd00:ec2::254",
+        "fd00:ec2::23",
+    ];
+    let mut on_lo: Vec<&str> = endpoints.to_vec();
+    on_lo.extend(["169.254.20.10", "169.254.7.7", "fe80::7"]);
+    isolate_network(&on_lo);
+    let servers: Vec<Server> = endpoints.iter().map(|ip| Server::start(ip)).collect();
+    let nodelocal = Server::start("169.254.20.10");
+    let other_ll = Server::start("169.254.7.7");
+    let mut sb = Attached::start(&[
+        "--allow",
+        "0.0.0.0/0",
+        "--allow",
+        "::/0",
+        "--allow",
+        &format!("{}/tcp", nodelocal.target()),
+    ]);
+    for s in &servers {
+        assert_denied(&sb.probe(&[("tcp", &s.target())])[0]);
+    }
+    assert_denied(&sb.probe(&[("tcp", &other_ll.target())])[0]);
+    assert_allowed(&sb.probe(&[("tcp", &nodelocal.target())])[0]);
+    let events = sb.events_at_least(endpoints.len() + 1);
+    for ip in endpoints {
+        find_event(&events, &[("dst_ip", json!(ip)), ("reason", json!("metadata_address"))]);
+    }
+    find_event(
+        &events,
+        &[("dst_ip", json!("169.254.7.7")), ("reason", json!("link_local_address"))],
+    );
+    sb.stop();
+    assert!(servers.iter().all(|s| s.accepted() == 0), "an endpoint got a connection");
+}

@@ -155,3 +155,43 @@ fn squatted_pin_roots_are_refused() {
     assert_eq!(fs::metadata(&fresh).expect("made").permissions().mode() & 0o7777, 0o700);
     let _ = fs::remove_dir_all(&fresh);
 }
+
+/// The daemon notices a detached link on its own (every second) and at once on `status`:
+/// it attaches it again, says so in status and in metrics.
+#[test]
+fn the_daemon_puts_detached_links_back() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let cg = netcontrol_tests::TestCgroup::new();
+    let mut d = netcontrol_tests::daemon::Daemon::new(&format!(
+        "policies:\n  none:\n    allow: []\nsandboxes:\n  - name: job\n    cgroup: {}\n    policy: none\n",
+        cg.path.display()
+    ));
+    d.start();
+    let id = link_id(cg.id(), "cgroup_inet4_connect");
+    let out = Command::new("bpftool")
+        .args(["link", "detach", "id", &id.to_string()])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{}", show(&out));
+    // status checks before it answers.
+    assert_eq!(d.sandbox("job")["tampered"], 1, "{}", d.status());
+    assert!(netcontrol_tests::probe_in(&cg.path, &[("tcp", &denied.target())])[0].is_eperm());
+    let (code, metrics) = d.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("netcontrol_tamper_detected_total{sandbox=\"job\"} 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with("netcontrol_links_detached{sandbox=\"job\"} 0")),
+        "{metrics}"
+    );
+    let log = d.stop();
+    assert!(log.contains("tampering: the connect4 link was detached"), "{log}");
+}
