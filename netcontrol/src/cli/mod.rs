@@ -27,9 +27,9 @@ const ABOUT: &str = "Kernel-enforced egress allowlists for untrusted code";
 const LONG_ABOUT: &str = "\
 netcontrol decides, in the kernel, every outbound connection attempt of the processes in a
 sandbox cgroup: TCP and UDP connect(), unconnected UDP sendto()/sendmsg()/sendmmsg(), TCP Fast
-Open, IPv4-mapped IPv6, raw and ICMP sockets. Everything not allowed fails at once with EPERM
-(\"Operation not permitted\"), whatever the language or library, and every blocked attempt is
-reported.
+Open, IPv4-mapped IPv6, raw and ICMP sockets, socket families beyond IP, source routes and
+IPv6 routing headers, listeners. Everything not allowed fails at once with EPERM (\"Operation
+not permitted\"), whatever the language or library, and every blocked attempt is reported.
 
 Rules (--allow RULE, repeatable):
   10.0.0.0/8                  every port and protocol in a network
@@ -39,8 +39,12 @@ Rules (--allow RULE, repeatable):
   10.0.0.0/8/udp              every port, UDP only
   api.github.com:443          a domain, resolved and followed in DNS
   *.example.com  **.example.com   wildcards: one label / one or more (need DNS-aware mode)
-Cloud metadata addresses (169.254.169.254, fd00:ec2::254, ...) stay blocked under broad rules
-such as 0.0.0.0/0; only a rule naming the exact address opens them.";
+Cloud metadata addresses (169.254.169.254, fd00:ec2::254, ...), link-local networks and
+0.0.0.0/:: stay blocked under broad rules such as 0.0.0.0/0; only a rule naming the exact
+address or network opens them. DNS answers pointing at loopback, private or the host's own
+addresses are refused (DNS rebinding) unless the policy says otherwise.
+
+For untrusted code use `netcontrol run --user auto`: as root, code could leave its cgroup.";
 
 #[derive(Debug, Parser)]
 #[command(name = "netcontrol", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -146,25 +150,37 @@ Policy file format:
     - 10.0.0.0/8
     - domain: api.stripe.com     # the long form
       ports: [443, \"8000-8100\"]
-      protocol: tcp              # tcp, udp, icmp or any (the default)
+      protocol: tcp              # tcp, udp, icmp, sctp or any (the default)
+    - domain: db.internal.test
+      allow_private: true        # its DNS answers may be private addresses
     - cidr: 192.168.0.0/16
+  listen: [8080, \"0.0.0.0:9000\"] # as --listen: where to listen besides loopback
   dns:
+    mode: proxy                  # DNS-aware (the default), or resolver
     servers: [127.0.0.53]        # default: the nameservers of /etc/resolv.conf
     min_ttl: 5s                  # TTL clamps: re-resolve at most this often...
     max_ttl: 1h                  # ...and at least this often
     grace: 5m                    # an address stays allowed this long after it left the answers
     max_ips_per_name: 1000
     timeout: 2s
+    refuse_with: nxdomain        # or refused: the answer to names not allowed
+    max_queries_per_second: 100  # per sandbox, bursts of twice as many
+    max_name_length: 253
+    rebinding: refuse            # or allow: answers may then point anywhere
+    allow_private: false         # true: private addresses in answers, for every name
   sockets:
-    raw: false
-    ping: false
+    raw: false                   # as --allow-raw-sockets
+    ping: false                  # as --allow-ping
+    routing_options: false       # as --allow-routing-options
+    abstract_unix: false         # as --allow-abstract-unix
+    families: []                 # as --allow-family, e.g. [vsock, packet]
 The sandbox may reach the DNS servers (UDP and TCP, their port only) when the policy has
 domain rules or names servers. Unknown keys are errors.";
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// The policy file (YAML; see `netcontrol check-policy --help`). --allow, --audit,
-    /// --allow-ping and --allow-raw-sockets add to it.
+    /// The policy file (YAML; see `netcontrol check-policy --help`). The options below add
+    /// to it (and --audit, --dns-mode and --dns-rebinding override it).
     #[arg(short = 'p', long = "policy", value_name = "FILE")]
     pub file: Option<PathBuf>,
 
@@ -366,10 +382,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub kernel: KernelArgs,
 
-    /// Run the command as this user (name or uid, optionally :group), with that user's
-    /// groups, HOME, USER and LOGNAME. A command running as root could leave its cgroup or
-    /// detach the programs: give untrusted code an unprivileged user.
-    #[arg(short, long, value_name = "USER[:GROUP]")]
+    /// Run the command as this user: `auto` (for untrusted code) gives it a uid and gid of its
+    /// own for this run, shared with no other process; a name or uid (optionally :group) runs
+    /// it with that user's groups, HOME, USER and LOGNAME. A command running as root could
+    /// leave its cgroup or detach the programs.
+    #[arg(short, long, value_name = "auto|USER[:GROUP]")]
     pub user: Option<String>,
 
     /// Create the sandbox cgroup under this cgroup v2 directory (default: `netcontrol` under
