@@ -163,6 +163,9 @@ fn prometheus_counts_blocked_attempts_per_sandbox() {
         text.contains("alpha") && text.contains("enforcing") && text.contains("ALLOW_V4 2/"),
         "{text}"
     );
+    // What `run` can confine commands to on this kernel is said, whatever it is.
+    assert!(text.contains("landlock: "), "{text}");
+    assert!(status["landlock"].is_string(), "{status:#}");
 
     // Events name the sandbox; per-attempt detail is there.
     let events = events_at_least(&d.events, N + 1);

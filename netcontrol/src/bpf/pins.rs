@@ -112,6 +112,28 @@ impl PinRoot {
         self.path.join("standalone")
     }
 
+    /// Pin trees of other ABI versions next to this one. Their links keep enforcing what an
+    /// agent of that version last wrote (any program that denies, denies): nothing is opened
+    /// by their presence, but this version neither reads nor updates them.
+    pub fn other_versions(&self) -> Vec<PathBuf> {
+        let Some(root) = self.path.parent() else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(root) else { return Vec::new() };
+        let ours = format!("v{PIN_ABI_VERSION}");
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name != ours
+                    && name.strip_prefix('v').is_some_and(|n| n.parse::<u32>().is_ok())
+                    && e.file_type().is_ok_and(|t| t.is_dir())
+            })
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
+    }
+
     /// The daemon's maps.
     pub fn daemon_maps(&self) -> PathBuf {
         self.path.join("daemon/maps")

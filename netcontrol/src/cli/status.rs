@@ -119,5 +119,8 @@ pub fn render(s: &Status) -> String {
     if let Some(g) = &s.kernel_gaps {
         let _ = writeln!(out, "{g}");
     }
+    if let Some(l) = &s.landlock {
+        let _ = writeln!(out, "landlock: {l}");
+    }
     out
 }

@@ -50,6 +50,21 @@ impl Landlock {
         })
     }
 
+    /// What Landlock lets `run` confine a command to here, for `status`.
+    pub fn describe() -> String {
+        match Self::probe() {
+            Ok(abi) if abi >= 6 => format!(
+                "ABI {abi}: commands of netcontrol run cannot ptrace, signal or reach the abstract unix sockets of processes outside their sandbox"
+            ),
+            Ok(abi) => format!(
+                "ABI {abi} (Linux < 6.12): commands of netcontrol run cannot ptrace processes outside their sandbox, but can signal those of their user and reach the host's abstract unix sockets"
+            ),
+            Err(why) => format!(
+                "{why}: commands of netcontrol run can ptrace, signal and use the sockets of other processes of their user"
+            ),
+        }
+    }
+
     /// Signals and abstract unix sockets are scoped only from ABI 6 on.
     pub fn scopes_signals(self) -> bool {
         self.abi >= 6

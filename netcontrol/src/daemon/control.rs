@@ -82,6 +82,9 @@ pub struct Status {
     /// What this kernel does not let netcontrol close (hooks it cannot run, and why).
     #[serde(default)]
     pub kernel_gaps: Option<String>,
+    /// What Landlock lets `netcontrol run` confine commands to on this kernel.
+    #[serde(default)]
+    pub landlock: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -147,6 +147,14 @@ impl Supervisor {
         if let Some(line) = crate::datapath::gaps(self.dp.missing(), &[]) {
             tracing::warn!("{line}");
         }
+        for old in self.root.other_versions() {
+            tracing::warn!(
+                "{} holds pins of another netcontrol version: its links keep enforcing that \
+                 version's last policies alongside this daemon's (they can only deny more); \
+                 removing that directory detaches them",
+                old.display()
+            );
+        }
         // The global hooks first: they judge every sandbox's tasks by the sandbox table.
         match self.dp.attach(&self.mount, Some(&self.root.daemon_global()), Scope::Global) {
             Ok(a) => self.global = Some(a),
@@ -809,6 +817,7 @@ impl Supervisor {
             maps,
             events_lost: kernel_lost + self.dp.injected_lost(),
             kernel_gaps: crate::datapath::gaps(self.dp.missing(), &[]),
+            landlock: Some(crate::confine::Landlock::describe()),
         }
     }
 
