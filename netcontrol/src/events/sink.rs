@@ -19,6 +19,9 @@ pub struct Rotation {
     pub keep: u32,
 }
 
+/// The one device events may be sent to.
+const DISCARD: &str = "/dev/null";
+
 pub struct Sink {
     json: Option<Json>,
     human: bool,
@@ -31,7 +34,14 @@ struct Json {
 
 enum Out {
     Stdout(BufWriter<io::Stdout>),
-    File { w: BufWriter<File>, written: u64, rotation: Option<Rotation> },
+    /// `/dev/null`: records are made (and counted) but go nowhere. Not opened: the checks
+    /// for files do not fit a device, and nothing written there can be redirected.
+    Discard,
+    File {
+        w: BufWriter<File>,
+        written: u64,
+        rotation: Option<Rotation>,
+    },
 }
 
 impl Sink {
@@ -51,6 +61,9 @@ impl Sink {
             None => None,
             Some(p) if p == Path::new("-") => {
                 Some(Json { path: p.to_owned(), out: Out::Stdout(BufWriter::new(io::stdout())) })
+            }
+            Some(p) if p == Path::new(DISCARD) => {
+                Some(Json { path: p.to_owned(), out: Out::Discard })
             }
             Some(p) => {
                 let (w, written) =
@@ -77,6 +90,7 @@ impl Sink {
             let r = match &mut j.out {
                 Out::Stdout(w) => w.flush(),
                 Out::File { w, .. } => w.flush(),
+                Out::Discard => Ok(()),
             };
             r.map_err(|source| Error::Events { path: j.path.clone(), source })?;
         }
@@ -95,6 +109,7 @@ impl Json {
         line.push(b'\n');
         match &mut self.out {
             Out::Stdout(w) => w.write_all(&line),
+            Out::Discard => Ok(()),
             Out::File { w, written, rotation } => {
                 if let Some(r) = rotation
                     && *written > 0
@@ -270,6 +285,10 @@ mod tests {
             .expect("mkfifo");
         let err = Sink::new(Some(&fifo), false).err().expect("a fifo is refused").to_string();
         assert!(err.contains("not a regular file"), "{err}");
+        let err = Sink::new(Some(Path::new("/dev/zero")), false).err().expect("a device");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let mut null = Sink::new(Some(Path::new("/dev/null")), false).expect("/dev/null discards");
+        null.flush().expect("nothing to flush");
 
         let shared = dir.path().join("shared");
         fs::create_dir(&shared).expect("mkdir");

@@ -287,8 +287,9 @@ fn report(m: &Measured, sizes: &[usize], rounds: usize, ms: u64, opts: &Opts) ->
     }
     let _ = writeln!(
         body,
-        "\nTime inside netcontrol's programs (sock_create and connect4) per attempt, from the \
-         kernel's accounting (`kernel.bpf_stats_enabled`, on only for this; its two clock \
+        "\nTime inside netcontrol's programs per attempt — every program attached to the \
+         client's cgroup: sock_create and connect4 once, skb egress and skb ingress for each \
+         packet of the client's socket (the per-packet programs) —, from the kernel's accounting (`kernel.bpf_stats_enabled`, on only for this; its two clock \
          reads per program run are included), median of {} measurements, and its share of an \
          attempt with no filter. This is what netcontrol adds to connect(), measured exactly.\n",
         rounds.min(7)
