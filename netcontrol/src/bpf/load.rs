@@ -68,18 +68,21 @@ impl Loaded {
         };
         check_kernel()?;
         let level = opts.bpf_log_level;
-        let mut loader = EbpfLoader::new();
-        loader.override_global(aya_log::LEVEL, &level, false);
-        if let Some(n) = opts.events_bytes {
-            loader.map_max_entries(abi::map::EVENTS, n);
-        }
-        for (name, path) in &opts.map_pins {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader.load(object).map_err(|e| match e {
-            aya::EbpfError::MapError(ref m) if is_eperm(m) => not_privileged(),
-            e => Error::Load(e),
-        })?;
+        let mut ebpf = {
+            // The loader holds the kernel's BTF, parsed (several MiB): gone after this block.
+            let mut loader = EbpfLoader::new();
+            loader.override_global(aya_log::LEVEL, &level, false);
+            if let Some(n) = opts.events_bytes {
+                loader.map_max_entries(abi::map::EVENTS, n);
+            }
+            for (name, path) in &opts.map_pins {
+                loader.map_pin_path(name, path.as_path());
+            }
+            loader.load(object).map_err(|e| match e {
+                aya::EbpfError::MapError(ref m) if is_eperm(m) => not_privileged(),
+                e => Error::Load(e),
+            })?
+        };
         // Must exist before the programs load: they refer to its map (aya pitfall P4).
         let logger = if level > 0 { Some(super::log::init(&mut ebpf)?) } else { None };
         let pins = opts.program_pins.as_deref().map(|d| d.join(build_key(object, level)));
@@ -102,10 +105,12 @@ impl Loaded {
                     })
                 })
                 .collect();
+            release_freed_memory();
             return Ok(Self { ebpf, adopted: Some(adopted), logger, missing });
         }
-        let btf = Btf::from_sys_fs().ok();
         let lsm_inactive = bpf_lsm_inactive();
+        // Only LSM programs need the kernel's BTF here.
+        let btf = if lsm_inactive.is_none() { Btf::from_sys_fs().ok() } else { None };
         let mut missing = Vec::new();
         for hook in HOOKS {
             let why = match (&hook.kind, &lsm_inactive) {
@@ -126,6 +131,8 @@ impl Loaded {
                 missing.push(Missing { hook: hook.name, protects, why });
             }
         }
+        drop(btf);
+        release_freed_memory();
         if let Some(dir) = &pins {
             let loaded: Vec<&Hook> =
                 HOOKS.iter().filter(|h| !missing.iter().any(|m| m.hook == h.name)).collect();
@@ -221,6 +228,16 @@ fn pin_programs(ebpf: &mut Ebpf, dir: &Path, hooks: &[&Hook]) -> Result<()> {
         prog.pin(&path).map_err(super::pins::pin_io).map_err(pin_err("pinning program", &path))?;
     }
     Ok(())
+}
+
+/// Hand the heap that parsing BTF left free back to the system: glibc's malloc keeps it
+/// otherwise, and a long-running agent would carry it in its RSS for good.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory; it touches nothing in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn load_program(ebpf: &mut Ebpf, hook: &Hook, btf: Option<&Btf>) -> Result<()> {

@@ -3,7 +3,7 @@
 //! of allow entries; and a denied attempt against an allowed one.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -197,16 +197,24 @@ pub fn connect(opts: &Opts) -> Section {
             }
         }
     }
-    // Then, with the kernel's accounting on, the time spent in netcontrol's programs.
+    // Then, with the kernel's accounting on, the time spent in netcontrol's programs: rounds
+    // over every size in turn, so that drift does not pass for growth with the entry count.
     let stats = progstats::StatsOn::enable();
-    for c in candidates.iter().filter(|c| c.family == Family::Netcontrol) {
-        let ids = progstats::attached(&c.cgroup);
-        for proto in PROTOS {
-            for _ in 0..rounds.min(7) {
-                let t = progstats::per_attempt(&ids, || {
+    let ours: Vec<(&Config, Vec<progstats::Program>)> = candidates
+        .iter()
+        .filter(|c| c.family == Family::Netcontrol)
+        .map(|c| (c, progstats::attached(&c.cgroup)))
+        .collect();
+    for _ in 0..rounds.min(7) {
+        for (c, progs) in &ours {
+            for proto in PROTOS {
+                let t = progstats::per_attempt(progs, || {
                     run_loop(proto, ms, &target(), None, Some(&c.cgroup)).ops
                 });
-                m.program.entry((c.entries, proto)).or_default().push(t);
+                m.program.entry((c.entries, proto)).or_default().push(progstats::total(&t));
+                for (name, ns) in t {
+                    m.by_program.entry((c.entries, proto, name)).or_default().push(ns);
+                }
             }
         }
     }
@@ -225,6 +233,8 @@ struct Measured<'a> {
     ratio: BTreeMap<(Family, usize, &'a str), Vec<f64>>,
     /// netcontrol only, by (entries, protocol): ns in its programs per attempt.
     program: BTreeMap<(usize, &'a str), Vec<f64>>,
+    /// The same by program.
+    by_program: BTreeMap<(usize, &'a str, String), Vec<f64>>,
 }
 
 fn report(m: &Measured, sizes: &[usize], rounds: usize, ms: u64, opts: &Opts) -> Section {
@@ -305,6 +315,28 @@ fn report(m: &Measured, sizes: &[usize], rounds: usize, ms: u64, opts: &Opts) ->
             100.0 * u / none["udp"].median
         );
     }
+    // Which program costs what, at the largest policy: the per-packet ones are the new hot path.
+    let biggest = *sizes.last().expect("sizes");
+    let names: BTreeSet<&str> = m
+        .by_program
+        .keys()
+        .filter(|(n, _, _)| *n == biggest)
+        .map(|(_, _, name)| name.as_str())
+        .collect();
+    let _ = writeln!(
+        body,
+        "\nBy program, at {} entries (ns per attempt, median; a program that ran in no \
+         measurement is not listed):\n\n| program | TCP ns | UDP ns |\n|---|---:|---:|",
+        count(biggest as u64)
+    );
+    for name in names {
+        let per = |p: &str| {
+            m.by_program
+                .get(&(biggest, p, name.to_owned()))
+                .map_or("–".to_owned(), |v| format!("{:.0}", summarize(v).median))
+        };
+        let _ = writeln!(body, "| `{name}` | {} | {} |", per("tcp"), per("udp"));
+    }
     if let Some(dir) = &opts.out {
         for p in PROTOS {
             let file = format!("connect-{p}.png");
@@ -317,7 +349,7 @@ fn report(m: &Measured, sizes: &[usize], rounds: usize, ms: u64, opts: &Opts) ->
             let _ = writeln!(body, "\n![{p} connect cost over the number of entries]({file})");
         }
     }
-    let (smallest, biggest) = (sizes[0], *sizes.last().expect("sizes"));
+    let smallest = sizes[0];
     let mut goals = Vec::new();
     for p in PROTOS {
         let r = ratio(Family::Netcontrol, biggest, p);
@@ -416,12 +448,12 @@ pub fn denied(opts: &Opts) -> Section {
         }
     }
     let stats = progstats::StatsOn::enable();
-    let ids = progstats::attached(&cg.path);
+    let progs = progstats::attached(&cg.path);
     let mut program: BTreeMap<(&str, bool), f64> = BTreeMap::new();
     for p in PROTOS {
         for allowed in [true, false] {
-            let t = progstats::per_attempt(&ids, || measure(p, allowed).ops);
-            program.insert((p, allowed), t);
+            let t = progstats::per_attempt(&progs, || measure(p, allowed).ops);
+            program.insert((p, allowed), progstats::total(&t));
         }
     }
     drop(stats);

@@ -25,7 +25,7 @@ pub fn domains(opts: &Opts) -> Section {
     dns.set_many(&names);
     let cg = TestCgroup::new();
     let mut config = String::from(
-        "policies:\n  many:\n    dns: {mode: resolver, servers: [127.0.0.53]}\n    allow:\n",
+        "policies:\n  many:\n    dns: {mode: resolver, servers: [127.0.0.53], allow_private: true}\n    allow:\n",
     );
     for (name, _) in &names {
         let _ = writeln!(config, "      - {name}:443");

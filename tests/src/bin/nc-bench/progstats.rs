@@ -1,7 +1,7 @@
 //! Time spent inside netcontrol's programs, from the kernel's own accounting
 //! (`kernel.bpf_stats_enabled`): exact where end-to-end timings on a shared machine are noisy.
 
-use std::{path::Path, process::Command};
+use std::{collections::BTreeMap, path::Path, process::Command};
 
 use serde_json::Value;
 
@@ -27,28 +27,55 @@ impl Drop for StatsOn {
     }
 }
 
-/// The ids of the programs attached to a cgroup.
-pub fn attached(cgroup: &Path) -> Vec<u64> {
+/// A program attached to a cgroup: its id and its name (`nc_connect4`, ...).
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub id: u64,
+    pub name: String,
+}
+
+/// The programs attached to a cgroup.
+pub fn attached(cgroup: &Path) -> Vec<Program> {
     let v = bpftool(&["cgroup", "show", &cgroup.to_string_lossy()]);
-    let ids: Vec<u64> =
-        v.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect();
-    assert!(!ids.is_empty(), "no programs attached to {}", cgroup.display());
-    ids
+    let progs: Vec<Program> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(Program { id: p["id"].as_u64()?, name: p["name"].as_str()?.to_owned() })
+        })
+        .collect();
+    assert!(!progs.is_empty(), "no programs attached to {}", cgroup.display());
+    progs
 }
 
-/// ns spent in these programs per attempt of `run`, which returns its number of attempts.
-pub fn per_attempt(ids: &[u64], run: impl FnOnce() -> u64) -> f64 {
-    let t0 = run_time_ns(ids);
-    let attempts = run();
-    (run_time_ns(ids) - t0) as f64 / attempts.max(1) as f64
+/// ns spent in these programs per attempt of `run` (which returns its number of attempts),
+/// by program name; programs that did not run are left out.
+pub fn per_attempt(progs: &[Program], run: impl FnOnce() -> u64) -> BTreeMap<String, f64> {
+    let t0 = run_times(progs);
+    let attempts = run().max(1) as f64;
+    let t1 = run_times(progs);
+    let mut out = BTreeMap::new();
+    for ((p, a), b) in progs.iter().zip(t0).zip(t1) {
+        if b > a {
+            *out.entry(p.name.clone()).or_insert(0.0) += (b - a) as f64 / attempts;
+        }
+    }
+    out
 }
 
-/// Total run time (ns) of these programs so far.
-fn run_time_ns(ids: &[u64]) -> u64 {
-    ids.iter()
-        .map(|id| bpftool(&["prog", "show", "id", &id.to_string()])["run_time_ns"].as_u64())
+/// The total of [`per_attempt`].
+pub fn total(by_program: &BTreeMap<String, f64>) -> f64 {
+    by_program.values().sum()
+}
+
+/// Run time (ns) of each program so far.
+fn run_times(progs: &[Program]) -> Vec<u64> {
+    progs
+        .iter()
+        .map(|p| bpftool(&["prog", "show", "id", &p.id.to_string()])["run_time_ns"].as_u64())
         .map(|t| t.unwrap_or(0)) // absent until the program first runs with accounting on
-        .sum()
+        .collect()
 }
 
 fn bpftool(args: &[&str]) -> Value {
