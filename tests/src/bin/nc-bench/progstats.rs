@@ -49,32 +49,44 @@ pub fn attached(cgroup: &Path) -> Vec<Program> {
     progs
 }
 
-/// ns spent in these programs per attempt of `run` (which returns its number of attempts),
-/// by program name; programs that did not run are left out.
-pub fn per_attempt(progs: &[Program], run: impl FnOnce() -> u64) -> BTreeMap<String, f64> {
-    let t0 = run_times(progs);
+/// What one program cost per attempt.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cost {
+    /// ns in the program per attempt.
+    pub ns: f64,
+    /// How often it ran per attempt (a per-packet program: once per packet).
+    pub runs: f64,
+}
+
+/// What these programs cost per attempt of `run` (which returns its number of attempts), by
+/// program name; programs that did not run are left out.
+pub fn per_attempt(progs: &[Program], run: impl FnOnce() -> u64) -> BTreeMap<String, Cost> {
+    let t0 = counters(progs);
     let attempts = run().max(1) as f64;
-    let t1 = run_times(progs);
-    let mut out = BTreeMap::new();
-    for ((p, a), b) in progs.iter().zip(t0).zip(t1) {
-        if b > a {
-            *out.entry(p.name.clone()).or_insert(0.0) += (b - a) as f64 / attempts;
+    let t1 = counters(progs);
+    let mut out: BTreeMap<String, Cost> = BTreeMap::new();
+    for ((p, (ns0, runs0)), (ns1, runs1)) in progs.iter().zip(t0).zip(t1) {
+        if runs1 > runs0 {
+            let c = out.entry(p.name.clone()).or_default();
+            c.ns += (ns1 - ns0) as f64 / attempts;
+            c.runs += (runs1 - runs0) as f64 / attempts;
         }
     }
     out
 }
 
-/// The total of [`per_attempt`].
-pub fn total(by_program: &BTreeMap<String, f64>) -> f64 {
-    by_program.values().sum()
+/// ns per attempt in all of [`per_attempt`]'s programs.
+pub fn total(by_program: &BTreeMap<String, Cost>) -> f64 {
+    by_program.values().map(|c| c.ns).sum()
 }
 
-/// Run time (ns) of each program so far.
-fn run_times(progs: &[Program]) -> Vec<u64> {
+/// Run time (ns) and run count of each program so far (both absent until the program first
+/// runs with accounting on).
+fn counters(progs: &[Program]) -> Vec<(u64, u64)> {
     progs
         .iter()
-        .map(|p| bpftool(&["prog", "show", "id", &p.id.to_string()])["run_time_ns"].as_u64())
-        .map(|t| t.unwrap_or(0)) // absent until the program first runs with accounting on
+        .map(|p| bpftool(&["prog", "show", "id", &p.id.to_string()]))
+        .map(|v| (v["run_time_ns"].as_u64().unwrap_or(0), v["run_cnt"].as_u64().unwrap_or(0)))
         .collect()
 }
 
