@@ -16,9 +16,7 @@ use netcontrol_common::{
         LISTEN_POLICY_BIT, POLICY_ID_BITS, PROTO_TCP, PROTO_UDP, REASON_LISTEN, REASON_NONE,
         RecentKey, SANDBOX_F_DNS_REDIRECT, SANDBOX_F_HOST_NETNS, VERDICT_REDIRECT, v4_key, v6_key,
     },
-    verdict::{
-        is_loopback_v4, is_loopback_v6, judge_destination, permits, program_return, verdict,
-    },
+    verdict::{is_loopback_v4, is_loopback_v6, judge_destination, permits, program_return},
 };
 
 use crate::{
@@ -214,13 +212,7 @@ fn judge<const V6_CTX: bool>(ctx: &SockAddrContext, hook: u8, t: Target, source:
 
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, a: &Attempt, cgroup_id: u64, sb: &Sandbox, reason: u8) -> i32 {
-    let d = Decision {
-        cgroup_id,
-        sandbox_id: sb.id,
-        policy_id: sb.policy_id,
-        verdict: verdict(reason, sb.flags),
-        reason,
-    };
+    let d = Decision::judged(cgroup_id, sb, reason);
     debug!(ctx, "hook={} port={} verdict={} reason={}", a.hook, a.port, d.verdict, d.reason);
     record(a, &d, Who::Task);
     program_return(d.verdict)

@@ -23,7 +23,7 @@ use netcontrol_common::{
     },
     verdict::{
         IPV4_MAX_OPTIONS, NEXTHDR_ICMPV6, NEXTHDR_TCP, NEXTHDR_UDP, V6Step, ipv4_source_routed,
-        is_loopback_v4, is_loopback_v6, program_return, v6_step, verdict,
+        is_loopback_v4, is_loopback_v6, program_return, v6_step,
     },
 };
 
@@ -154,20 +154,11 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         detail: 0,
     };
     let d = match sandbox {
-        Some(sb) => {
-            let reason = if sb.flags & SANDBOX_F_ALLOW_ROUTING != 0 {
-                REASON_NONE
-            } else {
-                REASON_SOURCE_ROUTE
-            };
-            Decision {
-                cgroup_id,
-                sandbox_id: sb.id,
-                policy_id: sb.policy_id,
-                verdict: verdict(reason, sb.flags),
-                reason,
-            }
-        }
+        Some(sb) => Decision::judged(
+            cgroup_id,
+            &sb,
+            sb.denies_unless(SANDBOX_F_ALLOW_ROUTING, REASON_SOURCE_ROUTE),
+        ),
         None => Decision::unsandboxed(cgroup_id, true),
     };
     record(&a, &d, Who::Unknown);
@@ -252,13 +243,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         flags: 0,
         detail: 0,
     };
-    let d = Decision {
-        cgroup_id,
-        sandbox_id: sb.id,
-        policy_id: sb.policy_id,
-        verdict: verdict(reason, sb.flags),
-        reason,
-    };
+    let d = Decision::judged(cgroup_id, &sb, reason);
     record(&a, &d, Who::Unknown);
     program_return(d.verdict)
 }

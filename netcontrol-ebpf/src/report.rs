@@ -21,10 +21,13 @@ use netcontrol_common::{
         GLOBAL_STATS_FULL, GLOBAL_SUPPRESSED, REASON_NO_SANDBOX, REASON_NONE, StatsKey,
         VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, Window,
     },
-    verdict::{may_emit, wake_reader, window_over},
+    verdict::{may_emit, verdict, wake_reader, window_over},
 };
 
-use crate::maps::{BUDGET, DENIALS, EVENTS, GLOBAL, STATS};
+use crate::{
+    maps::{BUDGET, DENIALS, EVENTS, GLOBAL, STATS},
+    sandbox::Sandbox,
+};
 
 /// What was attempted and what was decided.
 pub struct Attempt {
@@ -56,6 +59,18 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The sandbox's verdict for `reason` (in audit mode a denial becomes a would-deny).
+    #[inline(always)]
+    pub fn judged(cgroup_id: u64, sb: &Sandbox, reason: u8) -> Self {
+        Self {
+            cgroup_id,
+            sandbox_id: sb.id,
+            policy_id: sb.policy_id,
+            verdict: verdict(reason, sb.flags),
+            reason,
+        }
+    }
+
     /// No sandbox governs the calling task (only a sandbox's socket used from outside it, or a
     /// sandbox being torn down, gets here): fail closed when `deny`.
     #[inline(always)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
     },
     programs::SkBuffContext,
 };
-use netcontrol_common::abi::{MAX_CGROUP_DEPTH, SandboxValue};
+use netcontrol_common::abi::{MAX_CGROUP_DEPTH, REASON_NONE, SandboxValue};
 
 use crate::maps::SANDBOXES;
 
@@ -25,6 +25,12 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// `reason`, unless the sandbox's `flag` allows what it names.
+    #[inline(always)]
+    pub fn denies_unless(&self, flag: u32, reason: u8) -> u8 {
+        if self.flags & flag != 0 { REASON_NONE } else { reason }
+    }
+
     #[inline(always)]
     fn new(id: u64, v: &SandboxValue) -> Self {
         Self {

@@ -8,7 +8,7 @@ use aya_ebpf::programs::{LsmContext, SockContext};
 use aya_log_ebpf::debug;
 use netcontrol_common::{
     abi::{HOOK_LSM_SOCKET, HOOK_SOCK_CREATE, REASON_NONE, REASON_SOCKET_FAMILY},
-    verdict::{family_allowed, judge_socket, program_return, socket_needs_judging, verdict},
+    verdict::{family_allowed, judge_socket, program_return, socket_needs_judging},
 };
 
 use crate::{
@@ -39,14 +39,7 @@ pub fn judge_create(ctx: &SockContext) -> i32 {
     let a = Attempt::bare(HOOK_SOCK_CREATE, family as u8, proto as u8, ty as u16, 0);
     let d = match sandbox {
         Some(sb) => {
-            let reason = judge_socket(sb.flags, ty as u16, proto as u8);
-            Decision {
-                cgroup_id,
-                sandbox_id: sb.id,
-                policy_id: sb.policy_id,
-                verdict: verdict(reason, sb.flags),
-                reason,
-            }
+            Decision::judged(cgroup_id, &sb, judge_socket(sb.flags, ty as u16, proto as u8))
         }
         // The task's cgroup is the socket's, and it is attached: only a sandbox being torn
         // down gets here. Deny the socket kinds a sandbox denies.
@@ -78,14 +71,7 @@ pub fn judge_family(ctx: &LsmContext) -> i32 {
         return 0;
     }
     let a = Attempt::bare(HOOK_LSM_SOCKET, family as u8, proto as u8, ty as u16, family as u32);
-    let reason = REASON_SOCKET_FAMILY;
-    let d = Decision {
-        cgroup_id,
-        sandbox_id: sb.id,
-        policy_id: sb.policy_id,
-        verdict: verdict(reason, sb.flags),
-        reason,
-    };
+    let d = Decision::judged(cgroup_id, &sb, REASON_SOCKET_FAMILY);
     record(&a, &d, Who::Task);
     if program_return(d.verdict) == 0 { LSM_DENY } else { 0 }
 }

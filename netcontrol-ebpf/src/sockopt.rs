@@ -9,11 +9,8 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::programs::SockoptContext;
 use netcontrol_common::{
-    abi::{
-        AF_INET, AF_INET6, HOOK_SETSOCKOPT, REASON_NONE, REASON_SOCKET_OPTION,
-        SANDBOX_F_ALLOW_ROUTING,
-    },
-    verdict::{SOL_IP, program_return, routing_option, verdict},
+    abi::{AF_INET, AF_INET6, HOOK_SETSOCKOPT, REASON_SOCKET_OPTION, SANDBOX_F_ALLOW_ROUTING},
+    verdict::{SOL_IP, program_return, routing_option},
 };
 
 use crate::{
@@ -51,20 +48,11 @@ fn judge_routing(level: i32, optname: i32) -> i32 {
     let a = Attempt::bare(HOOK_SETSOCKOPT, family, 0, 0, detail);
     let (cgroup_id, sandbox) = sandbox::current();
     let d = match sandbox {
-        Some(sb) => {
-            let reason = if sb.flags & SANDBOX_F_ALLOW_ROUTING != 0 {
-                REASON_NONE
-            } else {
-                REASON_SOCKET_OPTION
-            };
-            Decision {
-                cgroup_id,
-                sandbox_id: sb.id,
-                policy_id: sb.policy_id,
-                verdict: verdict(reason, sb.flags),
-                reason,
-            }
-        }
+        Some(sb) => Decision::judged(
+            cgroup_id,
+            &sb,
+            sb.denies_unless(SANDBOX_F_ALLOW_ROUTING, REASON_SOCKET_OPTION),
+        ),
         None => Decision::unsandboxed(cgroup_id, true),
     };
     record(&a, &d, Who::Task);

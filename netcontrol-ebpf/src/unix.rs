@@ -10,7 +10,7 @@ use netcontrol_common::{
         AF_UNIX, EVENT_F_UNIX_NAME, HOOK_LSM_CONNECT, HOOK_LSM_SENDMSG, REASON_ABSTRACT_UNIX,
         SANDBOX_F_ALLOW_ABSTRACT_UNIX, SANDBOX_F_HOST_NETNS,
     },
-    verdict::{program_return, verdict},
+    verdict::program_return,
 };
 
 use crate::{
@@ -103,14 +103,7 @@ fn judge_name(addr: *const u8, len: i32, hook: u8) -> i32 {
         flags: EVENT_F_UNIX_NAME,
         detail: name_len,
     };
-    let reason = REASON_ABSTRACT_UNIX;
-    let d = Decision {
-        cgroup_id,
-        sandbox_id: sb.id,
-        policy_id: sb.policy_id,
-        verdict: verdict(reason, sb.flags),
-        reason,
-    };
+    let d = Decision::judged(cgroup_id, &sb, REASON_ABSTRACT_UNIX);
     record(&a, &d, Who::Task);
     if program_return(d.verdict) == 0 { LSM_DENY } else { 0 }
 }
