@@ -19,7 +19,7 @@ use netcontrol_common::abi::{
 
 use crate::{
     bpf::{
-        Attachment, LoadOptions, Loaded, Maps, PinRoot, attach::Scope, load::Missing, log,
+        Attachment, LoadOptions, Loaded, Maps, PinRoot, hooks::Scope, load::Missing, log,
         maps::Origins,
     },
     error::{Error, Result},

@@ -9,7 +9,7 @@ use std::{
 use netcontrol_common::abi::{AllowValue, LISTEN_POLICY_BIT};
 
 use crate::{
-    bpf::{Attachment, PinRoot, attach::Scope, pins},
+    bpf::{Attachment, PinRoot, hooks::Scope, pins},
     cgroup,
     datapath::{Counts, Datapath},
     error::Result,

@@ -1,5 +1,5 @@
-//! The hooks, and attaching their programs as bpf_links: to a sandbox's cgroup, or (the BPF
-//! LSM's) to the whole system.
+//! Attaching the hooks' programs as bpf_links: to a sandbox's cgroup, or (the BPF LSM's) to
+//! the whole system; checking that they are still there.
 //!
 //! bpf_link attachments are always multi-attach: they coexist with other agents' programs on
 //! the same cgroup (Cilium, systemd), and any program returning "deny" denies.
@@ -11,184 +11,20 @@ use std::{
 };
 
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-    CgroupSockAddrAttachType, CgroupSockAttachType, CgroupSockopt, CgroupSockoptAttachType, Lsm,
-    Program, ProgramError,
+    CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Lsm, Program,
+    ProgramError,
     links::{FdLink, LinkError, PinnedLink},
 };
-use netcontrol_common::abi::program;
 
-use super::{Loaded, pins, sys};
+use super::{
+    Loaded,
+    hooks::{HOOKS, Hook, HookKind, Scope},
+    pins, sys,
+};
 use crate::{
     cgroup,
     error::{Error, Result},
 };
-
-#[derive(Clone, Copy, Debug)]
-pub enum HookKind {
-    /// BPF_PROG_TYPE_CGROUP_SOCK_ADDR
-    SockAddr(CgroupSockAddrAttachType),
-    /// BPF_PROG_TYPE_CGROUP_SOCK
-    Sock(CgroupSockAttachType),
-    /// BPF_PROG_TYPE_CGROUP_SOCKOPT
-    Sockopt(CgroupSockoptAttachType),
-    /// BPF_PROG_TYPE_CGROUP_SKB
-    Skb(CgroupSkbAttachType),
-    /// BPF_PROG_TYPE_LSM, on the named LSM hook, for every task of the system.
-    Lsm(&'static str),
-}
-
-#[derive(Debug)]
-pub struct Hook {
-    /// Program (function) name in the object.
-    pub program: &'static str,
-    /// The attach point, as named in events, errors and pins.
-    pub name: &'static str,
-    /// First Linux release with this attach type.
-    pub since: &'static str,
-    pub kind: HookKind,
-    /// What stays open without it: None if netcontrol cannot enforce at all without it (it
-    /// refuses to start); otherwise it starts, and says what this kernel does not protect.
-    pub protects: Option<&'static str>,
-}
-
-impl Hook {
-    /// Attached once for the whole system, not per cgroup.
-    pub fn is_global(&self) -> bool {
-        matches!(self.kind, HookKind::Lsm(_))
-    }
-
-    /// The kind of program, as the kernel documentation names it.
-    pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            HookKind::SockAddr(_) => "cgroup sock_addr",
-            HookKind::Sock(_) => "cgroup sock",
-            HookKind::Sockopt(_) => "cgroup sockopt",
-            HookKind::Skb(_) => "cgroup skb",
-            HookKind::Lsm(_) => "BPF LSM",
-        }
-    }
-}
-
-const fn addr_hook(
-    program: &'static str,
-    name: &'static str,
-    since: &'static str,
-    t: CgroupSockAddrAttachType,
-    protects: Option<&'static str>,
-) -> Hook {
-    Hook { program, name, since, kind: HookKind::SockAddr(t), protects }
-}
-
-const FAMILIES_AND_UNIX: &str =
-    "socket families beyond IP, unix and netlink (vsock, packet, ...) and abstract unix sockets";
-
-pub static HOOKS: &[Hook] = &[
-    Hook {
-        program: program::SOCK_CREATE,
-        name: "sock_create",
-        since: "4.10",
-        kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
-        protects: None,
-    },
-    addr_hook(program::CONNECT4, "connect4", "4.17", CgroupSockAddrAttachType::Connect4, None),
-    addr_hook(program::CONNECT6, "connect6", "4.17", CgroupSockAddrAttachType::Connect6, None),
-    addr_hook(program::SENDMSG4, "sendmsg4", "4.18", CgroupSockAddrAttachType::UDPSendMsg4, None),
-    addr_hook(program::SENDMSG6, "sendmsg6", "4.18", CgroupSockAddrAttachType::UDPSendMsg6, None),
-    addr_hook(program::RECVMSG4, "recvmsg4", "5.2", CgroupSockAddrAttachType::UDPRecvMsg4, None),
-    addr_hook(program::RECVMSG6, "recvmsg6", "5.2", CgroupSockAddrAttachType::UDPRecvMsg6, None),
-    addr_hook(
-        program::GETPEERNAME4,
-        "getpeername4",
-        "5.8",
-        CgroupSockAddrAttachType::GetPeerName4,
-        None,
-    ),
-    addr_hook(
-        program::GETPEERNAME6,
-        "getpeername6",
-        "5.8",
-        CgroupSockAddrAttachType::GetPeerName6,
-        None,
-    ),
-    Hook {
-        program: program::SETSOCKOPT,
-        name: "setsockopt",
-        since: "5.3",
-        kind: HookKind::Sockopt(CgroupSockoptAttachType::Set),
-        protects: Some("socket options that route packets (IPv6 routing headers, IP_OPTIONS)"),
-    },
-    Hook {
-        program: program::SKB_EGRESS,
-        name: "skb_egress",
-        since: "4.10",
-        kind: HookKind::Skb(CgroupSkbAttachType::Egress),
-        protects: Some("source-routed packets asked for in control messages"),
-    },
-    Hook {
-        program: program::SKB_INGRESS,
-        name: "skb_ingress",
-        since: "4.10",
-        kind: HookKind::Skb(CgroupSkbAttachType::Ingress),
-        protects: Some("connections from outside to listening sockets"),
-    },
-    addr_hook(
-        program::BIND4,
-        "bind4",
-        "4.17",
-        CgroupSockAddrAttachType::Bind4,
-        Some("bind() to non-loopback addresses"),
-    ),
-    addr_hook(
-        program::BIND6,
-        "bind6",
-        "4.17",
-        CgroupSockAddrAttachType::Bind6,
-        Some("bind() to non-loopback addresses"),
-    ),
-    Hook {
-        program: program::LSM_SOCKET,
-        name: "lsm_socket_create",
-        since: "5.7 with the BPF LSM",
-        kind: HookKind::Lsm("socket_create"),
-        protects: Some(FAMILIES_AND_UNIX),
-    },
-    Hook {
-        program: program::LSM_CONNECT,
-        name: "lsm_socket_connect",
-        since: "5.7 with the BPF LSM",
-        kind: HookKind::Lsm("socket_connect"),
-        protects: Some(FAMILIES_AND_UNIX),
-    },
-    Hook {
-        program: program::LSM_SENDMSG,
-        name: "lsm_socket_sendmsg",
-        since: "5.7 with the BPF LSM",
-        kind: HookKind::Lsm("socket_sendmsg"),
-        protects: Some(FAMILIES_AND_UNIX),
-    },
-];
-
-/// Which hooks an attachment holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// The per-cgroup hooks.
-    Cgroup,
-    /// The per-cgroup hooks and the global ones (a process's only sandbox: `run`, `attach`).
-    CgroupAndGlobal,
-    /// The global hooks only (the daemon's, once for all its sandboxes).
-    Global,
-}
-
-impl Scope {
-    fn wants(self, hook: &Hook) -> bool {
-        match self {
-            Self::Cgroup => !hook.is_global(),
-            Self::CgroupAndGlobal => true,
-            Self::Global => hook.is_global(),
-        }
-    }
-}
 
 /// The links of one cgroup (and/or of the global hooks). Dropping it detaches them (and
 /// removes their pins).
@@ -527,25 +363,4 @@ fn attach_error(hook: &Hook, cgroup: &Path, source: io::Error) -> Error {
         _ => "",
     };
     Error::Attach { program: hook.program, cgroup: cgroup.to_owned(), source, hint }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn program_names_fit_the_kernel_and_hooks_are_unique() {
-        for h in HOOKS {
-            // The kernel keeps 15 bytes of a program's name; pins are named after hooks.
-            assert!(h.program.len() <= 15, "{}", h.program);
-            assert!(!h.name.contains('.'), "bpffs names cannot contain dots: {}", h.name);
-            assert_eq!(HOOKS.iter().filter(|o| o.name == h.name).count(), 1, "{}", h.name);
-        }
-        // What enforcement cannot do without is marked so.
-        for name in ["sock_create", "connect4", "connect6", "sendmsg4", "sendmsg6"] {
-            let h = HOOKS.iter().find(|h| h.name == name).expect("hook");
-            assert!(h.protects.is_none(), "{name}");
-        }
-        assert!(HOOKS.iter().filter(|h| h.is_global()).all(|h| h.protects.is_some()));
-    }
 }

@@ -13,7 +13,7 @@ use aya::{
 };
 use netcontrol_common::abi;
 
-use super::attach::{HOOKS, Hook, HookKind};
+use super::hooks::{HOOKS, Hook, HookKind};
 use crate::error::{Error, Result};
 
 /// The eBPF object built from netcontrol-ebpf by build.rs.

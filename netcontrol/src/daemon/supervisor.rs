@@ -20,7 +20,7 @@ use super::{
     runtime::{self, Attached},
 };
 use crate::{
-    bpf::{Attachment, PinRoot, attach::Scope, pins},
+    bpf::{Attachment, PinRoot, hooks::Scope, pins},
     cgroup,
     datapath::Datapath,
     docker::{Container, Lifecycle},
