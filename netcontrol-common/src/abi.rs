@@ -211,6 +211,9 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_SCTP: u8 = 132;
+pub const PROTO_UDPLITE: u8 = 136;
+/// `IPPROTO_MPTCP`: beyond a byte (the socket's protocol field is wider than events').
+pub const PROTO_MPTCP: u32 = 262;
 
 /// Address families (`AF_*`).
 pub const AF_INET: u8 = 2;
@@ -265,6 +268,12 @@ pub const REASON_ABSTRACT_UNIX: u8 = 13;
 /// Listening on a non-loopback address outside the listen rules (a bind, or a connection
 /// arriving at a listening socket).
 pub const REASON_LISTEN: u8 = 14;
+/// A packet to a loopback address leaving on another interface (one the sandbox chose, with
+/// a control message): loopback is reached through `lo` only.
+pub const REASON_LOOPBACK_ELSEWHERE: u8 = 15;
+/// An inet socket of a protocol whose destinations no cgroup hook judges (L2TP/IP, DCCP,
+/// ...): only TCP, UDP, UDP-Lite and MPTCP sockets are made without asking.
+pub const REASON_PROTOCOL: u8 = 16;
 
 /// Where the verdict was taken.
 pub const HOOK_CONNECT4: u8 = 1;

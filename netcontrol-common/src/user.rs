@@ -57,6 +57,8 @@ pub fn reason_name(reason: u8) -> &'static str {
         REASON_SOCKET_FAMILY => "socket_family",
         REASON_ABSTRACT_UNIX => "abstract_unix_socket",
         REASON_LISTEN => "listen_not_allowed",
+        REASON_LOOPBACK_ELSEWHERE => "loopback_elsewhere",
+        REASON_PROTOCOL => "protocol_not_allowed",
         _ => "unknown",
     }
 }
@@ -169,7 +171,13 @@ pub fn socket_option_name(detail: u32) -> String {
     use crate::verdict::*;
     let (level, optname) = ((detail >> 16) as i32, (detail & 0xffff) as i32);
     let name = match (level, optname) {
+        (SOL_SOCKET, SO_BINDTODEVICE) => "SO_BINDTODEVICE",
+        (SOL_SOCKET, SO_BINDTOIFINDEX) => "SO_BINDTOIFINDEX",
         (SOL_IP, IP_OPTIONS) => "IP_OPTIONS",
+        (SOL_IP, IP_UNICAST_IF) => "IP_UNICAST_IF",
+        (SOL_IPV6, IPV6_NEXTHOP) => "IPV6_NEXTHOP",
+        (SOL_IPV6, IPV6_PKTINFO) => "IPV6_PKTINFO",
+        (SOL_IPV6, IPV6_UNICAST_IF) => "IPV6_UNICAST_IF",
         (SOL_IPV6, IPV6_2292HOPOPTS) => "IPV6_2292HOPOPTS",
         (SOL_IPV6, IPV6_2292DSTOPTS) => "IPV6_2292DSTOPTS",
         (SOL_IPV6, IPV6_2292RTHDR) => "IPV6_2292RTHDR",

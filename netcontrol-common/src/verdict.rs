@@ -5,10 +5,11 @@
 use crate::abi::{
     ALLOW_F_PROTECTED, ALLOW_REASON_SHIFT, ALWAYS_ALLOWED_FAMILIES, AllowValue,
     EVENTS_PER_KEY_PER_SEC, EVENTS_PER_SANDBOX_PER_SEC, MAX_PORT_RANGES, PROTO_ANY, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_SCTP, REASON_ICMP_SOCKET, REASON_METADATA, REASON_NONE,
-    REASON_NOT_ALLOWLISTED, REASON_PORT_NOT_ALLOWED, REASON_RAW_SOCKET, REASON_SCTP_SOCKET,
-    SANDBOX_F_ALLOW_ICMP, SANDBOX_F_ALLOW_RAW, SANDBOX_F_ALLOW_SCTP, SANDBOX_F_AUDIT, SOCK_DGRAM,
-    SOCK_RAW, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    PROTO_ICMPV6, PROTO_MPTCP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, REASON_ICMP_SOCKET,
+    REASON_METADATA, REASON_NONE, REASON_NOT_ALLOWLISTED, REASON_PORT_NOT_ALLOWED, REASON_PROTOCOL,
+    REASON_RAW_SOCKET, REASON_SCTP_SOCKET, SANDBOX_F_ALLOW_ICMP, SANDBOX_F_ALLOW_RAW,
+    SANDBOX_F_ALLOW_SCTP, SANDBOX_F_AUDIT, SOCK_DGRAM, SOCK_RAW, SOCK_STREAM, VERDICT_ALLOW,
+    VERDICT_AUDIT, VERDICT_DENY,
 };
 
 /// Whether a rule's protocol covers the attempt's. ICMP rules cover ICMPv6 too, so one
@@ -64,27 +65,37 @@ pub fn protected_reason(flags: u32) -> u8 {
     }
 }
 
-/// Whether a new socket is of a kind a sandbox may deny (raw, ICMP datagram, SCTP). Every
-/// other kind is allowed outright and not counted: its destinations are judged at
-/// connect/sendmsg, and skipping the sandbox lookup keeps socket() cheap.
+/// Whether a new inet socket is of a kind a sandbox may deny: anything but TCP, UDP,
+/// UDP-Lite and MPTCP (whose destinations connect/sendmsg judge). Those are allowed outright
+/// and not counted, and skipping the sandbox lookup keeps socket() cheap. `protocol` is the
+/// socket's, resolved (TCP for a stream socket of protocol 0).
 #[inline(always)]
-pub fn socket_needs_judging(sock_type: u16, protocol: u8) -> bool {
-    sock_type == SOCK_RAW
-        || (sock_type == SOCK_DGRAM && (protocol == PROTO_ICMP || protocol == PROTO_ICMPV6))
-        || protocol == PROTO_SCTP
+pub fn socket_needs_judging(sock_type: u16, protocol: u32) -> bool {
+    let p = protocol;
+    let judged_later = match sock_type {
+        SOCK_STREAM => p == 0 || p == PROTO_TCP as u32 || p == PROTO_MPTCP,
+        SOCK_DGRAM => p == 0 || p == PROTO_UDP as u32 || p == PROTO_UDPLITE as u32,
+        _ => false,
+    };
+    !judged_later
 }
 
 /// Reason a socket creation is denied (`REASON_NONE` if it is allowed).
 #[inline(always)]
-pub fn judge_socket(sandbox_flags: u32, sock_type: u16, protocol: u8) -> u8 {
+pub fn judge_socket(sandbox_flags: u32, sock_type: u16, protocol: u32) -> u8 {
+    let icmp = protocol == PROTO_ICMP as u32 || protocol == PROTO_ICMPV6 as u32;
     if sock_type == SOCK_RAW {
         if sandbox_flags & SANDBOX_F_ALLOW_RAW != 0 { REASON_NONE } else { REASON_RAW_SOCKET }
-    } else if sock_type == SOCK_DGRAM && (protocol == PROTO_ICMP || protocol == PROTO_ICMPV6) {
+    } else if sock_type == SOCK_DGRAM && icmp {
         if sandbox_flags & SANDBOX_F_ALLOW_ICMP != 0 { REASON_NONE } else { REASON_ICMP_SOCKET }
-    } else if protocol == PROTO_SCTP {
+    } else if protocol == PROTO_SCTP as u32 {
         // SCTP associations can be set up by sendmsg() without connect(), which the address
         // hooks may not see: only a policy that allows SCTP gets the sockets.
         if sandbox_flags & SANDBOX_F_ALLOW_SCTP != 0 { REASON_NONE } else { REASON_SCTP_SOCKET }
+    } else if socket_needs_judging(sock_type, protocol) {
+        // L2TP/IP, DCCP and the like: their connect() and sendmsg() run no cgroup hook, so
+        // they could reach anything. As open as raw sockets, and opened with them.
+        if sandbox_flags & SANDBOX_F_ALLOW_RAW != 0 { REASON_NONE } else { REASON_PROTOCOL }
     } else {
         REASON_NONE
     }
@@ -97,10 +108,18 @@ pub fn family_allowed(family: u32, extra: u64) -> bool {
     family < 64 && (ALWAYS_ALLOWED_FAMILIES | extra) & (1u64 << family) != 0
 }
 
-/// Socket option levels and names (`<linux/in.h>`, `<linux/in6.h>`).
+/// Socket option levels and names (`<asm-generic/socket.h>`, `<linux/in.h>`,
+/// `<linux/in6.h>`).
 pub const SOL_IP: i32 = 0;
+pub const SOL_SOCKET: i32 = 1;
 pub const SOL_IPV6: i32 = 41;
+pub const SO_BINDTODEVICE: i32 = 25;
+pub const SO_BINDTOIFINDEX: i32 = 62;
 pub const IP_OPTIONS: i32 = 4;
+pub const IP_UNICAST_IF: i32 = 50;
+pub const IPV6_NEXTHOP: i32 = 9;
+pub const IPV6_PKTINFO: i32 = 50;
+pub const IPV6_UNICAST_IF: i32 = 76;
 pub const IPV6_2292HOPOPTS: i32 = 3;
 pub const IPV6_2292DSTOPTS: i32 = 4;
 pub const IPV6_2292RTHDR: i32 = 5;
@@ -113,13 +132,18 @@ pub const IPV6_DSTOPTS: i32 = 59;
 /// Whether a socket option can choose where packets go: IPv4 `IP_OPTIONS` (source routes),
 /// IPv6 routing headers (a type-4 segment routing header sends the packet to its first
 /// segment, while the hooks judged the last) and the options that can carry one or ride
-/// along with one (hop-by-hop and destination options, RFC 2292 packet options). The RFC 2292
-/// HOPOPTS/DSTOPTS/RTHDR names only ask to receive those headers; they are refused too, as
-/// nothing in a sandbox needs them.
+/// along with one (hop-by-hop and destination options, RFC 2292 packet options); and the
+/// options that choose the interface or the next hop (`SO_BINDTODEVICE`,
+/// `SO_BINDTOIFINDEX`, `IP_UNICAST_IF`, `IPV6_UNICAST_IF`, sticky `IPV6_PKTINFO`,
+/// `IPV6_NEXTHOP`): on an interface no route for the destination uses, the kernel takes the
+/// destination to be on that link, and whatever host answers for the address there gets the
+/// packets. The RFC 2292 HOPOPTS/DSTOPTS/RTHDR names only ask to receive those headers; they
+/// are refused too, as nothing in a sandbox needs them.
 #[inline(always)]
 pub fn routing_option(level: i32, optname: i32) -> bool {
     match level {
-        SOL_IP => optname == IP_OPTIONS,
+        SOL_SOCKET => optname == SO_BINDTODEVICE || optname == SO_BINDTOIFINDEX,
+        SOL_IP => optname == IP_OPTIONS || optname == IP_UNICAST_IF,
         SOL_IPV6 => matches!(
             optname,
             IPV6_2292HOPOPTS
@@ -130,6 +154,9 @@ pub fn routing_option(level: i32, optname: i32) -> bool {
                 | IPV6_RTHDRDSTOPTS
                 | IPV6_RTHDR
                 | IPV6_DSTOPTS
+                | IPV6_NEXTHOP
+                | IPV6_PKTINFO
+                | IPV6_UNICAST_IF
         ),
         _ => false,
     }
@@ -285,21 +312,31 @@ pub fn program_return(verdict: u8) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::{PROTO_TCP, PROTO_UDP, PortRange, REASON_NO_SANDBOX, SOCK_STREAM};
+    use crate::abi::{PortRange, REASON_NO_SANDBOX};
 
     #[test]
-    fn only_raw_and_icmp_sockets_are_judged() {
+    fn only_tcp_udp_udplite_and_mptcp_sockets_go_unjudged() {
+        let p = |x: u8| u32::from(x);
         assert!(socket_needs_judging(SOCK_RAW, 0));
-        assert!(socket_needs_judging(SOCK_RAW, PROTO_UDP));
-        assert!(socket_needs_judging(SOCK_DGRAM, PROTO_ICMP));
-        assert!(socket_needs_judging(SOCK_DGRAM, PROTO_ICMPV6));
+        assert!(socket_needs_judging(SOCK_RAW, p(PROTO_UDP)));
+        assert!(socket_needs_judging(SOCK_DGRAM, p(PROTO_ICMP)));
+        assert!(socket_needs_judging(SOCK_DGRAM, p(PROTO_ICMPV6)));
         assert!(!socket_needs_judging(SOCK_STREAM, 0));
-        assert!(!socket_needs_judging(SOCK_STREAM, PROTO_TCP));
+        assert!(!socket_needs_judging(SOCK_STREAM, p(PROTO_TCP)));
+        assert!(!socket_needs_judging(SOCK_STREAM, PROTO_MPTCP));
         assert!(!socket_needs_judging(SOCK_DGRAM, 0));
-        assert!(!socket_needs_judging(SOCK_DGRAM, PROTO_UDP));
+        assert!(!socket_needs_judging(SOCK_DGRAM, p(PROTO_UDP)));
+        assert!(!socket_needs_judging(SOCK_DGRAM, p(PROTO_UDPLITE)));
+        // L2TP/IP (115, datagram), DCCP (type 6, protocol 33), SMC (256), IPPROTO_MPTCP
+        // truncated to a byte (6) on a datagram socket.
+        for (ty, proto) in [(SOCK_DGRAM, 115), (6, 33), (SOCK_STREAM, 256), (SOCK_DGRAM, 6)] {
+            assert!(socket_needs_judging(ty, proto), "{ty} {proto}");
+            assert_eq!(judge_socket(0, ty, proto), REASON_PROTOCOL, "{ty} {proto}");
+            assert_eq!(judge_socket(SANDBOX_F_ALLOW_RAW, ty, proto), REASON_NONE);
+        }
         // What is not judged is exactly what judge_socket allows in every sandbox.
         for ty in [SOCK_STREAM, SOCK_DGRAM, SOCK_RAW] {
-            for proto in [0, PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6] {
+            for proto in [0, PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6].map(u32::from) {
                 if !socket_needs_judging(ty, proto) {
                     assert_eq!(judge_socket(0, ty, proto), REASON_NONE, "{ty} {proto}");
                 }
@@ -384,28 +421,40 @@ mod tests {
 
     #[test]
     fn sockets() {
-        assert_eq!(judge_socket(0, SOCK_STREAM, PROTO_TCP), REASON_NONE);
-        assert_eq!(judge_socket(0, SOCK_DGRAM, PROTO_UDP), REASON_NONE);
+        assert_eq!(judge_socket(0, SOCK_STREAM, u32::from(PROTO_TCP)), REASON_NONE);
+        assert_eq!(judge_socket(0, SOCK_DGRAM, u32::from(PROTO_UDP)), REASON_NONE);
         assert_eq!(judge_socket(0, SOCK_DGRAM, 0), REASON_NONE);
-        assert_eq!(judge_socket(0, SOCK_RAW, PROTO_ICMP), REASON_RAW_SOCKET);
+        assert_eq!(judge_socket(0, SOCK_RAW, u32::from(PROTO_ICMP)), REASON_RAW_SOCKET);
         assert_eq!(judge_socket(0, SOCK_RAW, 255), REASON_RAW_SOCKET);
         assert_eq!(judge_socket(SANDBOX_F_ALLOW_RAW, SOCK_RAW, 255), REASON_NONE);
-        assert_eq!(judge_socket(0, SOCK_DGRAM, PROTO_ICMP), REASON_ICMP_SOCKET);
-        assert_eq!(judge_socket(0, SOCK_DGRAM, PROTO_ICMPV6), REASON_ICMP_SOCKET);
-        assert_eq!(judge_socket(SANDBOX_F_ALLOW_ICMP, SOCK_DGRAM, PROTO_ICMPV6), REASON_NONE);
+        assert_eq!(judge_socket(0, SOCK_DGRAM, u32::from(PROTO_ICMP)), REASON_ICMP_SOCKET);
+        assert_eq!(judge_socket(0, SOCK_DGRAM, u32::from(PROTO_ICMPV6)), REASON_ICMP_SOCKET);
+        assert_eq!(
+            judge_socket(SANDBOX_F_ALLOW_ICMP, SOCK_DGRAM, u32::from(PROTO_ICMPV6)),
+            REASON_NONE
+        );
         // Allowing ping does not allow raw, and the other way round.
-        assert_eq!(judge_socket(SANDBOX_F_ALLOW_ICMP, SOCK_RAW, PROTO_ICMP), REASON_RAW_SOCKET);
-        assert_eq!(judge_socket(SANDBOX_F_ALLOW_RAW, SOCK_DGRAM, PROTO_ICMP), REASON_ICMP_SOCKET);
+        assert_eq!(
+            judge_socket(SANDBOX_F_ALLOW_ICMP, SOCK_RAW, u32::from(PROTO_ICMP)),
+            REASON_RAW_SOCKET
+        );
+        assert_eq!(
+            judge_socket(SANDBOX_F_ALLOW_RAW, SOCK_DGRAM, u32::from(PROTO_ICMP)),
+            REASON_ICMP_SOCKET
+        );
     }
 
     #[test]
     fn sctp_sockets_need_a_rule() {
         use crate::abi::{SOCK_SEQPACKET, SOCK_STREAM};
-        assert!(socket_needs_judging(SOCK_SEQPACKET, PROTO_SCTP));
-        assert!(socket_needs_judging(SOCK_STREAM, PROTO_SCTP));
-        assert_eq!(judge_socket(0, SOCK_SEQPACKET, PROTO_SCTP), REASON_SCTP_SOCKET);
-        assert_eq!(judge_socket(0, SOCK_STREAM, PROTO_SCTP), REASON_SCTP_SOCKET);
-        assert_eq!(judge_socket(SANDBOX_F_ALLOW_SCTP, SOCK_STREAM, PROTO_SCTP), REASON_NONE);
+        assert!(socket_needs_judging(SOCK_SEQPACKET, u32::from(PROTO_SCTP)));
+        assert!(socket_needs_judging(SOCK_STREAM, u32::from(PROTO_SCTP)));
+        assert_eq!(judge_socket(0, SOCK_SEQPACKET, u32::from(PROTO_SCTP)), REASON_SCTP_SOCKET);
+        assert_eq!(judge_socket(0, SOCK_STREAM, u32::from(PROTO_SCTP)), REASON_SCTP_SOCKET);
+        assert_eq!(
+            judge_socket(SANDBOX_F_ALLOW_SCTP, SOCK_STREAM, u32::from(PROTO_SCTP)),
+            REASON_NONE
+        );
     }
 
     #[test]
@@ -431,6 +480,14 @@ mod tests {
         assert!(routing_option(SOL_IPV6, IPV6_2292PKTOPTIONS));
         assert!(routing_option(SOL_IPV6, IPV6_2292RTHDR));
         assert!(routing_option(SOL_IP, IP_OPTIONS));
+        assert!(routing_option(SOL_SOCKET, SO_BINDTODEVICE));
+        assert!(routing_option(SOL_SOCKET, SO_BINDTOIFINDEX));
+        assert!(routing_option(SOL_IP, IP_UNICAST_IF));
+        assert!(routing_option(SOL_IPV6, IPV6_UNICAST_IF));
+        assert!(routing_option(SOL_IPV6, IPV6_PKTINFO));
+        // IP_PKTINFO (8) and IPV6_RECVPKTINFO (49) only ask for what arrives.
+        assert!(!routing_option(SOL_IP, 8));
+        assert!(!routing_option(SOL_IPV6, 49));
         // IPV6_V6ONLY (26), IPV6_UNICAST_HOPS (16), IP_TOS (1), IP_TTL (2), SO_REUSEADDR.
         assert!(!routing_option(SOL_IPV6, 26));
         assert!(!routing_option(SOL_IPV6, 16));

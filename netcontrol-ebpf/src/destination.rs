@@ -124,12 +124,19 @@ fn target_v6(ctx: &SockAddrContext, source: Source) -> Target {
 }
 
 /// sendmsg without an address (a connected UDP socket sending control messages) runs the
-/// hook with an all-zero address of family 0: the datagram goes to the connected peer.
+/// hook with an all-zero address of family 0: the datagram goes to the connected peer. An
+/// address of family AF_UNSPEC (also 0) is a destination all the same for IPv4 (udp_sendmsg
+/// sends to it), and always has a port (a zero port fails before the hook): it is judged.
 #[inline(always)]
 fn source_of(ctx: &SockAddrContext, is_sendmsg: bool) -> Source {
-    // SAFETY: ctx field, 4-byte load.
-    let family = unsafe { read_volatile(&raw const (*ctx.sock_addr).user_family) };
-    if is_sendmsg && family == 0 { Source::Peer } else { Source::Given }
+    // SAFETY: ctx fields, 4-byte loads.
+    let (family, port) = unsafe {
+        (
+            read_volatile(&raw const (*ctx.sock_addr).user_family),
+            read_volatile(&raw const (*ctx.sock_addr).user_port),
+        )
+    };
+    if is_sendmsg && family == 0 && port == 0 { Source::Peer } else { Source::Given }
 }
 
 /// An IPv4 destination (connect4, sendmsg4).

@@ -18,8 +18,8 @@ use aya_ebpf::{
 };
 use netcontrol_common::{
     abi::{
-        AF_INET, AF_INET6, HOOK_SKB_EGRESS, HOOK_SKB_INGRESS, PROTO_TCP, PROTO_UDP, REASON_NONE,
-        REASON_SOURCE_ROUTE, SANDBOX_F_ALLOW_ROUTING,
+        AF_INET, AF_INET6, HOOK_SKB_EGRESS, HOOK_SKB_INGRESS, PROTO_TCP, PROTO_UDP,
+        REASON_LOOPBACK_ELSEWHERE, REASON_NONE, REASON_SOURCE_ROUTE, SANDBOX_F_ALLOW_ROUTING,
     },
     verdict::{
         IPV4_MAX_OPTIONS, NEXTHDR_ICMPV6, NEXTHDR_TCP, NEXTHDR_UDP, V6Step, ipv4_source_routed,
@@ -63,14 +63,19 @@ fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
 
 enum Route {
     Clean,
-    /// Source-routed: the first hop (the header's destination), and the L4 port if known.
+    /// Source-routed (the first hop: the header's destination, and the L4 port if known), or
+    /// to loopback on another interface (the destination).
     Routed {
         family: u8,
         addr: [u8; 16],
         protocol: u8,
         port: u16,
+        reason: u8,
     },
 }
+
+/// The loopback interface's index, in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 #[inline(always)]
 fn v4_route(ctx: &SkBuffContext) -> Route {
@@ -100,7 +105,7 @@ fn v4_route(ctx: &SkBuffContext) -> Route {
     } else {
         0
     };
-    Route::Routed { family: AF_INET, addr, protocol, port }
+    Route::Routed { family: AF_INET, addr, protocol, port, reason: REASON_SOURCE_ROUTE }
 }
 
 #[inline(always)]
@@ -131,17 +136,52 @@ fn v6_route(ctx: &SkBuffContext) -> Route {
         return Route::Clean;
     }
     let addr = load::<16>(ctx, 24).unwrap_or([0; 16]);
-    Route::Routed { family: AF_INET6, addr, protocol: 0, port: 0 }
+    Route::Routed { family: AF_INET6, addr, protocol: 0, port: 0, reason: REASON_SOURCE_ROUTE }
+}
+
+/// A packet to loopback leaving on an interface other than `lo`: the sandbox chose the
+/// interface per datagram (IP_PKTINFO / IPV6_PKTINFO control messages, which no hook sees;
+/// the socket options are refused by `sockopt`), and the kernel then looks for the address on
+/// that link. Ordinary packets on `lo` pay one context load.
+#[inline(always)]
+fn loopback_elsewhere(ctx: &SkBuffContext, v6: bool) -> Route {
+    // SAFETY: ctx field, 4-byte load.
+    if unsafe { read_volatile(&raw const (*skb(ctx)).ifindex) } == LOOPBACK_IFINDEX {
+        return Route::Clean;
+    }
+    let mut addr = [0u8; 16];
+    let family = if v6 {
+        let Some(d) = load::<16>(ctx, 24) else { return Route::Clean };
+        if !is_loopback_v6(&d) {
+            return Route::Clean;
+        }
+        addr = d;
+        AF_INET6
+    } else {
+        let Some(d) = load::<4>(ctx, 16) else { return Route::Clean };
+        if !is_loopback_v4(&d) {
+            return Route::Clean;
+        }
+        addr[..4].copy_from_slice(&d);
+        AF_INET
+    };
+    Route::Routed { family, addr, protocol: 0, port: 0, reason: REASON_LOOPBACK_ELSEWHERE }
 }
 
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let route = match ethertype(ctx) {
-        ETH_P_IP => v4_route(ctx),
-        ETH_P_IPV6 => v6_route(ctx),
+        ETH_P_IP => match v4_route(ctx) {
+            Route::Clean => loopback_elsewhere(ctx, false),
+            routed => routed,
+        },
+        ETH_P_IPV6 => match v6_route(ctx) {
+            Route::Clean => loopback_elsewhere(ctx, true),
+            routed => routed,
+        },
         _ => Route::Clean,
     };
-    let Route::Routed { family, addr, protocol, port } = route else { return 1 };
+    let Route::Routed { family, addr, protocol, port, reason } = route else { return 1 };
     let (cgroup_id, sandbox) = sandbox::find(&SocketOf(ctx));
     let a = Attempt {
         hook: HOOK_SKB_EGRESS,
@@ -154,11 +194,9 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         detail: 0,
     };
     let d = match sandbox {
-        Some(sb) => Decision::judged(
-            cgroup_id,
-            &sb,
-            sb.denies_unless(SANDBOX_F_ALLOW_ROUTING, REASON_SOURCE_ROUTE),
-        ),
+        Some(sb) => {
+            Decision::judged(cgroup_id, &sb, sb.denies_unless(SANDBOX_F_ALLOW_ROUTING, reason))
+        }
         None => Decision::unsandboxed(cgroup_id, true),
     };
     record(&a, &d, Who::Unknown);

@@ -32,20 +32,16 @@ pub fn judge_create(ctx: &SockContext) -> i32 {
     };
     // TCP and UDP sockets are judged when they connect or send: this hook runs on every
     // socket(), so it answers those at once.
-    if !socket_needs_judging(ty as u16, proto as u8) {
+    if !socket_needs_judging(ty as u16, proto) {
         return 1;
     }
     let (cgroup_id, sandbox) = sandbox::current();
     let a = Attempt::bare(HOOK_SOCK_CREATE, family as u8, proto as u8, ty as u16, 0);
     let d = match sandbox {
-        Some(sb) => {
-            Decision::judged(cgroup_id, &sb, judge_socket(sb.flags, ty as u16, proto as u8))
-        }
+        Some(sb) => Decision::judged(cgroup_id, &sb, judge_socket(sb.flags, ty as u16, proto)),
         // The task's cgroup is the socket's, and it is attached: only a sandbox being torn
         // down gets here. Deny the socket kinds a sandbox denies.
-        None => {
-            Decision::unsandboxed(cgroup_id, judge_socket(0, ty as u16, proto as u8) != REASON_NONE)
-        }
+        None => Decision::unsandboxed(cgroup_id, judge_socket(0, ty as u16, proto) != REASON_NONE),
     };
     debug!(ctx, "sock_create type={} proto={} verdict={}", ty, proto, d.verdict);
     record(&a, &d, Who::Task);

@@ -1,16 +1,17 @@
 //! Judging socket options (cgroup/setsockopt): the ones that choose where packets go.
 //!
 //! connect/sendmsg judge the destination a program names; an IPv6 routing header (or an IPv4
-//! source route) sends the packets somewhere else first. Refusing the options closes that
-//! for sockets set up with setsockopt(); the per-datagram control message forms are dropped
-//! on the way out by the packet program (`packet::egress`).
+//! source route) sends the packets somewhere else first, and binding to an interface makes
+//! the kernel look for the destination on that link. Refusing the options closes that for
+//! sockets set up with setsockopt(); the per-datagram control message forms of routing
+//! headers are dropped on the way out by the packet program (`packet::egress`).
 
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::programs::SockoptContext;
 use netcontrol_common::{
-    abi::{AF_INET, AF_INET6, HOOK_SETSOCKOPT, REASON_SOCKET_OPTION, SANDBOX_F_ALLOW_ROUTING},
-    verdict::{SOL_IP, program_return, routing_option},
+    abi::{HOOK_SETSOCKOPT, REASON_SOCKET_OPTION, SANDBOX_F_ALLOW_ROUTING},
+    verdict::{program_return, routing_option},
 };
 
 use crate::{
@@ -33,7 +34,16 @@ pub fn judge(ctx: &SockoptContext) -> i32 {
             read_volatile(&raw const (*so).optlen),
         )
     };
-    let ret = if routing_option(level, optname) { judge_routing(level, optname) } else { 1 };
+    let ret = if routing_option(level, optname) {
+        // SAFETY: ctx field: the socket (never null in setsockopt programs); 4-byte load.
+        let family = unsafe {
+            let sk = read_volatile(&raw const (*so).__bindgen_anon_1.sk);
+            read_volatile(&raw const (*sk).family) as u8
+        };
+        judge_routing(family, level, optname)
+    } else {
+        1
+    };
     if ret == 1 && optlen > PAGE {
         // SAFETY: optlen is writable in setsockopt programs (4-byte store).
         unsafe { write_volatile(&raw mut (*so).optlen, 0) };
@@ -42,8 +52,7 @@ pub fn judge(ctx: &SockoptContext) -> i32 {
 }
 
 #[inline(always)]
-fn judge_routing(level: i32, optname: i32) -> i32 {
-    let family = if level == SOL_IP { AF_INET } else { AF_INET6 };
+fn judge_routing(family: u8, level: i32, optname: i32) -> i32 {
     let detail = ((level as u32) << 16) | (optname as u32 & 0xffff);
     let a = Attempt::bare(HOOK_SETSOCKOPT, family, 0, 0, detail);
     let (cgroup_id, sandbox) = sandbox::current();

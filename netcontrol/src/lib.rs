@@ -12,6 +12,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod cli;
 pub mod confine;
+pub mod console;
 pub mod daemon;
 pub mod datapath;
 pub mod dnsproxy;

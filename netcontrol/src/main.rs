@@ -25,13 +25,16 @@ fn main() -> ExitCode {
         Command::Uninstall(args) => (runtime.block_on(cli::uninstall::main(&args)), 1),
         Command::CheckPolicy(args) => (Ok(cli::check_policy::main(&args)), 1),
     };
-    match result {
+    let code = match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("netcontrol: error: {e}");
+            netcontrol::console::say(format!("netcontrol: error: {e}"));
             ExitCode::from(failure)
         }
-    }
+    };
+    // What is queued for stderr and stdout goes out first (unless they are stuck).
+    netcontrol::console::flush(std::time::Duration::from_secs(5));
+    code
 }
 
 fn init_logging(filter: &str, format: LogFormat) {

@@ -17,8 +17,9 @@ pub const HERE_V4: &str = "198.51.100.1";
 pub const PEER_V4: &str = "198.51.100.2";
 pub const HERE_V6: &str = "fd00:b::1";
 pub const PEER_V6: &str = "fd00:b::2";
-/// The peer's interface (its end of the veth pair).
+/// The peer's interface (its end of the veth pair), and the test side's.
 pub const PEER_IFACE: &str = "ncpeer1";
+pub const HERE_IFACE: &str = "ncpeer0";
 
 pub struct Peer {
     /// Holds the namespace: `unshare --net sleep`.
@@ -42,11 +43,11 @@ impl Peer {
             std::thread::sleep(Duration::from_millis(10));
         }
         sh(&format!(
-            "ip link add ncpeer0 type veth peer name {PEER_IFACE} && \
+            "ip link add {HERE_IFACE} type veth peer name {PEER_IFACE} && \
              ip link set {PEER_IFACE} netns {pid} && \
-             ip addr add {HERE_V4}/24 dev ncpeer0 && \
-             ip -6 addr add {HERE_V6}/64 dev ncpeer0 nodad && \
-             ip link set ncpeer0 up",
+             ip addr add {HERE_V4}/24 dev {HERE_IFACE} && \
+             ip -6 addr add {HERE_V6}/64 dev {HERE_IFACE} nodad && \
+             ip link set {HERE_IFACE} up",
             pid = this.holder.id()
         ));
         this.sh(&format!(
@@ -55,6 +56,14 @@ impl Peer {
              ip -6 addr add {PEER_V6}/64 dev {PEER_IFACE} nodad"
         ));
         this
+    }
+
+    /// Make the test side send packets for `ip` on the veth to the peer, as a host on that
+    /// link that answers for the address would have it (a neighbour entry).
+    pub fn answer_for(&self, ip: &str) {
+        // (Not /sys/class/net: nsenter --net keeps the test's sysfs.)
+        let mac = self.sh(&format!("ip -br link show dev {PEER_IFACE} | awk '{{print $3}}'"));
+        sh(&format!("ip neigh replace {ip} lladdr {} dev {HERE_IFACE} nud permanent", mac.trim()));
     }
 
     /// `nsenter` into the peer's network namespace, for `program`.

@@ -98,6 +98,120 @@ fn routing_headers_and_source_routes_get_nothing_out() {
     sb.stop();
 }
 
+/// A connected UDP socket sending to an address of family AF_UNSPEC: udp_sendmsg sends to
+/// that address, so it is judged, not the connected peer.
+#[test]
+fn an_unspec_address_is_a_destination_too() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.11"]);
+    let denied = std::net::UdpSocket::bind("127.0.0.10:0").expect("bind");
+    let d = denied.local_addr().expect("addr");
+    let target = format!("127.0.0.11:9/{d}");
+    assert_allowed(&probe_outside_tagged("outside", "unspec-sendto", &target));
+    let mut sb = Attached::start(&["--allow", "127.0.0.11:9/udp"]);
+    assert_denied(&sb.probe_tagged("inside", &[("unspec-sendto", &target)])[0]);
+    // A sentinel from outside: what the sandbox sent is queued before it, if anything.
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .send_to(b"NCMARK:sentinel", d)
+        .expect("send");
+    denied.set_read_timeout(Some(ARRIVES)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        let (n, _) = denied.recv_from(&mut buf).expect("the sentinel arrives");
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m == "NCMARK:sentinel" {
+            break;
+        }
+        got.push(m);
+    }
+    assert_eq!(got, ["NCMARK:unspec-sendto:outside"], "only the outside one arrived");
+    let events = sb.events_at_least(1);
+    let e = find_event(&events, &[("hook", json!("sendmsg4")), ("dst_ip", json!("127.0.0.10"))]);
+    assert_eq!(e["dst_port"], json!(d.port()), "{e}");
+    sb.stop();
+}
+
+/// Choosing the interface makes the kernel look for an (allowed) address on that link, where
+/// whatever host answers for it gets the packets: SO_BINDTODEVICE is refused, and a packet to
+/// loopback that an IP_PKTINFO control message sends out another interface is dropped.
+#[test]
+fn choosing_the_interface_gets_nothing_out() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.11"]);
+    let peer = Peer::start();
+    // The peer answers for the allowed loopback address on the veth.
+    peer.answer_for("127.0.0.11");
+    let mut capture = peer.capture();
+    let on_veth = format!("{}/127.0.0.11:9", peer::HERE_IFACE);
+    for op in ["bind-device", "pktinfo-udp"] {
+        assert_allowed(&probe_outside_tagged("outside", op, &on_veth));
+        capture.until(&format!("NCMARK:{op}:outside"), ARRIVES);
+    }
+    let mut sb = Attached::start(&["--allow", "127.0.0.11:9/udp"]);
+    let r = sb.probe_tagged("inside", &[("bind-device", &on_veth), ("pktinfo-udp", &on_veth)]);
+    r.iter().for_each(assert_denied);
+    assert_allowed(&probe_outside_tagged("sentinel", "mark-udp", &format!("{}:9", peer::PEER_V4)));
+    let seen = capture.until("NCMARK:mark-udp:sentinel", ARRIVES);
+    assert!(!seen.iter().any(|m| m.ends_with(":inside")), "the peer got {seen:?}");
+    let events = sb.events_at_least(2);
+    find_event(
+        &events,
+        &[("hook", json!("setsockopt")), ("socket_option", json!("SO_BINDTODEVICE"))],
+    );
+    let e = find_event(
+        &events,
+        &[("hook", json!("skb_egress")), ("reason", json!("loopback_elsewhere"))],
+    );
+    assert_eq!(e["dst_ip"], "127.0.0.11", "{e}");
+    // The allowed destination itself is fine, through lo.
+    assert_allowed(&sb.probe(&[("udp-sendto", "127.0.0.11:9")])[0]);
+    sb.stop();
+}
+
+/// Only TCP, UDP, UDP-Lite and MPTCP sockets are made without asking (others, such as
+/// L2TP/IP or DCCP, run no connect or sendmsg hook; this kernel has neither, so their refusal
+/// is unit-tested): the four keep working, and their destinations are judged.
+#[test]
+fn the_protocols_the_hooks_judge_keep_working_and_are_judged() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let allowed = Server::start("127.0.0.1");
+    let mut sb = Attached::start(&["--allow", &allowed.target()]);
+    let script = format!(
+        "import socket\n\
+         def attempt(ty, proto, to):\n\
+         \x20   s = socket.socket(socket.AF_INET, ty, proto)\n\
+         \x20   try:\n\
+         \x20       s.connect(to) if ty == socket.SOCK_STREAM else s.sendto(b'x', to)\n\
+         \x20       return 'ok'\n\
+         \x20   except PermissionError:\n\
+         \x20       return 'eperm'\n\
+         \x20   finally:\n\
+         \x20       s.close()\n\
+         for ty, proto in [(socket.SOCK_STREAM, 262), (socket.SOCK_DGRAM, 136)]:\n\
+         \x20   print(attempt(ty, proto, ('127.0.0.1', {a})), attempt(ty, proto, ('127.0.0.10', {d})))\n",
+        a = allowed.addr.port(),
+        d = denied.addr.port()
+    );
+    let out = sb.cgroup.command("python3").args(["-c", &script]).output().expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "ok eperm\nok eperm\n", "MPTCP, UDP-Lite: {}", netcontrol_tests::show(&out));
+    let events = sb.events_at_least(2);
+    find_event(&events, &[("hook", json!("connect4")), ("dst_ip", json!("127.0.0.10"))]);
+    find_event(&events, &[("hook", json!("sendmsg4")), ("dst_ip", json!("127.0.0.10"))]);
+    sb.stop();
+    assert_eq!(denied.accepted(), 0);
+}
+
 /// 0.0.0.0 and :: are never covered by broad rules: the kernel turns a connect to them into
 /// one to the host itself (here a socket bound to ::ffff:127.0.0.1 connecting to [::] reaches
 /// the IPv4 loopback server).
@@ -163,7 +277,7 @@ fn dns_answers_never_open_the_inside() {
     isolate_network(&[]);
     let peer = Peer::start();
     peer.sh(&format!("ip addr add 10.250.0.2/32 dev {}", peer::PEER_IFACE));
-    netcontrol_tests::sh("ip route add 10.250.0.2/32 dev ncpeer0");
+    netcontrol_tests::sh(&format!("ip route add 10.250.0.2/32 dev {}", peer::HERE_IFACE));
     let dns = netcontrol_tests::dns::Dnsmasq::start("127.0.0.53", 5);
     let _resolv = netcontrol_tests::dns::private_resolv_conf(dns.addr);
     let local = Server::start("127.0.0.1");

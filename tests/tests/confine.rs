@@ -210,6 +210,31 @@ fn other_socket_families_are_refused_and_reported() {
     assert!(p[0].ok || !p[0].is_eperm(), "an allowed family is not refused: {:?}", p[0]);
 }
 
+/// Typing into the terminal (TIOCSTI) would have the shell that started netcontrol run it,
+/// outside the sandbox: refused and reported, whatever fd it goes through (here one that is no
+/// terminal, where the kernel itself would say ENOTTY, not EPERM). And socket(AF_INET,
+/// SOCK_PACKET), which the kernel makes a packet socket, is a packet socket to netcontrol too
+/// (root command: as another user the kernel refuses it anyway).
+#[test]
+fn terminal_input_and_packet_sockets_by_another_name_are_refused() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let outside = netcontrol_tests::probe_outside("tiocsti", "1");
+    assert!(!outside.ok && !outside.is_eperm(), "outside: ENOTTY, not EPERM: {outside:?}");
+    let (p, stderr, events) = run_probe(&["--user", "auto"], &[("tiocsti", "0"), ("tiocsti", "1")]);
+    p.iter().for_each(assert_eperm);
+    let e =
+        find_event(&events, &[("event", json!("terminal")), ("reason", json!("terminal_input"))]);
+    assert!(e["hook"] == "seccomp" && e["comm"] == "nc-probe", "{e}");
+    assert!(stderr.contains("2 attempts to type into the terminal refused"), "{stderr}");
+
+    let (p, _, events) = run_probe(&[], &[("sock-packet", "-")]);
+    assert_eperm(&p[0]);
+    find_event(&events, &[("reason", json!("socket_family")), ("socket_family", json!("packet"))]);
+}
+
 /// Abstract unix sockets of the host (here one the test listens on) are out of reach of a
 /// `run` sandbox, which shares the host's network namespace.
 #[test]

@@ -15,7 +15,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{RunArgs, single::Single, summary};
 use crate::{
     cgroup,
-    confine::{Identity, Plan, seccomp::Refused},
+    confine::{
+        Identity, Plan,
+        seccomp::{Refused, Tried},
+    },
     error::{Error, Result},
     events::{EventRecord, Injector, Labels},
     policy::Mode,
@@ -59,7 +62,7 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     }
     let gaps = crate::datapath::gaps(enforced.dp.missing(), &covered).into_iter();
     for gap in gaps.chain(plan.gaps()) {
-        eprintln!("netcontrol: {gap}");
+        crate::console::say(format!("netcontrol: {gap}"));
     }
     let refusals = Refusals {
         events: enforced.dp.injector(),
@@ -67,6 +70,7 @@ pub async fn main(args: RunArgs) -> Result<i32> {
         sandbox_id: cgroup::id(&sandbox.path)?,
         audit,
         count: Default::default(),
+        terminal: Default::default(),
     };
 
     let outcome =
@@ -85,36 +89,49 @@ pub async fn main(args: RunArgs) -> Result<i32> {
         counts.blocked += refused;
     }
     if let Some(line) = summary(&counts, &sink) {
-        eprintln!("{line}");
+        crate::console::say(line);
+    }
+    match refusals.terminal.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {}
+        1 => crate::console::say("netcontrol: 1 attempt to type into the terminal refused"),
+        n => crate::console::say(format!(
+            "netcontrol: {n} attempts to type into the terminal refused"
+        )),
     }
     outcome
 }
 
 /// Spawn CMD inside the sandbox cgroup and wait for it, forwarding signals and following DNS
 /// meanwhile.
-/// Socket families the seccomp filter refused (the kernel runs no BPF LSM): reported as
-/// the LSM program would have.
+/// What the seccomp filter refused: socket families (where the kernel runs no BPF LSM),
+/// reported as the LSM program would have, and input typed into the terminal.
 struct Refusals {
     events: Injector,
     labels: Labels,
     sandbox_id: u64,
     audit: bool,
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    terminal: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Refusals {
     /// The function the seccomp supervisor calls for each notification: report it and say
     /// whether to refuse it.
     fn answer(&self) -> impl FnMut(Refused) -> bool + Send + 'static {
-        let (events, labels, sandbox_id, audit, count) = (
+        let (events, labels, sandbox_id, audit, count, terminal) = (
             self.events.clone(),
             self.labels.clone(),
             self.sandbox_id,
             self.audit,
             self.count.clone(),
+            self.terminal.clone(),
         );
         move |r: Refused| {
-            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let counter = match r.tried() {
+                Tried::TerminalInput => &terminal,
+                Tried::Family(_) => &count,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             events.send(EventRecord::seccomp_refusal(&r, sandbox_id, audit, &labels));
             !audit
         }
@@ -162,11 +179,11 @@ async fn run_command(
             let name = argv[0].to_string_lossy();
             return Ok(match e.kind() {
                 io::ErrorKind::NotFound => {
-                    eprintln!("netcontrol: {name}: command not found");
+                    crate::console::say(format!("netcontrol: {name}: command not found"));
                     NOT_FOUND
                 }
                 io::ErrorKind::PermissionDenied => {
-                    eprintln!("netcontrol: {name}: {e}");
+                    crate::console::say(format!("netcontrol: {name}: {e}"));
                     NOT_EXECUTABLE
                 }
                 _ => return Err(Error::io(format!("starting {name}"), e)),
@@ -206,6 +223,14 @@ struct Signals {
 
 impl Signals {
     fn new() -> Result<Self> {
+        // CMD shares the terminal: it may take the foreground and set TOSTOP, and a write of
+        // ours would then stop netcontrol (SIGTTOU) with CMD running on unwatched. Ignored,
+        // the write goes through. (CMD gets the default back before exec.)
+        // SAFETY: setting a disposition to SIG_IGN.
+        unsafe {
+            libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            libc::signal(libc::SIGTTIN, libc::SIG_IGN);
+        }
         let s = |k| signal(k).map_err(|e| Error::io("installing signal handlers", e));
         Ok(Self {
             int: s(SignalKind::interrupt())?,

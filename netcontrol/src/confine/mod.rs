@@ -23,13 +23,15 @@ pub struct Plan {
     /// The highest capability number (drop 0..=last from the bounding set).
     last_cap: u32,
     pub landlock: Result<Landlock, String>,
-    /// The socket family filter, when the BPF LSM does not judge families, with the pair of
-    /// sockets the child hands its listener over.
+    /// The seccomp filter (x86_64), with the pair of sockets the child hands its listener
+    /// over.
     seccomp: Option<Filter>,
 }
 
 struct Filter {
     program: Vec<libc::sock_filter>,
+    /// It judges socket families (the BPF LSM does not).
+    families: bool,
     parent: OwnedFd,
     child: OwnedFd,
 }
@@ -63,18 +65,24 @@ impl Plan {
             .unwrap_or(40);
         let landlock =
             Landlock::probe().map(|abi| Landlock { abi, abstract_unix: !abstract_unix_allowed });
-        let seccomp = if families_by_lsm || !cfg!(target_arch = "x86_64") {
-            None
-        } else {
+        let seccomp = if cfg!(target_arch = "x86_64") {
             let (parent, child) = seccomp::channel()?;
-            Some(Filter { program: seccomp::filter(extra_families), parent, child })
+            let families = (!families_by_lsm).then_some(extra_families);
+            Some(Filter {
+                program: seccomp::filter(families),
+                families: families.is_some(),
+                parent,
+                child,
+            })
+        } else {
+            None
         };
         Ok(Self { identity, last_cap, landlock, seccomp })
     }
 
     /// Whether the seccomp filter keeps other socket families away.
     pub fn filters_families(&self) -> bool {
-        self.seccomp.is_some()
+        self.seccomp.as_ref().is_some_and(|f| f.families)
     }
 
     /// What is not confined, one line each, for the start of the run.
@@ -111,6 +119,12 @@ impl ChildPart {
     /// In the forked child, after it joined its cgroup and before exec. Async-signal-safe.
     pub fn apply(&self) -> io::Result<()> {
         let check = |r: libc::c_int| if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+        // netcontrol ignores these (a sandbox must not be able to stop it); its command gets
+        // the terminal's usual behaviour. SAFETY: async-signal-safe disposition changes.
+        unsafe {
+            libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+            libc::signal(libc::SIGTTIN, libc::SIG_DFL);
+        }
         if let Some((uid, gid, groups)) = &self.ids {
             // While still root: nothing the command executes can bring a capability back.
             for cap in 0..=self.last_cap {

@@ -48,10 +48,12 @@ pub fn question(query: &[u8]) -> Result<(Question, Message), Malformed> {
 }
 
 /// The query netcontrol forwards for a client's: made anew from its question (the name in
-/// lower case, class IN), with a fresh id, the standard flags, and of EDNS only the payload
-/// size and the DNSSEC bit. Nothing else the client wrote leaves: not its id, the case of its
-/// name (DNS 0x20), its other sections, nor EDNS options, each of which could carry data to
-/// whoever runs the name's DNS. Returns the id and the bytes.
+/// lower case, class IN), with a fresh id, fixed flags (recursion desired, checking enabled)
+/// and, if the client used EDNS, a fixed payload size and its DNSSEC bit. Nothing else the
+/// client wrote leaves: not its id, its flags, the case of its name (DNS 0x20), its other
+/// sections, its payload size nor EDNS options, each of which could carry data to whoever
+/// runs the name's DNS. What still varies is the question itself: the record type, and
+/// whether EDNS and DNSSEC are asked for. Returns the id and the bytes.
 pub fn upstream_query(client: &Message, q: &Question) -> Option<(u16, Vec<u8>)> {
     let id = fresh_id();
     let name = Name::from_ascii(format!("{}.", q.name)).ok()?;
@@ -61,12 +63,12 @@ pub fn upstream_query(client: &Message, q: &Question) -> Option<(u16, Vec<u8>)> 
     m.set_id(id)
         .set_message_type(MessageType::Query)
         .set_op_code(OpCode::Query)
-        .set_recursion_desired(client.recursion_desired())
-        .set_checking_disabled(client.checking_disabled());
+        .set_recursion_desired(true)
+        .set_checking_disabled(false);
     m.add_query(query);
     if let Some(e) = client.extensions() {
         let mut edns = Edns::new();
-        edns.set_max_payload(e.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        edns.set_max_payload(MAX_UDP_PAYLOAD);
         edns.set_dnssec_ok(e.flags().dnssec_ok);
         m.set_edns(edns);
     }
@@ -318,13 +320,14 @@ pub mod tests {
         m.set_id(0xbeef)
             .set_message_type(MessageType::Query)
             .set_op_code(OpCode::Query)
-            .set_recursion_desired(true);
+            .set_recursion_desired(false)
+            .set_checking_disabled(true);
         m.add_query(Query::query(
             Name::from_ascii("ExFil-Data.Api.Test.").expect("name"),
             RecordType::A,
         ));
         let mut edns = Edns::new();
-        edns.set_max_payload(4096);
+        edns.set_max_payload(777);
         edns.options_mut()
             .insert(EdnsOption::Unknown(EdnsCode::Padding.into(), b"secret payload".to_vec()));
         m.set_edns(edns);
@@ -343,6 +346,7 @@ pub mod tests {
         assert!(u.additionals().is_empty());
         let e = u.extensions().as_ref().expect("EDNS kept");
         assert!(e.options().as_ref().is_empty());
-        assert_eq!(e.max_payload(), 1232);
+        assert_eq!(e.max_payload(), 1232, "the client's size is not passed on");
+        assert!(u.recursion_desired() && !u.checking_disabled(), "nor its flags");
     }
 }

@@ -19,6 +19,7 @@ use netcontrol_common::{
 use serde::Serialize;
 
 use super::Labels;
+use crate::confine::seccomp::Tried;
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct EventRecord {
@@ -215,15 +216,11 @@ impl EventRecord {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        Self {
+        let base = Self {
             time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
-            event: "socket",
             verdict: if audit { "would_block" } else { "blocked" },
-            reason: reason_name(REASON_SOCKET_FAMILY),
             hook: "seccomp",
             family: "other",
-            protocol: protocol_name(r.protocol as u8),
-            socket_type: Some(sock_type_name((r.sock_type & 0xf) as u16)),
             pid: r.pid,
             tid: r.pid,
             uid: ids("Uid:"),
@@ -232,8 +229,18 @@ impl EventRecord {
             sandbox_id,
             sandbox: labels.sandbox(sandbox_id),
             count: 1,
-            socket_family: Some(socket_family_name(r.family)),
             ..Self::default()
+        };
+        match r.tried() {
+            Tried::TerminalInput => Self { event: "terminal", reason: "terminal_input", ..base },
+            Tried::Family(family) => Self {
+                event: "socket",
+                reason: reason_name(REASON_SOCKET_FAMILY),
+                protocol: protocol_name(r.protocol as u8),
+                socket_type: Some(sock_type_name((r.sock_type & 0xf) as u16)),
+                socket_family: Some(socket_family_name(family)),
+                ..base
+            },
         }
     }
 
@@ -330,6 +337,7 @@ impl EventRecord {
                     None => format!("{} {verb} {dst}", self.protocol),
                 }
             }
+            _ if self.event == "terminal" => "input typed into the terminal".to_owned(),
             _ => match (&self.socket_option, &self.socket_family, &self.unix_address) {
                 (Some(o), _, _) => format!("setsockopt {o}"),
                 (_, Some(f), _) => format!("{f} socket"),
@@ -349,9 +357,14 @@ impl EventRecord {
             "socket_family" => "this socket family is not allowed (sockets.families)",
             "socket_option" => "socket options that route packets are not allowed",
             "source_route" => "source-routed packets are not allowed",
+            "loopback_elsewhere" => "loopback addresses are reached through lo only",
+            "protocol_not_allowed" => {
+                "only TCP, UDP, UDP-Lite and MPTCP sockets (no hook judges where others send)"
+            }
             "abstract_unix_socket" => "abstract unix sockets of the host are not allowed",
             "listen_not_allowed" => "listening on non-loopback addresses needs a listen rule",
             "no_sandbox" => "socket used outside its sandbox",
+            "terminal_input" => "the shell outside the sandbox would read it",
             other => other,
         };
         let (verb, outcome) = if self.verdict == "would_block" {
@@ -368,7 +381,7 @@ impl EventRecord {
             let who = if self.pid == 0 {
                 String::new()
             } else {
-                format!(", latest by {} (pid {})", self.comm, self.pid)
+                format!(", latest by {} (pid {})", shown(&self.comm), self.pid)
             };
             return format!(
                 "netcontrol: {verb} {} more like this{who}{inside}: {what}: {why} ({outcome})",
@@ -378,9 +391,19 @@ impl EventRecord {
         let who = if self.pid == 0 {
             "a packet".to_owned()
         } else {
-            format!("{} (pid {})", self.comm, self.pid)
+            format!("{} (pid {})", shown(&self.comm), self.pid)
         };
         format!("netcontrol: {verb} {who}{inside}: {what}: {why} ({outcome})")
+    }
+}
+
+/// A name the sandbox chose (its process name), for a terminal: control characters escaped,
+/// so that it can neither forge lines nor erase them.
+fn shown(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        name.escape_debug().to_string()
+    } else {
+        name.to_owned()
     }
 }
 
@@ -471,6 +494,19 @@ mod tests {
         assert_eq!((v["cgroup_id"].as_u64(), v["sandbox_id"].as_u64()), (Some(11), Some(10)));
         assert_eq!(v["sandbox"], "/sys/fs/cgroup/netcontrol/run-1");
         assert_eq!(v["domain"], "api.github.com");
+    }
+
+    #[test]
+    fn a_process_name_cannot_forge_or_erase_lines() {
+        let labels = Labels::default();
+        let mut e = event();
+        e.comm = [0; 16];
+        e.comm[..13].copy_from_slice(b"x\nnetcontrol:");
+        let line = EventRecord::new(&e, Clock::new(), &labels).human();
+        assert!(!line.contains('\n') && line.contains("x\\nnetcontrol:"), "{line}");
+        e.comm[..8].copy_from_slice(b"\r\x1b[2K\x1b[8");
+        let line = EventRecord::new(&e, Clock::new(), &labels).human();
+        assert!(!line.chars().any(char::is_control), "{line:?}");
     }
 
     #[test]

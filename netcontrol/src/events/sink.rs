@@ -33,7 +33,8 @@ struct Json {
 }
 
 enum Out {
-    Stdout(BufWriter<io::Stdout>),
+    /// Through the stdout writer thread (`crate::console`).
+    Stdout,
     /// `/dev/null`: records are made (and counted) but go nowhere. Not opened: the checks
     /// for files do not fit a device, and nothing written there can be redirected.
     Discard,
@@ -59,9 +60,7 @@ impl Sink {
     ) -> Result<Self> {
         let json = match json {
             None => None,
-            Some(p) if p == Path::new("-") => {
-                Some(Json { path: p.to_owned(), out: Out::Stdout(BufWriter::new(io::stdout())) })
-            }
+            Some(p) if p == Path::new("-") => Some(Json { path: p.to_owned(), out: Out::Stdout }),
             Some(p) if p == Path::new(DISCARD) => {
                 Some(Json { path: p.to_owned(), out: Out::Discard })
             }
@@ -79,7 +78,7 @@ impl Sink {
             j.write(record).map_err(|source| Error::Events { path: j.path.clone(), source })?;
         }
         if self.human {
-            eprintln!("{}", record.human());
+            crate::console::say(record.human());
         }
         Ok(())
     }
@@ -88,9 +87,8 @@ impl Sink {
     pub fn flush(&mut self) -> Result<()> {
         if let Some(j) = &mut self.json {
             let r = match &mut j.out {
-                Out::Stdout(w) => w.flush(),
                 Out::File { w, .. } => w.flush(),
-                Out::Discard => Ok(()),
+                Out::Stdout | Out::Discard => Ok(()),
             };
             r.map_err(|source| Error::Events { path: j.path.clone(), source })?;
         }
@@ -108,7 +106,10 @@ impl Json {
         let mut line = serde_json::to_vec(record).map_err(io::Error::from)?;
         line.push(b'\n');
         match &mut self.out {
-            Out::Stdout(w) => w.write_all(&line),
+            Out::Stdout => {
+                crate::console::stdout().bytes(line);
+                Ok(())
+            }
             Out::Discard => Ok(()),
             Out::File { w, written, rotation } => {
                 if let Some(r) = rotation

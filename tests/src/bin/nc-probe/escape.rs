@@ -329,8 +329,96 @@ pub fn run(op: &str, target: &str) -> Option<io::Result<()>> {
             };
             send_cmsg_connected(s.as_raw_fd(), &marker(op), level, ty, &tos)
         })(),
+        // `PEER/DEST`: a UDP socket connected to PEER sends to DEST given with family
+        // AF_UNSPEC, which udp_sendmsg takes as a destination all the same.
+        "unspec-sendto" => (|| {
+            let (peer, dest) = two_addrs(target)?;
+            let s = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+            connect(s.as_raw_fd(), peer)?;
+            let (mut ss, len) = sockaddr(dest);
+            // SAFETY: the storage holds a sockaddr_in; only its family changes.
+            unsafe { (*(&raw mut ss).cast::<libc::sockaddr_in>()).sin_family = 0 };
+            let data = marker(op);
+            // SAFETY: valid buffer and address.
+            let n = unsafe {
+                libc::sendto(
+                    s.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    0,
+                    (&raw const ss).cast(),
+                    len,
+                )
+            };
+            if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        })(),
+        // `IFACE/DEST`: a UDP socket bound to IFACE (SO_BINDTODEVICE) sends to DEST: the
+        // kernel looks for DEST on that link.
+        "bind-device" => (|| {
+            let (iface, dest) = target.split_once('/').ok_or_else(|| invalid(target))?;
+            let dest: SocketAddr = dest.parse().map_err(|_| invalid(target))?;
+            let s = socket(family(dest), libc::SOCK_DGRAM, 0)?;
+            setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, iface.as_bytes())?;
+            sendto(s.as_raw_fd(), &marker(op), dest, 0)
+        })(),
+        // `IFACE/DEST` (IPv4): one datagram to DEST whose IP_PKTINFO control message names
+        // IFACE as the way out.
+        "pktinfo-udp" => (|| {
+            let (iface, dest) = target.split_once('/').ok_or_else(|| invalid(target))?;
+            let dest: SocketAddr = dest.parse().map_err(|_| invalid(target))?;
+            let name = std::ffi::CString::new(iface).map_err(|_| invalid(target))?;
+            // SAFETY: a NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if index == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: zeroed in_pktinfo is valid.
+            let mut info: libc::in_pktinfo = unsafe { zeroed() };
+            info.ipi_ifindex = index as i32;
+            // SAFETY: a plain struct viewed as its bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&raw const info).cast::<u8>(),
+                    size_of::<libc::in_pktinfo>(),
+                )
+            };
+            let s = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+            sendmsg_cmsg(
+                s.as_raw_fd(),
+                &marker(op),
+                dest,
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                bytes,
+            )
+        })(),
+        // Push a character into the terminal's input (TIOCSTI) through fd TARGET.
+        "tiocsti" => (|| {
+            let fd: i32 = target.parse().map_err(|_| invalid(target))?;
+            let c = b'x';
+            // SAFETY: TIOCSTI reads one byte from the pointer.
+            let r = unsafe { libc::ioctl(fd, libc::TIOCSTI, &raw const c) };
+            if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        })(),
+        // socket(AF_INET, SOCK_PACKET): a packet socket by another name.
+        "sock-packet" => {
+            // SOCK_PACKET (10), deprecated: the point is to try it.
+            const SOCK_PACKET: i32 = 10;
+            let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
+            socket(libc::AF_INET, SOCK_PACKET, proto).map(drop)
+        }
         _ => return None,
     })
+}
+
+fn invalid(target: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("{target}: not what the op takes"))
+}
+
+/// `A/B`, two socket addresses.
+fn two_addrs(target: &str) -> io::Result<(SocketAddr, SocketAddr)> {
+    let (a, b) = target.split_once('/').ok_or_else(|| invalid(target))?;
+    Ok((a.parse().map_err(|_| invalid(target))?, b.parse().map_err(|_| invalid(target))?))
 }
 
 /// sendmsg without an address on a connected socket, with one control message.

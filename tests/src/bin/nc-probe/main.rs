@@ -24,8 +24,10 @@
 //! Ways around the address hooks (see escape.rs): `srh-udp`, `srh-tfo`, `lsrr-udp`,
 //! `lsrr-cmsg`, `srh-raw` (TARGET = FINAL/VIA: judged destination / first hop), `unspec6`,
 //! `listen`, `abstract-connect`, `abstract-sendto` (TARGET = name), `family` (TARGET = AF
-//! number), `sctp`, `udp-cmsg`. And `capture IFACE`, which prints `seen NCMARK:<op>` for each
-//! frame carrying one of their payloads, until killed.
+//! number), `sctp`, `udp-cmsg`, `unspec-sendto` (TARGET = PEER/DEST), `bind-device` and
+//! `pktinfo-udp` (TARGET = IFACE/DEST), `tiocsti` (TARGET = fd), `sock-packet`. And `capture
+//! IFACE`, which prints `seen NCMARK:<op>` for each frame carrying one of their payloads, until
+//! killed.
 
 mod escape;
 
