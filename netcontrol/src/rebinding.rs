@@ -38,14 +38,33 @@ impl Refusal {
     }
 }
 
-/// What an address is, for rebinding: None for an ordinary (public) address.
+/// What an address is, for rebinding: None for an ordinary (public) address. An IPv6
+/// address that carries an IPv4 one is what that IPv4 address is: v4-mapped (the socket
+/// reaches it), and NAT64 (64:ff9b::/96), 6to4 (2002::/16) and IPv4-compatible (::/96)
+/// addresses, which a translator or tunnel on the way turns into it.
 pub fn class(ip: IpAddr) -> Option<Refusal> {
     match ip {
         IpAddr::V4(a) => class_v4(a),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+        IpAddr::V6(a) => match embedded_v4(a) {
             Some(v4) => class_v4(v4),
             None => class_v6(a),
         },
+    }
+}
+
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = a.segments();
+    let low = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(v4) = a.to_ipv4_mapped() {
+        Some(v4)
+    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(low())
+    } else if s[0] == 0x2002 {
+        Some(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8))
+    } else if s[..6] == [0; 6] && !a.is_loopback() && !a.is_unspecified() {
+        Some(low())
+    } else {
+        None
     }
 }
 
@@ -196,6 +215,11 @@ mod tests {
             ("fd12::1", Some(Refusal::Private)),
             ("fc00::1", Some(Refusal::Private)),
             ("::ffff:10.0.0.1", Some(Refusal::Private)),
+            ("64:ff9b::7f00:1", Some(Refusal::Loopback)),
+            ("64:ff9b::a9fe:a9fe", Some(Refusal::LinkLocal)),
+            ("2002:c0a8:101::1", Some(Refusal::Private)),
+            ("::127.0.0.1", Some(Refusal::Loopback)),
+            ("64:ff9b::8c52:7003", None),
             ("172.32.0.1", None),
             ("100.128.0.1", None),
             ("198.51.100.2", None),
