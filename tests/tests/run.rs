@@ -135,6 +135,8 @@ fn curl_is_blocked_immediately_with_an_event() {
         "{stderr}"
     );
     assert!(stderr.contains("netcontrol: 1 connection attempt blocked"), "{stderr}");
+    // Nothing else: no warnings about its own bookkeeping.
+    assert!(!stderr.contains("WARN") && !stderr.contains("ERROR"), "{stderr}");
 
     let out = netcontrol(&[
         "run",

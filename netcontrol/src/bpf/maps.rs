@@ -292,9 +292,12 @@ impl Maps {
     }
 }
 
+/// A key already gone is what removing it wanted. (aya reports a failed delete as the
+/// syscall's ENOENT, not as `KeyNotFound`.)
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => r,
     }
 }
