@@ -160,6 +160,11 @@ pub fn first_pid(path: &Path) -> Option<u32> {
     procs_recursive(path).ok()?.into_iter().next()
 }
 
+/// Every process in the cgroup and its descendants.
+pub fn pids(path: &Path) -> Vec<u32> {
+    procs_recursive(path).unwrap_or_default()
+}
+
 fn procs_recursive(path: &Path) -> Result<Vec<u32>> {
     let mut pids = Vec::new();
     let procs = path.join("cgroup.procs");

@@ -57,11 +57,59 @@ pub fn within<T: Send>(
     }
 }
 
-/// The network namespace of the processes in a cgroup: that of the first one found (processes
-/// of one sandbox share one). None when it is netcontrol's own or the cgroup is empty.
-pub fn of_cgroup(cgroup: &Path) -> io::Result<Option<Netns>> {
-    match crate::cgroup::first_pid(cgroup) {
-        Some(pid) => Netns::of_pid(pid),
-        None => Ok(None),
+/// Where a cgroup's processes are, as the sandbox sees it.
+pub struct Placement {
+    /// Some process is in netcontrol's own namespace (the host's network): the sandbox gets
+    /// the host's rules (listening, abstract unix sockets), whichever namespace the others
+    /// are in. A process that made a namespace of its own must not lift them for the rest.
+    pub host: bool,
+    /// The namespace to serve the sandbox's DNS in, when no process is in ours: that of the
+    /// first process, if root made it (a container's, a pod's). One an unprivileged process
+    /// made (owned by a user namespace of its own) is no place for netcontrol's proxy, and no
+    /// reason to lift the host's rules either: such a sandbox counts as the host's.
+    pub ns: Option<Netns>,
+}
+
+/// Where the processes of a cgroup are (an empty cgroup: nowhere yet, `host` false).
+pub fn of_cgroup(cgroup: &Path) -> io::Result<Placement> {
+    let pids = crate::cgroup::pids(cgroup);
+    let mut first = None;
+    for pid in pids {
+        match Netns::of_pid(pid) {
+            Ok(None) => return Ok(Placement { host: true, ns: None }),
+            Ok(Some(ns)) if first.is_none() => first = Some(ns),
+            // Gone meanwhile, or another namespace: the first decides where DNS is served.
+            _ => {}
+        }
     }
+    Ok(match first {
+        Some(ns) if owned_by_our_userns(&ns)? => Placement { host: false, ns: Some(ns) },
+        Some(ns) => {
+            tracing::info!(
+                "{} is a network namespace an unprivileged user made: the sandbox keeps the \
+                 host's rules, and its DNS proxy stays in netcontrol's namespace",
+                ns.path.display()
+            );
+            Placement { host: true, ns: None }
+        }
+        None => Placement { host: false, ns: None },
+    })
+}
+
+/// Whether the namespace belongs to netcontrol's own user namespace (NS_GET_USERNS): made by
+/// someone as privileged as netcontrol, not by a user with a namespace of its own. (Ours, not
+/// pid 1's: in a container, pid 1's may not be readable, and ours is the one that matters.)
+fn owned_by_our_userns(ns: &Netns) -> io::Result<bool> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: an ioctl on an open namespace file; it returns a new fd or -1.
+    let fd = unsafe { libc::ioctl(ns.file.as_raw_fd(), NS_GET_USERNS) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd, owned here.
+    let owner = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let ours = std::fs::metadata("/proc/thread-self/ns/user")?;
+    let owner = owner.metadata()?;
+    Ok((owner.dev(), owner.ino()) == (ours.dev(), ours.ino()))
 }

@@ -114,11 +114,16 @@ impl Sandbox {
         let cgroup = cgroup::validate(&cgroup_path)?;
         let sandbox_id = cgroup::id(&cgroup)?;
         let netns_pending = ns == NsChoice::OfProcesses && cgroup::first_pid(&cgroup).is_none();
-        let ns = match ns {
-            NsChoice::Own => None,
-            NsChoice::OfProcesses => namespace_of(&cgroup)?,
+        let (ns, host_netns) = match ns {
+            NsChoice::Own => (None, true),
+            NsChoice::OfProcesses => {
+                // No process yet (no namespace either): the host's rules until one shows
+                // where the sandbox lives.
+                let p = placement(&cgroup)?;
+                let host = p.host || p.ns.is_none();
+                (p.ns, host)
+            }
         };
-        let host_netns = ns.is_none();
         let servers = dns_servers(&policy)?;
         dp.labels().set_sandbox(sandbox_id, name.clone());
         dp.labels().set_identity(sandbox_id, identity);
@@ -184,8 +189,9 @@ impl Sandbox {
             return Ok(false);
         }
         self.netns_pending = false;
-        let ns = namespace_of(self.enforcer.cgroup())?;
-        self.host_netns = ns.is_none();
+        let p = placement(self.enforcer.cgroup())?;
+        let ns = p.ns;
+        self.host_netns = p.host || ns.is_none();
         // In our own namespace (host network) the proxy is where it belongs already.
         if let Dns::Proxy(p) = &mut self.dns
             && ns.is_some()
@@ -207,6 +213,27 @@ impl Sandbox {
         let compiled = self.compile()?;
         self.enforcer.update(dp, compiled)?;
         Ok(true)
+    }
+
+    /// A sandbox living in a namespace of its own gets the host's rules for good once any of
+    /// its processes is in netcontrol's (the host's) namespace: a process that unshared must
+    /// not open listening and abstract sockets for the others, nor keep them open for later
+    /// ones. Called on every tick.
+    pub fn recheck_netns(&mut self, dp: &mut Datapath) -> Result<()> {
+        if self.host_netns || self.netns_pending {
+            return Ok(());
+        }
+        if !placement(self.enforcer.cgroup())?.host {
+            return Ok(());
+        }
+        tracing::warn!(
+            sandbox = self.name.as_str(),
+            "a process of the sandbox is in the host's network namespace: the host's rules apply \
+             to all of it from now on"
+        );
+        self.host_netns = true;
+        let compiled = self.compile()?;
+        self.enforcer.update(dp, compiled)
     }
 
     pub fn name(&self) -> &str {
@@ -490,8 +517,8 @@ fn in_netns(mut c: Compiled, host_netns: bool) -> Compiled {
     c
 }
 
-/// The network namespace of the cgroup's processes (None: ours, or no process yet).
-fn namespace_of(cgroup: &std::path::Path) -> Result<Option<crate::netns::Netns>> {
+/// Where the cgroup's processes are.
+fn placement(cgroup: &std::path::Path) -> Result<crate::netns::Placement> {
     crate::netns::of_cgroup(cgroup)
         .map_err(|e| Error::io(format!("finding the network namespace of {}", cgroup.display()), e))
 }

@@ -504,6 +504,61 @@ fn listeners_nobody_bound_take_no_outside_connections() {
     sb.stop();
 }
 
+/// Whether a sandbox gets the host's rules (listening, abstract unix sockets) is not for one
+/// of its processes to decide: a first process that made a network namespace of its own (any
+/// user can, with a user namespace) leaves them on for a sibling in the host's namespace; and
+/// a sandbox in a namespace root made (as a container's) gets them as soon as a process of it
+/// is in the host's.
+#[test]
+fn a_namespace_of_its_own_does_not_lift_the_host_rules() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let ours = std::fs::read_link("/proc/thread-self/ns/net").expect("our netns");
+    let settled = |pid: u32| {
+        netcontrol_tests::within(ARRIVES, || {
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l != ours)
+        })
+        .expect("the process's own namespace")
+    };
+    let listen = |sb: &Attached| sb.probe(&[("listen", "0.0.0.0:47123")]).remove(0);
+
+    // A user and network namespace of its own, made without privileges.
+    let cg = netcontrol_tests::TestCgroup::new();
+    let mut hermit = cg
+        .command("unshare")
+        .args(["--user", "--map-root-user", "--net", "sleep", "600"])
+        .spawn()
+        .expect("unshare");
+    settled(hermit.id());
+    let mut sb = Attached::start_on(cg, &[]);
+    assert_denied(&listen(&sb));
+    let events = sb.events_at_least(1);
+    find_event(&events, &[("reason", json!("listen_not_allowed")), ("dst_port", json!(47123))]);
+    sb.stop();
+    let _ = hermit.kill();
+    let _ = hermit.wait();
+
+    // A namespace root made: the sandbox's own, until a process shows up in the host's.
+    let name = netcontrol_tests::unique("nc-ns");
+    netcontrol_tests::sh(&format!("ip netns add {name}"));
+    let cg = netcontrol_tests::TestCgroup::new();
+    let mut resident =
+        cg.command("ip").args(["netns", "exec", &name, "sleep", "600"]).spawn().expect("ip");
+    settled(resident.id());
+    let mut sb = Attached::start_on(cg, &[]);
+    let mut lingering = sb.cgroup.command("sleep").arg("600").spawn().expect("sleep");
+    let closed = netcontrol_tests::within(ARRIVES, || listen(&sb).is_eperm());
+    assert!(closed.is_some(), "the host's rules came with the host's process");
+    sb.stop();
+    for c in [&mut resident, &mut lingering] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    netcontrol_tests::sh(&format!("ip netns del {name}"));
+}
+
 /// Credential and instance-agent endpoints of the major clouds stay closed under default
 /// routes, and so does the rest of link-local; exact rules open what they name (NodeLocal
 /// DNSCache, GKE's metadata DNS).

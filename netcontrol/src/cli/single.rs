@@ -143,10 +143,16 @@ impl Single {
     }
 
     /// Look for tampering with the main sandbox's links (the children have none of their
-    /// own); returns how many things were found.
+    /// own), and for a process of it in the host's network namespace; returns how many things
+    /// were found tampered with.
     pub fn check_tamper(&mut self) -> usize {
         match &mut self.sandbox {
-            Some(s) => s.check_tamper(&mut self.dp),
+            Some(s) => {
+                if let Err(e) = s.recheck_netns(&mut self.dp) {
+                    tracing::warn!("{e}");
+                }
+                s.check_tamper(&mut self.dp)
+            }
             None => 0,
         }
     }

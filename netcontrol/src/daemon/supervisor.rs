@@ -488,12 +488,18 @@ impl Supervisor {
         // Sandboxes attached before their first process (pods): their DNS proxy moves into
         // the processes' network namespace once there are some.
         let dp = &mut self.dp;
+        // And a sandbox of its own namespace that gets a process in the host's has the
+        // host's rules from then on.
         for (name, slot) in &mut self.slots {
-            if let State::Enforcing(s) = &mut slot.state
-                && s.netns_pending()
-                && let Err(e) = s.settle_netns(dp)
-            {
-                tracing::warn!(sandbox = name.as_str(), "{e}");
+            if let State::Enforcing(s) = &mut slot.state {
+                let r = if s.netns_pending() {
+                    s.settle_netns(dp).map(drop)
+                } else {
+                    s.recheck_netns(dp)
+                };
+                if let Err(e) = r {
+                    tracing::warn!(sandbox = name.as_str(), "{e}");
+                }
             }
         }
         self.publish();
