@@ -22,6 +22,9 @@ pub enum Refusal {
     Unspecified,
     LinkLocal,
     Private,
+    /// Multicast, broadcast and the reserved 240.0.0.0/4: no one host, but whoever on the
+    /// local network listens (an allowed name answering one reaches the node's neighbours).
+    Multicast,
     /// One of the host's own addresses.
     Host,
 }
@@ -33,6 +36,7 @@ impl Refusal {
             Self::Unspecified => "unspecified",
             Self::LinkLocal => "link-local",
             Self::Private => "private",
+            Self::Multicast => "multicast or broadcast",
             Self::Host => "the host's own",
         }
     }
@@ -80,6 +84,9 @@ fn class_v4(a: Ipv4Addr) -> Option<Refusal> {
     } else if a.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
         // RFC 1918, and 100.64.0.0/10 (carrier-grade NAT, also GKE's pod ranges at times).
         Some(Refusal::Private)
+    } else if o[0] >= 224 {
+        // 224.0.0.0/4 multicast, 240.0.0.0/4 reserved, 255.255.255.255 limited broadcast.
+        Some(Refusal::Multicast)
     } else {
         None
     }
@@ -93,9 +100,13 @@ fn class_v6(a: Ipv6Addr) -> Option<Refusal> {
         Some(Refusal::Unspecified)
     } else if (s[0] & 0xffc0) == 0xfe80 {
         Some(Refusal::LinkLocal)
-    } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfec0 {
-        // Unique local (fc00::/7), and the old site-local (fec0::/10).
+    } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfec0 || s[..3] == [0x64, 0xff9b, 1]
+    {
+        // Unique local (fc00::/7), the old site-local (fec0::/10), and the local-use NAT64
+        // prefix (64:ff9b:1::/48, RFC 8215: a network's own translator, to its own ranges).
         Some(Refusal::Private)
+    } else if s[0] >> 8 == 0xff {
+        Some(Refusal::Multicast)
     } else {
         None
     }
@@ -220,6 +231,17 @@ mod tests {
             ("2002:c0a8:101::1", Some(Refusal::Private)),
             ("::127.0.0.1", Some(Refusal::Loopback)),
             ("64:ff9b::8c52:7003", None),
+            ("64:ff9b:1::a00:1", Some(Refusal::Private)),
+            ("64:ff9b:1:ffff::1", Some(Refusal::Private)),
+            ("224.0.0.1", Some(Refusal::Multicast)),
+            ("239.255.255.250", Some(Refusal::Multicast)),
+            ("240.0.0.1", Some(Refusal::Multicast)),
+            ("255.255.255.255", Some(Refusal::Multicast)),
+            ("::ffff:255.255.255.255", Some(Refusal::Multicast)),
+            ("ff02::1", Some(Refusal::Multicast)),
+            ("ff05::1:3", Some(Refusal::Multicast)),
+            ("64:ff9b::e000:1", Some(Refusal::Multicast)),
+            ("223.255.255.255", None),
             ("172.32.0.1", None),
             ("100.128.0.1", None),
             ("198.51.100.2", None),
