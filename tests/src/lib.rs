@@ -52,6 +52,30 @@ pub fn kernel_tests_enabled() -> bool {
     }
 }
 
+/// A deadline for waiting on netcontrol, stretched by NETCONTROL_TEST_SLOWDOWN (a factor: the
+/// kernel lane runs under QEMU's software emulation, where loading the programs alone takes
+/// tens of seconds).
+pub fn slow(d: Duration) -> Duration {
+    let factor = std::env::var("NETCONTROL_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * factor
+}
+
+/// Whether this kernel runs netcontrol's BPF LSM programs (the kernel lane requires it:
+/// NETCONTROL_REQUIRE_LSM=1). Elsewhere a test that needs them says it does not apply.
+pub fn lsm_applies(attach_stderr: &str) -> bool {
+    let missing = attach_stderr.contains("lsm_socket_create");
+    let required = std::env::var("NETCONTROL_REQUIRE_LSM").is_ok_and(|v| v == "1");
+    assert!(!(missing && required), "NETCONTROL_REQUIRE_LSM=1, but: {attach_stderr}");
+    if missing {
+        eprintln!("NOT APPLICABLE on this kernel (the kernel lane runs it): {attach_stderr}");
+    }
+    !missing
+}
+
 /// target/<profile>, the directory holding this test binary's `deps/`.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -463,13 +487,18 @@ impl Attached {
             .args(args)
             .stdout(Stdio::null());
         let mut this = Self { cgroup, events, proc: Background::spawn(cmd), _dir: dir };
-        this.wait_for_line("netcontrol: enforcing on", Duration::from_secs(30));
+        this.wait_for_line("netcontrol: enforcing on", slow(Duration::from_secs(30)));
         this
     }
 
     /// Wait for a stderr line of netcontrol's containing `needle` (see [`Background`]).
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
         self.proc.wait_for_line(needle, timeout)
+    }
+
+    /// Its stderr lines read so far (up to "enforcing on", after `start`).
+    pub fn stderr_so_far(&self) -> String {
+        self.proc.log.join("\n")
     }
 
     pub fn pid(&self) -> u32 {
@@ -523,7 +552,7 @@ pub fn probe_in_tagged(cgroup: &Path, tag: &str, ops: &[(&str, &str)]) -> Vec<Pr
 
 /// The events in a file, waiting up to 5 s until at least `n` are there.
 pub fn events_at_least(path: &Path, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + slow(Duration::from_secs(5));
     loop {
         let ev = read_events(path);
         if ev.len() >= n || Instant::now() > deadline {

@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod lane;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "netcontrol's project tasks")]
 struct Cli {
@@ -46,12 +48,16 @@ enum Task {
         #[arg(long, default_value = concat!("netcontrol:", env!("CARGO_PKG_VERSION")))]
         tag: String,
     },
+    /// Run the kernel lane alone: the tests this machine's kernel cannot show (BPF LSM,
+    /// L2TP/IP), on Debian's 6.12 kernel under QEMU (root; `setup` installs it).
+    Lane,
     /// Run every test: formatting, clippy, unit tests, and the privileged kernel tests (root).
     Test {
         /// Leave out the kernel tests (they need root).
         #[arg(long)]
         no_kernel: bool,
-        /// Extra arguments for the kernel tests' test binaries (e.g. a test name filter).
+        /// Extra arguments for the kernel tests' test binaries (e.g. a test name filter); with
+        /// any, the kernel lane and the benchmark smoke run are left out.
         #[arg(last = true)]
         filter: Vec<String>,
     },
@@ -70,6 +76,12 @@ fn main() -> Result<()> {
         }
         Task::Test { no_kernel, filter } => test(no_kernel, &filter),
         Task::Bench { smoke } => bench(smoke),
+        Task::Lane => {
+            run(Command::new("cargo")
+                .args(["build", "-p", "netcontrol", "-p", "netcontrol-tests", "--bins"])
+                .env("NETCONTROL_REQUIRE_EBPF", "1"))?;
+            lane::test()
+        }
         Task::Image { tag } => image(&tag),
     }
 }
@@ -138,6 +150,9 @@ const TEST_PACKAGES: &[&str] = &[
     "dnsutils",
     "musl-tools",
     "busybox-static",
+    // The kernel lane: stripping the binaries it runs, unpacking the kernel's modules.
+    "binutils",
+    "xz-utils",
     // The daemon's tests: a real Prometheus (and promtool), and the kernel's view of links.
     "prometheus",
     "bpftool",
@@ -204,6 +219,7 @@ fn setup() -> Result<()> {
         target.display()
     );
     install_python_tools()?;
+    lane::setup()?;
     eprintln!("setup: done; the BPF toolchain is ready");
     Ok(())
 }
@@ -346,8 +362,14 @@ fn test(no_kernel: bool, filter: &[String]) -> Result<()> {
             .env("NETCONTROL_REQUIRE_KERNEL_TESTS", "1")
             .env("NETCONTROL_STATIC_BIN", &static_bin)
             .env("NETCONTROL_TOOLS", TOOLS_DIR))?;
-        // The benchmarks, briefly, so that they cannot rot.
-        bench(true)?;
+        if filter.is_empty() {
+            // What this kernel cannot show (the BPF LSM, L2TP/IP), on Debian's 6.12 under QEMU.
+            lane::test()?;
+            // The benchmarks, briefly, so that they cannot rot.
+            bench(true)?;
+        } else {
+            eprintln!("test: a filter runs the matching kernel tests only (no lane, no benchmark)");
+        }
     }
     eprintln!("test: all passed in {:.0?}", started.elapsed());
     Ok(())
