@@ -495,15 +495,17 @@ pub fn report_tampering(
     found: &[crate::bpf::attach::Tampering],
 ) {
     for t in found {
-        let outcome = if t.repaired { "attached again" } else { "NOT attached again" };
+        let outcome = match (t.repaired, t.what) {
+            (false, _) => "NOT put right",
+            (true, crate::bpf::attach::TamperKind::Detached) => "attached again",
+            (true, crate::bpf::attach::TamperKind::Unpinned) => "pinned again",
+            (true, crate::bpf::attach::TamperKind::Replaced) => "netcontrol's program put back",
+        };
         tracing::error!(
             sandbox = name,
             "tampering: the {} link was {} behind netcontrol's back; {outcome}",
             t.hook,
-            match t.what {
-                crate::bpf::attach::TamperKind::Detached => "detached",
-                crate::bpf::attach::TamperKind::Unpinned => "unpinned",
-            }
+            t.what.said()
         );
         dp.injector().send(crate::events::EventRecord::tamper(t, sandbox_id, dp.labels()));
     }

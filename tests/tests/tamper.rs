@@ -60,6 +60,94 @@ fn a_detached_link_is_reported_and_attached_again() {
     sb.stop();
 }
 
+/// What a root command could do instead of detaching: make netcontrol's connect4 link run a
+/// program that allows everything (BPF_LINK_UPDATE), so the hook is still there.
+fn replace_program_of_link(id: u64) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    fn bpf<T>(cmd: i64, attr: &mut T) -> i64 {
+        // SAFETY: a zero-padded attribute struct of the command, valid for the call.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as u32) }
+    }
+    // r0 = 1 (allow); exit.
+    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]), 0x95];
+    let license = c"GPL";
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        _log: [u32; 4],
+        _kern_version_flags: [u32; 2],
+        _name: [u8; 16],
+        _ifindex: u32,
+        expected_attach_type: u32,
+        _rest: [u64; 8],
+    }
+    let mut load = ProgLoad {
+        prog_type: 18, // BPF_PROG_TYPE_CGROUP_SOCK_ADDR
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        _log: [0; 4],
+        _kern_version_flags: [0; 2],
+        _name: [0; 16],
+        _ifindex: 0,
+        expected_attach_type: 10, // BPF_CGROUP_INET4_CONNECT
+        _rest: [0; 8],
+    };
+    let prog = bpf(5, &mut load);
+    assert!(prog >= 0, "loading: {}", std::io::Error::last_os_error());
+    // SAFETY: new fds, owned here.
+    let prog = unsafe { OwnedFd::from_raw_fd(prog as i32) };
+    let mut get = [id as u32, 0, 0];
+    let link = bpf(30, &mut get);
+    assert!(link >= 0, "the link: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+    use std::os::fd::AsRawFd;
+    let mut update = [link.as_raw_fd() as u32, prog.as_raw_fd() as u32, 0, 0];
+    assert_eq!(bpf(29, &mut update), 0, "updating: {}", std::io::Error::last_os_error());
+}
+
+/// The program a link runs (bpftool's view).
+fn prog_of_link(id: u64) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["link", "show", "id", &id.to_string(), "-j"])
+        .output()
+        .expect("bpftool");
+    let link: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    link["prog_id"].as_u64().unwrap_or_else(|| panic!("no prog_id: {link}"))
+}
+
+#[test]
+fn a_link_given_another_program_gets_ours_back() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let mut sb = Attached::start(&["--allow", "127.0.0.1:1"]);
+    let id = link_id(sb.cgroup.id(), "cgroup_inet4_connect");
+    let ours = prog_of_link(id);
+    replace_program_of_link(id);
+    let line = sb.wait_for_line(
+        "tampering: the connect4 link was given another program",
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("netcontrol's program put back"), "{line}");
+    assert_eq!(prog_of_link(id), ours, "the same link runs netcontrol's program again");
+    assert!(tcp(&sb, "127.0.0.10", denied.addr.port()).is_eperm(), "enforced again");
+    let events = sb.events_at_least(2);
+    let e = find_event(&events, &[("event", json!("tamper")), ("hook", json!("connect4"))]);
+    assert_eq!(
+        (e["reason"].clone(), e["repaired"].clone()),
+        (json!("program_replaced"), json!(true)),
+        "{e}"
+    );
+    sb.stop();
+}
+
 #[test]
 fn planted_events_files_are_refused() {
     if !kernel_tests_enabled() {

@@ -82,6 +82,9 @@ pub enum TamperKind {
     Detached,
     /// Its pin was removed: the link would go with this process.
     Unpinned,
+    /// The link runs another program (BPF_LINK_UPDATE, root only): the hook is there, but
+    /// not netcontrol's decision.
+    Replaced,
 }
 
 impl TamperKind {
@@ -89,6 +92,16 @@ impl TamperKind {
         match self {
             Self::Detached => "link_detached",
             Self::Unpinned => "pin_removed",
+            Self::Replaced => "program_replaced",
+        }
+    }
+
+    /// What happened, for a log line ("the connect4 link was ...").
+    pub fn said(self) -> &'static str {
+        match self {
+            Self::Detached => "detached",
+            Self::Unpinned => "unpinned",
+            Self::Replaced => "given another program",
         }
     }
 }
@@ -175,17 +188,30 @@ impl Attachment {
         let Ok(dir) = cgroup::open(&self.cgroup) else { return found };
         for held in std::mem::take(&mut self.links) {
             let hook = held.hook;
-            let detached = !hook.is_global() && held.id.and_then(sys::link_cgroup) == Some(0);
+            let state = held.id.and_then(sys::link_state);
+            let detached = !hook.is_global()
+                && state.is_some_and(|s| s.type_ == sys::BPF_LINK_TYPE_CGROUP && s.cgroup_id == 0);
+            let ours = loaded.program_mut(hook).and_then(|p| p.info().ok()).map(|i| i.id());
+            let replaced = !detached && state.zip(ours).is_some_and(|(s, ours)| s.prog_id != ours);
             let unpinned = matches!(&held.link, HeldLink::Pinned(_, p) if !p.exists());
-            if !detached && !unpinned {
-                self.links.push(held);
-                continue;
-            }
-            let what = if detached { TamperKind::Detached } else { TamperKind::Unpinned };
-            let result = if detached {
-                self.fresh_link(loaded, hook, &dir)
-            } else {
-                self.repin(held.link).map(|link| (link, held.id))
+            let what = match (detached, replaced, unpinned) {
+                (true, ..) => TamperKind::Detached,
+                (_, true, _) => TamperKind::Replaced,
+                (.., true) => TamperKind::Unpinned,
+                _ => {
+                    self.links.push(held);
+                    continue;
+                }
+            };
+            let result = match what {
+                TamperKind::Detached => self.fresh_link(loaded, hook, &dir),
+                TamperKind::Replaced => restore(loaded, hook, held.id)
+                    .and_then(|()| {
+                        // Pinned too? (Both may have been done.)
+                        if unpinned { self.repin(held.link) } else { Ok(held.link) }
+                    })
+                    .map(|link| (link, held.id)),
+                TamperKind::Unpinned => self.repin(held.link).map(|link| (link, held.id)),
             };
             match result {
                 Ok((link, id)) => {
@@ -284,6 +310,15 @@ impl Drop for Attachment {
             tracing::warn!("detaching from {}: {e}", self.cgroup.display());
         }
     }
+}
+
+/// Put our program back into the link `id` of `hook`, which runs another.
+fn restore(loaded: &mut Loaded, hook: &'static Hook, id: Option<u32>) -> Result<()> {
+    let prog = loaded.program_mut(hook).ok_or(Error::MissingProgram(hook.program))?;
+    let what = || format!("putting {} back into its link", hook.program);
+    let fd = prog.fd().map_err(|e| Error::io(what(), io::Error::other(e)))?;
+    let id = id.ok_or_else(|| Error::io(what(), io::ErrorKind::NotFound.into()))?;
+    sys::link_update(id, fd.as_fd()).map_err(|e| Error::io(what(), e))
 }
 
 /// Pin a new link at `path`, replacing whatever is pinned there: pinned beside it first, then

@@ -11,6 +11,7 @@ use std::{
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
 /// `enum bpf_attach_type`: the cgroup setsockopt hook.
@@ -134,6 +135,31 @@ pub fn link_by_id(id: u32) -> io::Result<OwnedFd> {
     }
     let mut attr = Attr { id, next_id: 0, open_flags: 0 };
     bpf(BPF_LINK_GET_FD_BY_ID, &mut attr).map(owned)
+}
+
+/// What the kernel says about the link `id` now (None: it is gone, or the queries failed).
+pub fn link_state(id: u32) -> Option<LinkInfo> {
+    use std::os::fd::AsFd;
+    link_info(link_by_id(id).ok()?.as_fd()).ok()
+}
+
+/// Make the link `id` run `prog` again (BPF_LINK_UPDATE: the same link, no gap).
+pub fn link_update(id: u32, prog: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let link = link_by_id(id)?;
+    let mut attr = Attr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
 /// The cgroup the cgroup link `id` is attached to: 0 once it was detached; None if the kernel

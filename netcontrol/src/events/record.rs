@@ -178,7 +178,7 @@ impl EventRecord {
         }
     }
 
-    /// One of netcontrol's links was detached, or its pin removed, by someone else.
+    /// One of netcontrol's links was detached, its pin removed or its program replaced.
     pub fn tamper(t: &crate::bpf::attach::Tampering, sandbox_id: u64, labels: &Labels) -> Self {
         Self {
             time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
