@@ -178,9 +178,21 @@ fn report(a: &Attempt, d: &Decision, who: Who) -> Reported {
         detail: a.detail,
     };
     let Some(v) = denial_slot(&key, now) else {
-        // No room to count it: an event, or nothing.
+        // No room to count it: an event within the sandbox's budget (so that a sandbox that
+        // filled DENIALS cannot go on to fill the ring and hide the others' attempts), or
+        // nothing (counted as lost, per sandbox).
         bump_global(GLOBAL_DENIALS_FULL);
-        return if emit(a, d, now, &task) { Reported::Event } else { Reported::Lost };
+        let budget = budget_slot(d.sandbox_id, now);
+        // SAFETY: a per-sandbox map value, as below.
+        let sandbox_sent = budget.map_or(0, |b| unsafe { (*b).sent });
+        if may_emit(0, sandbox_sent) && emit(a, d, now, &task) {
+            if let Some(b) = budget {
+                // SAFETY: as above.
+                unsafe { (*b).sent += 1 };
+            }
+            return Reported::Event;
+        }
+        return Reported::Lost;
     };
     // SAFETY: a live map value; `count` and `suppressed` are shared between CPUs and only
     // ever added to atomically; the rest are plain stores, last writer wins.

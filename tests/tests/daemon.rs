@@ -545,3 +545,56 @@ fn other_programs_behind_the_links_are_replaced_without_a_gap() {
     assert!(n > 20, "the loop ran throughout: {n} probes");
     assert!(tcp_in(&cg.path, &denied).is_eperm());
 }
+
+/// A sandbox that makes more distinct denied attempts than the daemon's DENIALS map has room
+/// for gets no more events than its budget from then on (the rest are counted as its lost
+/// events, not pushed into the shared ring), and another sandbox's attempt is still reported.
+#[test]
+fn a_sandbox_that_fills_the_denials_map_hides_nothing_of_another() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.12"]);
+    let (_servers, port) = servers(&["127.0.0.12"]);
+    let (flood, quiet) = (TestCgroup::new(), TestCgroup::new());
+    let mut d = Daemon::new(&format!(
+        "policies:\n  none:\n    allow: []\nsandboxes:\n{}{}",
+        sandbox_yaml("flood", &flood.path, "none"),
+        sandbox_yaml("quiet", &quiet.path, "none")
+    ));
+    d.start();
+    // Twice DENIALS' room (16 384), each a destination of its own.
+    const SPRAY: u64 = 32_768;
+    let started = std::time::Instant::now();
+    let p = probe_in(&flood.path, &[(&format!("udp-spray:{SPRAY}"), "127.0.0.10:20000")]);
+    assert!(p[0].ok, "{p:?}");
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(tcp_in(&quiet.path, &format!("127.0.0.12:{port}")).is_eperm());
+
+    // Every attempt of the flood is in an event, a summary or its lost count.
+    let accounted = || {
+        let events = netcontrol_tests::read_events(&d.events);
+        let counted: u64 = events
+            .iter()
+            .filter(|e| e["sandbox"] == "flood")
+            .map(|e| e["count"].as_u64().unwrap_or(0))
+            .sum();
+        (events, counted + d.sandbox("flood")["events_lost"].as_u64().unwrap_or(0))
+    };
+    let mut last = (Vec::new(), 0);
+    let done = within(Duration::from_secs(20), || {
+        last = accounted();
+        last.1 == SPRAY
+    });
+    let (events, n) = last;
+    assert!(done.is_some(), "flood accounted: {n} of {SPRAY}");
+    let own = events.iter().filter(|e| e["sandbox"] == "flood" && e["summary"] != true).count();
+    assert!(
+        own as u64 <= 500 * (seconds + 1),
+        "{own} events of their own in {seconds} s: beyond the sandbox's budget of 500 a second"
+    );
+    assert!(d.sandbox("flood")["events_lost"].as_u64() > Some(0), "{}", d.status());
+    let e = find_event(&events, &[("sandbox", json!("quiet"))]);
+    assert_eq!((e["dst_ip"].clone(), e["count"].clone()), (json!("127.0.0.12"), json!(1)));
+    d.stop();
+}
