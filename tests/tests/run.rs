@@ -367,7 +367,9 @@ fn events_to_stdout() {
         .filter(|v: &serde_json::Value| v.get("verdict").is_some())
         .collect();
     find_event(&events, &[("hook", json!("sendmsg4")), ("dst_port", json!(denied.addr.port()))]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("(see events)"), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("(see events)"), "{}", show(&out));
+    assert!(stderr.contains("events go to stdout, which the command shares"), "{stderr}");
 }
 
 /// The command shares netcontrol's stderr and stdout: making them non-blocking and filling

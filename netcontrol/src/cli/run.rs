@@ -43,6 +43,13 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     let signals = Signals::new()?;
     let sandbox = RunCgroup::create(&parent)?;
     let sink = args.output.sink()?;
+    if args.output.events.as_deref() == Some(std::path::Path::new("-")) {
+        crate::console::say(
+            "netcontrol: events go to stdout, which the command shares: it can write lines that \
+             look like events there; --events FILE keeps a record the command cannot forge"
+                .to_owned(),
+        );
+    }
     let (abstract_unix, families, audit) =
         (policy.allow_abstract_unix, policy.family_mask(), policy.mode == Mode::Audit);
     // Domains are resolved before CMD starts, so its first connection already finds them.
