@@ -43,7 +43,7 @@ pub async fn main(args: RunArgs) -> Result<i32> {
     let signals = Signals::new()?;
     let sandbox = RunCgroup::create(&parent)?;
     let sink = args.output.sink()?;
-    if args.output.events.as_deref() == Some(std::path::Path::new("-")) {
+    if args.output.events.as_deref() == Some(Path::new("-")) {
         crate::console::say(
             "netcontrol: events go to stdout, which the command shares: it can write lines that \
              look like events there; --events FILE keeps a record the command cannot forge"
