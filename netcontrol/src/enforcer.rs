@@ -54,13 +54,13 @@ impl Enforcer {
         link_pins: &LinkPins,
     ) -> Result<Self> {
         let listen_id = policy_id | LISTEN_POLICY_BIT;
+        // What a previous start left under this policy id (a restarted daemon, a sandbox
+        // started anew under its pins, a failed start): updated in place, leftovers removed.
         let (before, before_listen) = match link_pins {
-            LinkPins::Daemon(_) => {
+            LinkPins::Daemon(_) | LinkPins::Inherited => {
                 (dp.maps_ref().entries_of(policy_id)?, dp.maps_ref().entries_of(listen_id)?)
             }
-            LinkPins::None | LinkPins::Standalone(_) | LinkPins::Inherited => {
-                (Entries::default(), Entries::default())
-            }
+            LinkPins::None | LinkPins::Standalone(_) => (Entries::default(), Entries::default()),
         };
         // The maps are complete before the first program runs for this cgroup.
         dp.maps().apply_entries(policy_id, &before, &policy.entries)?;

@@ -65,6 +65,28 @@ pub struct Snapshot {
     pub reload_failures: u64,
     /// Links found detached or unpinned behind the daemon's back, by sandbox name.
     pub tamper: BTreeMap<String, u64>,
+    /// Sandboxes that do not enforce their policy as configured.
+    pub not_enforcing: Vec<NotEnforcing>,
+}
+
+/// A sandbox that does not enforce its policy as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotEnforcing {
+    pub sandbox: String,
+    /// `attach_failed` (open: nothing of it attached), `deny_all_stand_in` (its policy failed
+    /// to start), `dns_proxy_unplaced` (enforced; its DNS fails), `policy_missing` (it names
+    /// a policy that does not exist: deny-all).
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl NotEnforcing {
+    /// Whether it keeps the daemon from being ready. A missing policy does not: deny-all is
+    /// enforced, and whoever may label a pod must not be able to take the node's agent out
+    /// of service; it is reported (log, event, metric) instead.
+    pub fn blocks_ready(&self) -> bool {
+        self.reason != "policy_missing"
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +372,15 @@ impl Collector for KernelCollector {
         );
         summarized.add(vec![], self.read_global(GLOBAL_SUPPRESSED) as f64);
 
+        let mut not_enforcing = Family::new(
+            "netcontrol_sandbox_not_enforcing",
+            "Sandboxes that do not enforce their policy as configured, by reason (attach_failed, deny_all_stand_in, dns_proxy_unplaced, policy_missing); /readyz fails for all but policy_missing",
+            MetricType::Gauge,
+        );
+        for n in &snap.not_enforcing {
+            not_enforcing
+                .add(vec![("sandbox", n.sandbox.clone()), ("reason", n.reason.into())], 1.0);
+        }
         let mut sandboxes = Family::new(
             "netcontrol_sandboxes",
             "Sandboxes by state: enforcing, or waiting (cgroup missing or attach failing)",
@@ -403,6 +434,7 @@ impl Collector for KernelCollector {
             &summarized,
             &entries,
             &sandboxes,
+            &not_enforcing,
             &map_entries,
             &map_capacity,
             &map_pressure,
@@ -521,10 +553,26 @@ async fn healthz(State(s): State<Arc<Server>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Arc<Server>>) -> impl IntoResponse {
-    if s.shared.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
+    if !s.shared.ready.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: re-adopting pins and attaching sandboxes\n".to_owned(),
+        );
+    }
+    let snap = s.shared.snapshot();
+    let open: Vec<String> = snap
+        .not_enforcing
+        .iter()
+        .filter(|n| n.blocks_ready())
+        .map(|n| format!("{}: {} ({})\n", n.sandbox, n.reason, n.detail))
+        .collect();
+    if open.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting: re-adopting pins and attaching sandboxes\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not enforcing as configured:\n{}", open.concat()),
+        )
     }
 }
 

@@ -68,7 +68,21 @@ pub struct Sandbox {
     /// listen only as its listen rules say, and may not reach the host's abstract unix
     /// sockets. Assumed until a pending namespace is known.
     host_netns: bool,
+    /// Its DNS proxy could not be placed in its network namespace (joining it was refused):
+    /// the sandbox is enforced, its DNS fails (closed), and placing is tried again.
+    unplaced: Option<Unplaced>,
 }
+
+/// Why the DNS proxy is not where it belongs, and when to try again.
+struct Unplaced {
+    why: String,
+    next_try: Instant,
+    delay: Duration,
+}
+
+/// Placing a DNS proxy again: first after this, doubling up to `PLACE_MAX_DELAY`.
+const PLACE_FIRST_DELAY: Duration = Duration::from_secs(1);
+const PLACE_MAX_DELAY: Duration = Duration::from_secs(60);
 
 enum Dns {
     Resolver(Follower),
@@ -125,6 +139,7 @@ impl Sandbox {
             }
         };
         let servers = dns_servers(&policy)?;
+        let mut unplaced = None;
         dp.labels().set_sandbox(sandbox_id, name.clone());
         dp.labels().set_identity(sandbox_id, identity);
         let (dns, compiled) = match policy.dns.mode {
@@ -136,8 +151,32 @@ impl Sandbox {
             }
             DnsMode::Proxy => {
                 let (learn_tx, learn_rx) = mpsc::channel(LEARN_QUEUE);
-                let proxy =
-                    start_proxy(dp, ns.as_ref(), &policy, &servers, sandbox_id, learn_tx.clone())?;
+                let proxy = match start_proxy(
+                    dp,
+                    ns.as_ref(),
+                    &policy,
+                    &servers,
+                    sandbox_id,
+                    learn_tx.clone(),
+                ) {
+                    Ok(p) => p,
+                    // Joining the namespace was refused: enforce anyway (its DNS finds no
+                    // proxy there and fails, closed) and place the proxy later.
+                    Err(e) if ns.is_some() => {
+                        tracing::error!(
+                            sandbox = name.as_str(),
+                            "its DNS proxy cannot be placed in its network namespace (trying \
+                             again): {e}; until then it is enforced and its DNS fails"
+                        );
+                        unplaced = Some(Unplaced {
+                            why: e.to_string(),
+                            next_try: Instant::now() + PLACE_FIRST_DELAY,
+                            delay: PLACE_FIRST_DELAY,
+                        });
+                        start_proxy(dp, None, &policy, &servers, sandbox_id, learn_tx.clone())?
+                    }
+                    Err(e) => return Err(e),
+                };
                 let index = Index::new(&policy.grants(&Resolved::new(), &servers));
                 let mut sweep = tokio::time::interval(Duration::from_secs(1));
                 sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,7 +200,8 @@ impl Sandbox {
         };
         let compiled = in_netns(compiled, host_netns);
         let enforcer = Enforcer::attach(dp, &cgroup, sandbox_id, policy_id, compiled, &link_pins)?;
-        Ok(Self { name, policy, servers, dns, enforcer, netns_pending, host_netns })
+        let netns_pending = netns_pending || unplaced.is_some();
+        Ok(Self { name, policy, servers, dns, enforcer, netns_pending, host_netns, unplaced })
     }
 
     /// What the maps should hold now, whichever the DNS mode.
@@ -173,9 +213,15 @@ impl Sandbox {
         Ok(in_netns(c, self.host_netns))
     }
 
-    /// Whether the sandbox waits for its first process to learn its network namespace.
+    /// Whether the sandbox waits for its first process to learn its network namespace, or
+    /// for its DNS proxy to be placed there.
     pub fn netns_pending(&self) -> bool {
         self.netns_pending
+    }
+
+    /// What keeps it from enforcing its policy as written (its DNS proxy is not placed).
+    pub fn problem(&self) -> Option<String> {
+        self.unplaced.as_ref().map(|u| format!("its DNS proxy is not placed: {}", u.why))
     }
 
     /// Once a process is in the cgroup: move the DNS proxy into its network namespace (until
@@ -185,10 +231,11 @@ impl Sandbox {
         if !self.netns_pending {
             return Ok(true);
         }
-        if cgroup::first_pid(self.enforcer.cgroup()).is_none() {
+        if cgroup::first_pid(self.enforcer.cgroup()).is_none()
+            || self.unplaced.as_ref().is_some_and(|u| Instant::now() < u.next_try)
+        {
             return Ok(false);
         }
-        self.netns_pending = false;
         let p = placement(self.enforcer.cgroup())?;
         let ns = p.ns;
         self.host_netns = p.host || ns.is_none();
@@ -197,19 +244,37 @@ impl Sandbox {
             && ns.is_some()
         {
             let sandbox_id = self.enforcer.sandbox_id();
-            p.proxy = start_proxy(
+            match start_proxy(
                 dp,
                 ns.as_ref(),
                 &self.policy,
                 &self.servers,
                 sandbox_id,
                 p.learn_tx.clone(),
-            )?;
+            ) {
+                Ok(proxy) => p.proxy = proxy,
+                Err(e) => {
+                    // Still enforced (its DNS fails, closed); try again, less and less often.
+                    let delay = self.unplaced.as_ref().map_or(PLACE_FIRST_DELAY, |u| u.delay * 2);
+                    let delay = delay.min(PLACE_MAX_DELAY);
+                    self.unplaced = Some(Unplaced {
+                        why: e.to_string(),
+                        next_try: Instant::now() + delay,
+                        delay,
+                    });
+                    // The maps still follow the namespace's rules.
+                    let compiled = self.compile()?;
+                    self.enforcer.update(dp, compiled)?;
+                    return Err(e);
+                }
+            }
             tracing::info!(
                 sandbox = self.name.as_str(),
                 "its DNS proxy listens in its network namespace now"
             );
         }
+        self.netns_pending = false;
+        self.unplaced = None;
         let compiled = self.compile()?;
         self.enforcer.update(dp, compiled)?;
         Ok(true)

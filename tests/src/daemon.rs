@@ -22,6 +22,8 @@ pub struct Daemon {
     pub pin_root: PathBuf,
     /// Extra environment for the daemon process.
     pub env: Vec<(String, PathBuf)>,
+    /// A command the daemon runs under (its arguments come after).
+    pub wrapper: Vec<PathBuf>,
     proc: Option<Background>,
 }
 
@@ -37,6 +39,7 @@ impl Daemon {
             pin_root: Path::new(TEST_PIN_ROOT).join(unique("daemon")),
             dir,
             env: Vec::new(),
+            wrapper: Vec::new(),
             proc: None,
         };
         this.write_config(body);
@@ -65,7 +68,14 @@ impl Daemon {
 
     /// Start it with extra command-line arguments.
     pub fn start_with(&mut self, args: &[&str]) -> &mut Self {
-        let mut cmd = Command::new(netcontrol_bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(netcontrol_bin());
+                c
+            }
+            None => Command::new(netcontrol_bin()),
+        };
         cmd.args(["daemon", "--log-level", "info", "--config"])
             .arg(&self.config)
             .args(args)

@@ -598,3 +598,65 @@ fn a_sandbox_that_fills_the_denials_map_hides_nothing_of_another() {
     assert_eq!((e["dst_ip"].clone(), e["count"].clone()), (json!("127.0.0.12"), json!(1)));
     d.stop();
 }
+
+/// When joining a sandbox's network namespace is refused (here a seccomp filter fails the
+/// daemon's setns(2), as a missing capability or an LSM would), the sandbox is enforced
+/// anyway and its DNS fails closed; the daemon is not ready and says which sandbox and why.
+#[test]
+fn a_dns_proxy_that_cannot_be_placed_leaves_nothing_open() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let ns = unique("nc-ns");
+    netcontrol_tests::sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+    let ours = std::fs::read_link("/proc/thread-self/ns/net").expect("our netns");
+    let cg = TestCgroup::new();
+    let mut resident =
+        cg.command("ip").args(["netns", "exec", &ns, "sleep", "600"]).spawn().expect("ip");
+    let moved = within(Duration::from_secs(10), || {
+        std::fs::read_link(format!("/proc/{}/ns/net", resident.id())).is_ok_and(|l| l != ours)
+    });
+    assert!(moved.is_some(), "the resident is in its namespace");
+    let mut d = Daemon::new(&format!(
+        "policies:\n  web:\n    allow: [\"api.example.test:443\"]\n    dns: {{servers: [\"127.0.0.1:53\"]}}\nsandboxes:\n{}",
+        sandbox_yaml("job", &cg.path, "web")
+    ));
+    d.wrapper = vec![probe_bin(), "--deny-setns".into()];
+    d.start();
+    let inside = |op: &str, target: &str| {
+        let out = cg
+            .command("ip")
+            .args(["netns", "exec", &ns])
+            .arg(probe_bin())
+            .args([op, target])
+            .output()
+            .expect("probe");
+        parse_probes(&out.stdout).remove(0)
+    };
+    // Enforced: refused by netcontrol (EPERM), not by the absent listener (ECONNREFUSED).
+    let p = inside("tcp", "127.0.0.10:9");
+    assert!(p.is_eperm(), "{p:?}");
+    // Its DNS finds no proxy: no answer, for an allowed name either.
+    let p = inside("dns", "127.0.0.53:53/api.example.test");
+    assert!(!p.ok, "{p:?}");
+
+    let s = d.sandbox("job");
+    assert_eq!(s["state"], "enforcing", "{s:#}");
+    assert!(s["problem"].as_str().is_some_and(|p| p.starts_with("dns_proxy_unplaced")), "{s:#}");
+    let (code, body) = d.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("job: dns_proxy_unplaced"), "{body}");
+    let (_, metrics) = d.get("/metrics");
+    assert!(
+        metrics.contains(
+            r#"netcontrol_sandbox_not_enforcing{sandbox="job",reason="dns_proxy_unplaced"} 1"#
+        ),
+        "{metrics}"
+    );
+    let log = d.stop();
+    assert!(log.contains("its DNS proxy cannot be placed in its network namespace"), "{log}");
+    let _ = resident.kill();
+    let _ = resident.wait();
+    netcontrol_tests::sh(&format!("ip netns del {ns}"));
+}

@@ -15,7 +15,7 @@ use netcontrol_tests::{
     kube_api::{KubeApi, pod},
     probe_in, unique, within,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A test cgroup standing for the node's cgroup root (where the kubelet's kubepods is).
 struct NodeRoot(PathBuf);
@@ -245,7 +245,7 @@ fn the_watcher_follows_adds_changes_deletes_and_resyncs() {
 }
 
 #[test]
-fn a_pod_whose_label_names_no_policy_is_reported() {
+fn a_pod_whose_label_names_no_policy_is_denied_everything_and_reported() {
     if !kernel_tests_enabled() {
         return;
     }
@@ -253,9 +253,10 @@ fn a_pod_whose_label_names_no_policy_is_reported() {
     let denied = Server::start("127.0.0.10");
     let root = NodeRoot::new();
     let c = root.pod("cgroupfs", "containerd", "Burstable", &uid(1));
-    let typo =
-        pod("ci", "typo", &uid(1), "node-a", "Burstable", json!({"netcontrol.io/policy": "wbe"}));
-    let api = KubeApi::start(vec![typo]);
+    let typo_pod = || {
+        pod("ci", "typo", &uid(1), "node-a", "Burstable", json!({"netcontrol.io/policy": "wbe"}))
+    };
+    let api = KubeApi::start(vec![typo_pod()]);
     let mut d = Daemon::new(&config(&root.0, "127.0.0.11:1"));
     start_daemon(&mut d, &api);
     let log = d.log();
@@ -263,13 +264,38 @@ fn a_pod_whose_label_names_no_policy_is_reported() {
         log.contains("pod ci/typo: its label netcontrol.io/policy names policy \"wbe\""),
         "{log}"
     );
+    assert!(log.contains("it gets no egress at all (deny-all)"), "{log}");
     let (_, metrics) = d.get("/metrics");
     assert!(
         metrics.contains(r#"netcontrol_attach_errors_total{sandbox="ci/typo"} 1"#),
         "{metrics}"
     );
-    assert!(!probe_in(&c, &[("tcp", &denied.target())])[0].is_eperm());
-    let _: Value = d.status();
+    assert!(
+        metrics.contains(
+            r#"netcontrol_sandbox_not_enforcing{sandbox="ci/typo",reason="policy_missing"} 1"#
+        ),
+        "{metrics}"
+    );
+    // Deny-all, never "not enforced"; and not a reason to take the node's agent out.
+    assert!(probe_in(&c, &[("tcp", &denied.target())])[0].is_eperm());
+    assert_eq!(d.get("/readyz").0, 200);
+    let s = d.sandbox("ci/typo");
+    assert_eq!(s["state"], "enforcing", "{s:#}");
+    assert!(s["problem"].as_str().is_some_and(|p| p.contains("\"wbe\"")), "{s:#}");
+    let events = events_at_least(&d.events, 2);
+    let e = find_event(&events, &[("reason", json!("policy_not_found"))]);
+    assert_eq!((e["policy"].clone(), e["sandbox"].clone()), (json!("wbe"), json!("ci/typo")));
+    assert!(e["policy_source"].as_str().is_some_and(|s| s.contains("netcontrol.io/policy")));
+
+    // Fixed: the pod gets its policy, without a gap.
+    let mut fixed = typo_pod();
+    fixed["metadata"]["labels"] = json!({"netcontrol.io/policy": "web"});
+    api.modify(fixed);
+    let fixed = within(Duration::from_secs(10), || d.sandbox("ci/typo")["policy"] == "web");
+    assert!(fixed.is_some(), "{:#}", d.status());
+    assert!(d.sandbox("ci/typo")["problem"].is_null(), "{:#}", d.status());
+    assert!(probe_in(&c, &[("tcp", &denied.target())])[0].is_eperm());
+    d.stop();
 }
 
 #[test]

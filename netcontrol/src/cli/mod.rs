@@ -468,8 +468,13 @@ Configuration file:
 A sandbox whose cgroup does not exist yet is attached when it appears (checked every second);
 one whose cgroup goes away is detached. Unknown keys are errors.
 
+A sandbox whose policy name resolves to nothing gets deny-all; one whose policy fails to
+start is denied everything until it starts. Neither is ever left open.
+
 Endpoints: /metrics (OpenMetrics), /healthz, /readyz (ready once every pinned sandbox is
-re-adopted and every configured one attached or found missing).";
+re-adopted and every configured one attached or found missing; not ready while a sandbox
+whose cgroup exists does not enforce its policy: attach failed, deny-all standing in, its
+DNS proxy not placed).";
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {

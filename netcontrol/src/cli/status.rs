@@ -98,8 +98,12 @@ pub fn render(s: &Status) -> String {
     if s.sandboxes.is_empty() {
         let _ = writeln!(out, "(no sandboxes)");
     }
-    for b in s.sandboxes.iter().filter(|b| b.detail.is_some()) {
-        let _ = writeln!(out, "{}: {}", b.name, b.detail.as_deref().unwrap_or_default());
+    for b in s.sandboxes.iter().filter(|b| b.detail.is_some() || b.problem.is_some()) {
+        let what = b.problem.as_deref().or(b.detail.as_deref()).unwrap_or_default();
+        let _ = writeln!(out, "{}: {what}", b.name);
+    }
+    if !s.ready {
+        let _ = writeln!(out, "NOT READY: a sandbox does not enforce its policy (see above)");
     }
     let maps: Vec<String> = s
         .maps

@@ -17,6 +17,8 @@ struct Want {
     policy_name: String,
     policy: Policy,
     cgroup: PathBuf,
+    /// Where a policy name that resolves to nothing came from (`policy` is deny-all).
+    policy_missing: Option<String>,
 }
 
 impl Supervisor {
@@ -97,25 +99,14 @@ impl Supervisor {
             }
             (Some(name), Some(w)) => {
                 let slot = self.slots.get_mut(&name).expect("present");
-                if slot.origin != w.origin
-                    || slot.policy_name != w.policy_name
-                    || slot.cgroup != w.cgroup
-                {
+                // Another policy is applied without letting go (no gap); another kind of
+                // sandbox or cgroup is a new one.
+                if slot.origin != w.origin || slot.cgroup != w.cgroup {
                     self.remove_slot(&name);
                     self.add(c, w).await;
                     return true;
                 }
-                if slot.policy == w.policy {
-                    return false;
-                }
-                if let State::Enforcing(sb) = &mut slot.state
-                    && let Err(e) = sb.reload(&mut self.dp, w.policy.clone()).await
-                {
-                    tracing::warn!(sandbox = name.as_str(), "{e}; it keeps its previous policy");
-                    return false;
-                }
-                slot.policy = w.policy;
-                true
+                self.set_policy_or_warn(&name, w.policy_name, w.policy, w.policy_missing).await
             }
             (None, Some(w)) => {
                 self.add(c, w).await;
@@ -133,6 +124,7 @@ impl Supervisor {
         };
         let mut slot = Slot::new(w.cgroup, w.policy_name, w.policy, w.origin);
         slot.container = Some(c.clone());
+        slot.policy_missing = w.policy_missing;
         self.slots.insert(name.clone(), slot);
         self.try_start(&name).await;
     }
@@ -160,21 +152,30 @@ impl Supervisor {
                     .cloned()
                     .unwrap_or_default(),
             };
-            let Some(policy) = self.config.policies.get(&policy_name).cloned() else {
-                tracing::error!(
-                    "container {} ({}): its label names policy {policy_name:?}, which {} does not define; it is not enforced",
-                    c.name,
-                    c.short_id(),
-                    self.config.path.display()
-                );
-                *self.attach_errors.entry(c.name.clone()).or_default() += 1;
-                return None;
+            let (policy, policy_missing) = match self.config.policies.get(&policy_name) {
+                Some(p) => (p.clone(), None),
+                // Selected, so meant to be a sandbox: a name that resolves to nothing (a
+                // typo, a missing label) gets deny-all, never "not enforced".
+                None => {
+                    tracing::error!(
+                        "container {} ({}): its label names policy {policy_name:?}, which {} \
+                         does not define; it gets no egress at all (deny-all) until that policy \
+                         exists",
+                        c.name,
+                        c.short_id(),
+                        self.config.path.display()
+                    );
+                    *self.attach_errors.entry(c.name.clone()).or_default() += 1;
+                    let source = format!("the label of container {}", c.name);
+                    (Policy::deny_all(), Some(source))
+                }
             };
             return Some(Want {
                 origin: Origin::Container { rule: rule.name.clone() },
                 policy_name,
                 policy,
                 cgroup,
+                policy_missing,
             });
         }
         let parent = self
@@ -196,6 +197,7 @@ impl Supervisor {
             policy_name: parent.policy_name.clone(),
             policy: parent.policy.clone(),
             cgroup,
+            policy_missing: None,
         })
     }
 

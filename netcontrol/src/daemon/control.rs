@@ -119,6 +119,9 @@ pub struct SandboxStatus {
     /// Times its links were found detached or unpinned (and put right).
     #[serde(default)]
     pub tampered: u64,
+    /// Why it does not enforce its policy as configured (`reason: detail`), if it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     pub entries_v4: usize,
     pub entries_v6: usize,
 }

@@ -1,6 +1,7 @@
 //! `netcontrol daemon`: one set of programs serving many sandboxes, pinned so that
 //! enforcement outlives the process.
 
+mod closed;
 pub mod config;
 pub mod containers;
 pub mod control;

@@ -6,7 +6,10 @@
 use std::path::PathBuf;
 
 use super::supervisor::{Origin, Slot, Supervisor};
-use crate::kubernetes::{Pod, PodEvent, cgroup};
+use crate::{
+    kubernetes::{Pod, PodEvent, cgroup},
+    policy::Policy,
+};
 
 impl Supervisor {
     pub async fn pod_event(&mut self, event: PodEvent) {
@@ -67,26 +70,17 @@ impl Supervisor {
                 self.remove_slot(&name);
                 true
             }
-            (Some(name), Some((policy_name, policy))) => {
-                let slot = self.slots.get_mut(&name).expect("present");
-                slot.pod = Some(pod.clone());
-                if slot.policy_name == policy_name && slot.policy == policy {
-                    return false;
+            (Some(name), Some((policy_name, policy, missing))) => {
+                if let Some(slot) = self.slots.get_mut(&name) {
+                    slot.pod = Some(pod.clone());
                 }
-                if let super::supervisor::State::Enforcing(sb) = &mut slot.state
-                    && let Err(e) = sb.reload(&mut self.dp, policy.clone()).await
-                {
-                    tracing::warn!(sandbox = name.as_str(), "{e}; it keeps its previous policy");
-                    return false;
-                }
-                slot.policy_name = policy_name;
-                slot.policy = policy;
-                true
+                self.set_policy_or_warn(&name, policy_name, policy, missing).await
             }
-            (None, Some((policy_name, policy))) => {
+            (None, Some((policy_name, policy, missing))) => {
                 let name = pod.full_name();
                 let mut slot = Slot::new(self.pod_cgroup(pod), policy_name, policy, Origin::Pod);
                 slot.pod = Some(pod.clone());
+                slot.policy_missing = missing;
                 self.slots.insert(name.clone(), slot);
                 self.try_start(&name).await;
                 true
@@ -95,29 +89,34 @@ impl Supervisor {
     }
 
     /// The policy a pod gets: its label's, else its namespace's, else the default; none for
-    /// finished pods.
-    fn pod_policy(&mut self, pod: &Pod) -> Option<(String, crate::policy::Policy)> {
+    /// finished pods. A name that resolves to no policy gets deny-all, with where it came
+    /// from (never "not enforced": a typo or a `kubectl label` must not open a pod).
+    fn pod_policy(&mut self, pod: &Pod) -> Option<(String, Policy, Option<String>)> {
         let k = self.config.kubernetes.as_ref()?;
         if pod.finished {
             return None;
         }
-        let name = pod
-            .labels
-            .get(&k.policy_label)
-            .or_else(|| k.namespaces.get(&pod.namespace))
-            .or(k.default_policy.as_ref())?
-            .clone();
+        let (name, source) = match pod.labels.get(&k.policy_label) {
+            Some(n) => {
+                (n.clone(), format!("the label {} of pod {}", k.policy_label, pod.full_name()))
+            }
+            None => {
+                let n = k.namespaces.get(&pod.namespace).or(k.default_policy.as_ref())?;
+                (n.clone(), format!("the configuration, for pod {}", pod.full_name()))
+            }
+        };
         match self.config.policies.get(&name) {
-            Some(p) => Some((name, p.clone())),
+            Some(p) => Some((name, p.clone(), None)),
             None => {
                 tracing::error!(
-                    "pod {}: its label {} names policy {name:?}, which {} does not define; it is not enforced",
+                    "pod {}: its label {} names policy {name:?}, which {} does not define; it \
+                     gets no egress at all (deny-all) until that policy exists",
                     pod.full_name(),
                     k.policy_label,
                     self.config.path.display()
                 );
                 *self.attach_errors.entry(pod.full_name()).or_default() += 1;
-                None
+                Some((name, Policy::deny_all(), Some(source)))
             }
         }
     }

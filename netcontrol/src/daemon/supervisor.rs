@@ -35,8 +35,6 @@ use crate::{
 
 /// How soon a sandbox whose cgroup is missing is looked for again.
 const MISSING_RETRY: Duration = Duration::from_secs(1);
-/// How soon a failed attach is tried again.
-const FAILED_RETRY: Duration = Duration::from_secs(5);
 /// How long the start waits for Docker's list of running containers.
 const DOCKER_WAIT: Duration = Duration::from_secs(5);
 
@@ -80,6 +78,11 @@ pub(super) struct Slot {
     /// Create the cgroup if it is missing.
     create: bool,
     pub(super) state: State,
+    /// The policy name it was given does not exist (where the name came from): it is
+    /// given `Policy::deny_all` instead.
+    pub(super) policy_missing: Option<String>,
+    /// Its own policy failed to start: it enforces deny-all meanwhile (see closed.rs).
+    pub(super) standin: Option<super::closed::Standin>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -100,7 +103,13 @@ pub(super) enum Origin {
 
 pub(super) enum State {
     Enforcing(Box<Sandbox>),
-    Waiting { why: String, next_try: Instant },
+    /// Not enforcing: `failed` when its cgroup exists and starting failed (nothing of it may
+    /// be enforced then: the daemon is not ready), else its cgroup is not there (yet).
+    Waiting {
+        why: String,
+        next_try: Instant,
+        failed: bool,
+    },
 }
 
 impl Supervisor {
@@ -175,7 +184,24 @@ impl Supervisor {
                     "{}: attached through the control socket, but the configuration now has a sandbox of that name",
                     a.name
                 ),
-                Err(e) => tracing::warn!("{}: no longer attached: {e}", a.name),
+                // Its policy is gone from the configuration: deny-all, never let go.
+                Err(e) if !self.slots.contains_key(&a.name) => {
+                    tracing::error!(
+                        "{}: attached through the control socket, but {e}; it gets no egress at \
+                         all (deny-all) until it is detached or attached again",
+                        a.name
+                    );
+                    let name = match &a.policy {
+                        PolicyRef::Named(n) => n.clone(),
+                        PolicyRef::Inline { source, .. } => source.display().to_string(),
+                    };
+                    let mut slot =
+                        Slot::new(a.cgroup, name, Policy::deny_all(), Origin::Control(a.policy));
+                    slot.policy_missing =
+                        Some("the daemon's record of control-socket attaches".into());
+                    self.slots.insert(a.name.clone(), slot);
+                }
+                Err(e) => tracing::warn!("{}: {e}", a.name),
             }
         }
         // The containers running now, before anything pinned is judged unwanted.
@@ -243,20 +269,10 @@ impl Supervisor {
                 Err(e) => tracing::warn!(sandbox = name, "{e}"),
             }
         }
-        let link_pins = match slot.origin {
-            Origin::Child { .. } => LinkPins::Inherited,
-            _ => LinkPins::Daemon(self.root.clone()),
-        };
-        let identity = Identity {
-            container: slot.container.as_ref().map(Container::label),
-            pod: slot
-                .pod
-                .as_ref()
-                .map(|p| PodName { namespace: p.namespace.clone(), name: p.name.clone() }),
-        };
-        let result = self.start_on(name, &path, slot.policy.clone(), link_pins, identity).await;
-        let Some(slot) = self.slots.get_mut(name) else { return };
-        slot.state = match result {
+        let policy = slot.policy.clone();
+        let (link_pins, identity) = (self.link_pins(name), self.identity(name));
+        let result = self.start_on(name, &path, policy, link_pins, identity).await;
+        let state = match result {
             Ok(sandbox) => {
                 let how = if sandbox.enforcer().adopted() { "re-adopted" } else { "enforcing" };
                 tracing::info!(
@@ -264,17 +280,23 @@ impl Supervisor {
                     "{how} {} (cgroup id {}): policy {}, {} mode, {} allow entries",
                     path.display(),
                     sandbox.enforcer().sandbox_id(),
-                    slot.policy_name,
+                    self.slots.get(name).map_or("", |s| s.policy_name.as_str()),
                     sandbox.policy().mode.name(),
                     sandbox.enforcer().current().entries.len()
                 );
+                if let Some(slot) = self.slots.get_mut(name) {
+                    slot.standin = None;
+                }
                 State::Enforcing(Box::new(sandbox))
             }
             Err(Missing(why)) => {
-                if !matches!(&slot.state, State::Waiting { why: w, .. } if *w == why) {
+                let same = self.slots.get(name).is_some_and(
+                    |s| matches!(&s.state, State::Waiting { why: w, .. } if *w == why),
+                );
+                if !same {
                     tracing::info!(sandbox = name, "waiting: {why}");
                 }
-                State::Waiting { why, next_try: Instant::now() + MISSING_RETRY }
+                State::Waiting { why, next_try: Instant::now() + MISSING_RETRY, failed: false }
             }
             Err(Failed(e)) => {
                 *self.attach_errors.entry(name.to_owned()).or_default() += 1;
@@ -283,12 +305,36 @@ impl Supervisor {
                     "attaching to {} failed (retrying): {e}",
                     path.display()
                 );
-                State::Waiting { why: e.to_string(), next_try: Instant::now() + FAILED_RETRY }
+                let (pins, identity) = (self.link_pins(name), self.identity(name));
+                self.stand_in(name, &path, pins, identity, e.to_string()).await
             }
         };
+        let enforcing = matches!(state, State::Enforcing(_));
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        slot.state = state;
+        if enforcing {
+            self.report_missing(name);
+        }
     }
 
-    async fn start_on(
+    fn link_pins(&self, name: &str) -> LinkPins {
+        match self.slots.get(name).map(|s| &s.origin) {
+            Some(Origin::Child { .. }) => LinkPins::Inherited,
+            _ => LinkPins::Daemon(self.root.clone()),
+        }
+    }
+
+    fn identity(&self, name: &str) -> Identity {
+        let slot = self.slots.get(name);
+        Identity {
+            container: slot.and_then(|s| s.container.as_ref()).map(Container::label),
+            pod: slot
+                .and_then(|s| s.pod.as_ref())
+                .map(|p| PodName { namespace: p.namespace.clone(), name: p.name.clone() }),
+        }
+    }
+
+    pub(super) async fn start_on(
         &mut self,
         name: &str,
         path: &Path,
@@ -341,7 +387,11 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(name) else { return Ok(()) };
         let state = std::mem::replace(
             &mut slot.state,
-            State::Waiting { why: "detached".into(), next_try: Instant::now() + MISSING_RETRY },
+            State::Waiting {
+                why: "detached".into(),
+                next_try: Instant::now() + MISSING_RETRY,
+                failed: false,
+            },
         );
         if let State::Enforcing(sandbox) = state {
             let id = sandbox.enforcer().sandbox_id();
@@ -485,6 +535,7 @@ impl Supervisor {
         for name in due {
             self.try_start(&name).await;
         }
+        self.retry_standins().await;
         // Sandboxes attached before their first process (pods): their DNS proxy moves into
         // the processes' network namespace once there are some.
         let dp = &mut self.dp;
@@ -590,21 +641,13 @@ impl Supervisor {
                     self.try_start(&s.name).await;
                     changed += 1;
                 }
-                Some(_) => {
-                    let slot = self.slots.get_mut(&s.name).expect("present");
-                    if slot.policy == policy && slot.policy_name == s.policy {
-                        continue;
+                Some(_) => match self.set_policy(&s.name, s.policy.clone(), policy, None).await {
+                    Ok(true) => changed += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        problems.push(format!("{}: {e}; it keeps its previous policy", s.name))
                     }
-                    if let State::Enforcing(sb) = &mut slot.state
-                        && let Err(e) = sb.reload(&mut self.dp, policy.clone()).await
-                    {
-                        problems.push(format!("{}: {e}; it keeps its previous policy", s.name));
-                        continue;
-                    }
-                    slot.policy = policy;
-                    slot.policy_name = s.policy.clone();
-                    changed += 1;
-                }
+                },
             }
         }
         for name in dropped {
@@ -804,7 +847,14 @@ impl Supervisor {
                 }
                 s
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let not_enforcing = self.not_enforcing();
+        let mut sandboxes = sandboxes;
+        for n in &not_enforcing {
+            if let Some(s) = sandboxes.iter_mut().find(|s| s.name == n.sandbox) {
+                s.problem = Some(format!("{}: {}", n.reason, n.detail));
+            }
+        }
         let stats_entries = self.dp.maps_ref().stats().map(|s| s.len()).unwrap_or(0);
         let maps = crate::metrics::map_usage(&self.gauges(), stats_entries)
             .into_iter()
@@ -817,7 +867,7 @@ impl Supervisor {
             pid: std::process::id(),
             config: self.config.path.clone(),
             pin_root: self.root.path.clone(),
-            ready: true,
+            ready: !not_enforcing.iter().any(crate::metrics::NotEnforcing::blocks_ready),
             programs_adopted: self.dp.programs_adopted(),
             sandboxes,
             maps,
@@ -873,6 +923,7 @@ impl Supervisor {
             attach_errors: self.attach_errors.clone(),
             reload_failures: self.reload_failures,
             tamper: self.tamper.clone(),
+            not_enforcing: self.not_enforcing(),
         });
     }
 
@@ -910,13 +961,19 @@ impl Slot {
             container: None,
             pod: None,
             create: false,
-            state: State::Waiting { why: "not started".into(), next_try: Instant::now() },
+            state: State::Waiting {
+                why: "not started".into(),
+                next_try: Instant::now(),
+                failed: false,
+            },
+            policy_missing: None,
+            standin: None,
         }
     }
 }
 
 /// Why a sandbox did not start.
-enum NotStarted {
+pub(super) enum NotStarted {
     /// Its cgroup is not there (yet): not an error.
     Missing(String),
     Failed(Error),

@@ -84,6 +84,10 @@ pub struct EventRecord {
     pub refused_addresses: Option<Vec<IpAddr>>,
     /// `tamper` events: whether netcontrol put it right (attached or pinned again).
     pub repaired: Option<bool>,
+    /// `policy` events: the policy name the sandbox was given, which does not exist.
+    pub policy: Option<String>,
+    /// `policy` events: where that name came from (a pod's label, a container's label).
+    pub policy_source: Option<String>,
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps into wall-clock time.
@@ -192,6 +196,31 @@ impl EventRecord {
             sandbox: labels.sandbox(sandbox_id),
             count: 1,
             repaired: Some(t.repaired),
+            ..Self::default()
+        }
+    }
+
+    /// A sandbox names a policy that does not exist: it gets none of its egress (deny-all).
+    pub fn policy_missing(
+        policy: &str,
+        source: &str,
+        sandbox_id: u64,
+        audit: bool,
+        labels: &Labels,
+    ) -> Self {
+        Self {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            event: "policy",
+            verdict: if audit { "would_block" } else { "blocked" },
+            reason: "policy_not_found",
+            hook: "daemon",
+            family: "other",
+            protocol: "any",
+            sandbox_id,
+            sandbox: labels.sandbox(sandbox_id),
+            count: 1,
+            policy: Some(policy.to_owned()),
+            policy_source: Some(source.to_owned()),
             ..Self::default()
         }
     }

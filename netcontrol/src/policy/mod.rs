@@ -166,6 +166,21 @@ pub struct Policy {
     pub listen: Vec<Listen>,
 }
 
+impl Policy {
+    /// What a sandbox gets whose policy cannot be had (it names one that does not exist):
+    /// nothing allowed, DNS included (no servers, no proxy to place), every attempt reported.
+    pub fn deny_all() -> Self {
+        Self {
+            dns: DnsSettings {
+                servers: Some(Vec::new()),
+                mode: DnsMode::Resolver,
+                ..Default::default()
+            },
+            ..Self::default()
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(transparent)]

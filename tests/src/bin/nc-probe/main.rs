@@ -28,6 +28,9 @@
 //! `pktinfo-udp` (TARGET = IFACE/DEST), `tiocsti` (TARGET = fd), `sock-packet`. And `capture
 //! IFACE`, which prints `seen NCMARK:<op>` for each frame carrying one of their payloads, until
 //! killed.
+//!
+//! `nc-probe --deny-setns CMD ARGS...` runs CMD under a seccomp filter that fails setns(2)
+//! with EPERM (what a missing capability or an LSM does to a daemon joining a namespace).
 
 mod escape;
 
@@ -41,6 +44,9 @@ use std::{
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--deny-setns") {
+        deny_setns_exec(&args[1..]);
+    }
     if args.is_empty() || !args.len().is_multiple_of(2) {
         eprintln!("usage: nc-probe OP TARGET [OP TARGET]...");
         std::process::exit(2);
@@ -565,4 +571,33 @@ mod dns {
         let pct = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
         (Ok(()), format!(",\"p50_us\":{},\"p99_us\":{}", pct(50), pct(99)))
     }
+}
+
+/// Exec `cmd` with setns(2) failing (EPERM) for it and all its threads.
+fn deny_setns_exec(cmd: &[String]) -> ! {
+    use std::os::unix::process::CommandExt;
+    // Load the syscall number; setns -> ERRNO(EPERM); everything else -> ALLOW. (The
+    // architecture check is left out: the tests run x86_64 binaries only.)
+    const LD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+    let filter = [
+        libc::sock_filter { code: LD_NR, jt: 0, jf: 0, k: 0 },
+        libc::sock_filter { code: JEQ, jt: 0, jf: 1, k: libc::SYS_setns as u32 },
+        libc::sock_filter { code: RET, jt: 0, jf: 0, k: 0x0005_0000 | libc::EPERM as u32 },
+        libc::sock_filter { code: RET, jt: 0, jf: 0, k: 0x7fff_0000 },
+    ];
+    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+    // SAFETY: a valid filter program for the duration of the calls.
+    let r = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::syscall(libc::SYS_seccomp, 1, 1, &raw const prog) // SET_MODE_FILTER, TSYNC
+    };
+    if r != 0 {
+        eprintln!("nc-probe: seccomp: {}", io::Error::last_os_error());
+        std::process::exit(2);
+    }
+    let err = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+    eprintln!("nc-probe: exec {}: {err}", cmd[0]);
+    std::process::exit(2);
 }
