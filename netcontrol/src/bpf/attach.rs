@@ -312,6 +312,53 @@ impl Drop for Attachment {
     }
 }
 
+/// Which of netcontrol's programs run for `cgroup` itself, as the kernel shows it now: all of
+/// its cgroup attach types (`enum bpf_attach_type`: skb ingress/egress, sock_create, bind,
+/// connect, sendmsg, recvmsg, setsockopt, getpeername), programs named `nc_*`.
+fn ours_here(cgroup_path: &Path) -> Result<Vec<String>> {
+    const CGROUP_ATTACH_TYPES: &[u32] = &[0, 1, 2, 8, 9, 10, 11, 14, 15, 19, 20, 22, 29, 30];
+    let dir = cgroup::open(cgroup_path)?;
+    let mut ours = Vec::new();
+    for t in CGROUP_ATTACH_TYPES {
+        let names = sys::cgroup_programs(dir.as_fd(), *t).map_err(|e| {
+            Error::io(format!("asking the kernel about {}", cgroup_path.display()), e)
+        })?;
+        ours.extend(names.into_iter().filter(|n| n.starts_with("nc_")));
+    }
+    Ok(ours)
+}
+
+/// Whether the kernel shows `cgroup` enforced by netcontrol's programs of its own (its
+/// connect4 program, which every sandbox with links has; the kernel keeps 15 bytes of a
+/// name), or (`want` false) free of all of them.
+fn enforced_here(cgroup_path: &Path, want: bool) -> Result<bool> {
+    let ours = ours_here(cgroup_path)?;
+    let connect4 = netcontrol_common::abi::program::CONNECT4;
+    Ok(if want { ours.iter().any(|n| connect4.starts_with(n.as_str())) } else { ours.is_empty() })
+}
+
+/// Wait until the kernel shows `cgroup` enforced (`want`) or not: letting go of a link's last
+/// reference detaches it in deferred work, after the syscall returned.
+pub async fn wait_enforced(cgroup_path: &Path, want: bool) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if enforced_here(cgroup_path, want)? {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::io(
+                format!(
+                    "waiting for the kernel to show {} {}",
+                    cgroup_path.display(),
+                    if want { "enforced" } else { "no longer enforced" }
+                ),
+                io::ErrorKind::TimedOut.into(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Put our program back into the link `id` of `hook`, which runs another.
 fn restore(loaded: &mut Loaded, hook: &'static Hook, id: Option<u32>) -> Result<()> {
     let prog = loaded.program_mut(hook).ok_or(Error::MissingProgram(hook.program))?;

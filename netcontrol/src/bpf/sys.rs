@@ -9,11 +9,15 @@ use std::{
 };
 
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
+/// `enum bpf_attach_type`: connect() of IPv4 sockets.
+pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 /// `enum bpf_attach_type`: the cgroup setsockopt hook.
 pub const BPF_CGROUP_SETSOCKOPT: u32 = 22;
 /// `enum bpf_link_type`.
@@ -169,4 +173,64 @@ pub fn link_cgroup(id: u32) -> Option<u64> {
     let fd = link_by_id(id).ok()?;
     let info = link_info(fd.as_fd()).ok()?;
     (info.type_ == BPF_LINK_TYPE_CGROUP).then_some(info.cgroup_id)
+}
+
+/// The names of the programs attached to the cgroup `cgroup` itself (not its ancestors) at
+/// `attach_type` (BPF_PROG_QUERY, then each program's info).
+pub fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<String>> {
+    #[repr(C)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+    }
+    let mut ids = [0u32; 64];
+    let mut q = Query {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        _pad: 0,
+    };
+    bpf(BPF_PROG_QUERY, &mut q)?;
+    let n = (q.prog_cnt as usize).min(ids.len());
+    let mut names = Vec::with_capacity(n);
+    for id in &ids[..n] {
+        #[repr(C)]
+        struct ById {
+            id: u32,
+            next_id: u32,
+            open_flags: u32,
+        }
+        let Ok(fd) = bpf(BPF_PROG_GET_FD_BY_ID, &mut ById { id: *id, next_id: 0, open_flags: 0 })
+        else {
+            continue; // gone meanwhile
+        };
+        let fd = owned(fd);
+        // struct bpf_prog_info up to and including `name` (at offset 64).
+        let mut info = [0u8; 80];
+        #[repr(C)]
+        struct InfoAttr {
+            bpf_fd: u32,
+            info_len: u32,
+            info: u64,
+        }
+        let mut attr = InfoAttr {
+            bpf_fd: fd.as_raw_fd() as u32,
+            info_len: info.len() as u32,
+            info: info.as_mut_ptr() as u64,
+        };
+        if bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).is_ok() {
+            let name = &info[64..80];
+            let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+            names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        }
+    }
+    Ok(names)
 }

@@ -131,7 +131,13 @@ async fn to_daemon(args: &AttachArgs) -> Result<i32> {
     let request = Request::Attach { name: args.name.clone(), cgroup: cgroup.clone(), policy };
     let response = control::call(&args.socket.path, &request, Duration::from_secs(60)).await?;
     if response.ok {
-        eprintln!("netcontrol: {}", response.message.unwrap_or_default());
+        let message = response.message.unwrap_or_default();
+        // Done only once the kernel runs the programs for it (not when it waits for its
+        // cgroup to appear).
+        if message.starts_with("enforcing on") {
+            crate::bpf::attach::wait_enforced(&crate::cgroup::validate(cgroup)?, true).await?;
+        }
+        eprintln!("netcontrol: {message}");
         Ok(0)
     } else {
         Err(Error::Daemon(response.error.unwrap_or_default()))

@@ -16,15 +16,34 @@ use crate::{
 
 pub async fn main(args: &DetachArgs) -> Result<i32> {
     if control::is_live(&args.socket.path).await {
+        // The cgroup, to see in the kernel when it is done: named, or the sandbox's.
+        let cgroup = match (&args.cgroup, &args.name) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(name)) => {
+                let status =
+                    control::call(&args.socket.path, &Request::Status, Duration::from_secs(30))
+                        .await?;
+                status
+                    .status
+                    .and_then(|s| s.sandboxes.into_iter().find(|b| &b.name == name))
+                    .filter(|b| b.state == "enforcing" && b.origin != "child")
+                    .map(|b| b.cgroup)
+            }
+            (None, None) => None,
+        };
         let request = Request::Detach { name: args.name.clone(), cgroup: args.cgroup.clone() };
         let response = control::call(&args.socket.path, &request, Duration::from_secs(30)).await?;
-        return match response.ok {
-            true => {
-                eprintln!("netcontrol: {}", response.message.unwrap_or_default());
-                Ok(0)
-            }
-            false => Err(Error::Daemon(response.error.unwrap_or_default())),
-        };
+        if !response.ok {
+            return Err(Error::Daemon(response.error.unwrap_or_default()));
+        }
+        // Done only once the kernel no longer runs the programs for it.
+        if let Some(c) = &cgroup
+            && let Ok(path) = cgroup::validate(c)
+        {
+            crate::bpf::attach::wait_enforced(&path, false).await?;
+        }
+        eprintln!("netcontrol: {}", response.message.unwrap_or_default());
+        return Ok(0);
     }
     let Some(cgroup_path) = &args.cgroup else {
         return Err(Error::Daemon(format!(
@@ -53,6 +72,9 @@ pub async fn main(args: &DetachArgs) -> Result<i32> {
             "nothing of netcontrol's is pinned for {}",
             path.display()
         )));
+    }
+    if removed > 0 && live.is_empty() {
+        crate::bpf::attach::wait_enforced(&path, false).await?;
     }
     if removed > 0 {
         eprintln!(
