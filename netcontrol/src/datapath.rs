@@ -234,9 +234,10 @@ impl Datapath {
         Ok(c)
     }
 
-    /// Records netcontrol made itself that found the event queue full.
+    /// Records netcontrol made itself that found the event queue full, and records the
+    /// events output failed to take.
     pub fn injected_lost(&self) -> u64 {
-        self.injector.lost()
+        self.injector.lost() + self.injector.write_failed()
     }
 
     /// Stop reading events after delivering every queued one, and hand the sink back.

@@ -8,6 +8,7 @@
 //! them, [`sandbox`] drives it from a policy and DNS, [`watch`] notices policy file changes;
 //! [`cli`] is the command line.
 
+pub mod backoff;
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;

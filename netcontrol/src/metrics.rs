@@ -320,6 +320,7 @@ impl Collector for KernelCollector {
             self.read_global(GLOBAL_EVENTS_LOST) as f64,
         );
         lost.add(vec![("source", "userspace_queue".into())], self.injector.lost() as f64);
+        lost.add(vec![("source", "events_output".into())], self.injector.write_failed() as f64);
 
         let mut stats_full = Family::new(
             "netcontrol_stats_map_full",

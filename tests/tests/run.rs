@@ -573,3 +573,35 @@ fn floods_hide_no_attempt() {
         );
     }
 }
+
+/// An events file that cannot be written any more (a full disk) stops neither the pump nor
+/// the run: it is said once, the records that could not be written are counted as lost, and
+/// the command's status is the run's.
+#[test]
+fn a_full_disk_under_the_events_file_is_said_and_survived() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    netcontrol_tests::sh(&format!("mount -t tmpfs -o size=8k,mode=0755 none {}", small.display()));
+    let events = small.join("e.jsonl");
+    let probe = probe_bin();
+    let out = netcontrol(&[
+        "run",
+        "--events",
+        events.to_str().expect("utf8"),
+        "--",
+        probe.to_str().expect("utf8"),
+        "udp-spray:400",
+        "127.0.0.10:20000",
+    ]);
+    netcontrol_tests::sh(&format!("umount {}", small.display()));
+    assert_eq!(out.status.code(), Some(0), "the command's status: {}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("writing events failed").count(), 1, "said once: {stderr}");
+    assert!(stderr.contains("netcontrol: 400 connection attempts blocked"), "{stderr}");
+    assert!(stderr.contains("lost"), "the lost records are counted: {stderr}");
+}

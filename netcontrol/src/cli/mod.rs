@@ -584,7 +584,8 @@ pub fn summary(counts: &Counts, sink: &Sink) -> Option<String> {
     };
     let lost = if counts.events_lost > 0 {
         format!(
-            "; {} attempts reported nowhere (the event buffer and the denial counts were full)",
+            "; {} attempts reported nowhere (the event buffer and the denial counts were \
+             full, or the events output failed)",
             counts.events_lost
         )
     } else {

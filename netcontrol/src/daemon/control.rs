@@ -163,8 +163,19 @@ pub async fn listen(path: &Path, calls: mpsc::Sender<Call>) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| err("setting the mode of", e))?;
     tokio::spawn(async move {
+        let mut backoff = crate::backoff::Backoff::new("control socket: accepting");
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff.ok();
+                    stream
+                }
+                Err(e) if crate::backoff::transient(&e) => continue,
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            };
             let calls = calls.clone();
             tokio::spawn(async move {
                 if let Err(e) = serve(stream, calls).await {

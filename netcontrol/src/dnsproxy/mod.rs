@@ -16,6 +16,7 @@ pub mod asker;
 pub mod message;
 pub mod upstream;
 
+use crate::backoff::Backoff;
 use std::{
     net::{IpAddr, SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket},
     sync::{
@@ -57,10 +58,6 @@ pub const MAX_TCP_SESSIONS: usize = 32;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Queries of one sandbox being answered at once; beyond it, SERVFAIL at once.
 pub const MAX_IN_FLIGHT: usize = 256;
-/// How long accepting or receiving waits after an error such as "too many open files",
-/// doubling up to the most (no busy loop while the error lasts).
-const BACKOFF_FIRST: Duration = Duration::from_millis(10);
-const BACKOFF_MOST: Duration = Duration::from_secs(1);
 
 /// How a sandbox's queries are handled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,52 +275,17 @@ fn bind_pair(ip: IpAddr) -> std::io::Result<Pair> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no port for the DNS proxy")))
 }
 
-/// Waiting after errors that last (out of fds, of memory): doubling, reset by a success.
-struct Backoff {
-    next: Duration,
-    what: &'static str,
-}
-
-impl Backoff {
-    fn new(what: &'static str) -> Self {
-        Self { next: BACKOFF_FIRST, what }
-    }
-
-    fn ok(&mut self) {
-        self.next = BACKOFF_FIRST;
-    }
-
-    async fn failed(&mut self, e: &std::io::Error) {
-        // The first wait of a run of errors says so; the following ones are counted only.
-        if self.next == BACKOFF_FIRST {
-            tracing::warn!("DNS proxy: {}: {e}; retrying with backoff", self.what);
-        }
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(BACKOFF_MOST);
-    }
-}
-
-/// Errors that say a connection failed, not the socket: take the next one at once.
-fn transient(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNABORTED | libc::ECONNRESET | libc::ECONNREFUSED | libc::EINTR | libc::EAGAIN
-        )
-    )
-}
-
 async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     let local = sock.local_addr().ok();
     let mut buf = vec![0u8; 65_535];
-    let mut backoff = Backoff::new("receiving a query");
+    let mut backoff = Backoff::new("DNS proxy: receiving a query");
     loop {
         let (n, client) = match sock.recv_from(&mut buf).await {
             Ok(got) => {
                 backoff.ok();
                 got
             }
-            Err(e) if transient(&e) => continue,
+            Err(e) if crate::backoff::transient(&e) => continue,
             Err(e) => {
                 backoff.failed(&e).await;
                 continue;
@@ -349,14 +311,14 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
 }
 
 async fn serve_tcp(listener: TcpListener, ctx: Arc<Ctx>) {
-    let mut backoff = Backoff::new("accepting a TCP connection");
+    let mut backoff = Backoff::new("DNS proxy: accepting a TCP connection");
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(got) => {
                 backoff.ok();
                 got
             }
-            Err(e) if transient(&e) => continue,
+            Err(e) if crate::backoff::transient(&e) => continue,
             Err(e) => {
                 backoff.failed(&e).await;
                 continue;

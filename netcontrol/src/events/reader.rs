@@ -50,6 +50,8 @@ pub struct EventPump {
 pub struct Injector {
     tx: mpsc::Sender<EventRecord>,
     lost: Arc<AtomicU64>,
+    /// Records the sink failed to write (a full disk): counted, and the pump goes on.
+    write_failed: Arc<AtomicU64>,
 }
 
 impl Injector {
@@ -62,6 +64,11 @@ impl Injector {
     /// Records that found the queue full.
     pub fn lost(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Records the events output failed to take.
+    pub fn write_failed(&self) -> u64 {
+        self.write_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -80,8 +87,11 @@ impl EventPump {
         let (stop, stopped) = oneshot::channel();
         let (tx, rx) = mpsc::channel(INJECT_QUEUE);
         let summaries = Summaries { denials, seen: HashMap::new() };
-        let task = tokio::spawn(pump(fd, rx, summaries, sink, labels, Clock::new(), stopped));
-        Ok(Self { stop, task, injector: Injector { tx, lost: Arc::new(AtomicU64::new(0)) } })
+        let write_failed = Arc::new(AtomicU64::new(0));
+        let out = Output { sink, failing: false, failed: write_failed.clone() };
+        let task = tokio::spawn(pump(fd, rx, summaries, out, labels, Clock::new(), stopped));
+        let injector = Injector { tx, lost: Arc::new(AtomicU64::new(0)), write_failed };
+        Ok(Self { stop, task, injector })
     }
 
     pub fn injector(&self) -> Injector {
@@ -95,11 +105,62 @@ impl EventPump {
     }
 }
 
+/// The sink, and whether it is failing: a write error (a full disk) must not stop the pump
+/// for good. It is said once per run of failures, each record lost is counted
+/// (`netcontrol_events_lost_total{source="events_output"}`), and writing goes on.
+struct Output {
+    sink: Sink,
+    failing: bool,
+    failed: Arc<AtomicU64>,
+}
+
+impl Output {
+    /// A write or a drain: a success may only have filled the buffer, so only a failure
+    /// counts here.
+    fn survive<T>(&mut self, r: Result<T>) {
+        if let Err(e) = r {
+            self.failed(&e);
+        }
+    }
+
+    /// A drain: it flushed what it wrote, if it wrote anything.
+    fn survive_drain(&mut self, r: Result<usize>) {
+        match r {
+            Ok(0) => {}
+            Ok(_) => self.survive_flush(Ok(())),
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// A flush: its success says writing works.
+    fn survive_flush(&mut self, r: Result<()>) {
+        match r {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("writing events works again");
+            }
+            Ok(()) => {}
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn failed(&mut self, e: &Error) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if !self.failing {
+            self.failing = true;
+            tracing::error!(
+                "writing events failed: {e}; each event that cannot be written is counted as \
+                 lost until writing works again"
+            );
+        }
+    }
+}
+
 async fn pump(
     mut fd: AsyncFd<RingBuf<MapData>>,
     mut injected: mpsc::Receiver<EventRecord>,
     mut summaries: Summaries,
-    mut sink: Sink,
+    mut out: Output,
     labels: Labels,
     clock: Clock,
     mut stopped: oneshot::Receiver<()>,
@@ -115,34 +176,46 @@ async fn pump(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("waiting for events", e))?;
-                drain(guard.get_inner_mut(), &mut sink, &labels, clock)?;
+                let r = drain(guard.get_inner_mut(), &mut out.sink, &labels, clock);
+                out.survive_drain(r);
                 guard.clear_ready();
                 // An event committed between the drain and clear_ready woke nobody: look again.
-                drain(fd.get_mut(), &mut sink, &labels, clock)?;
+                let r = drain(fd.get_mut(), &mut out.sink, &labels, clock);
+                out.survive_drain(r);
             }
             Some(record) = injected.recv() => {
-                sink.write(&record)?;
+                let r = out.sink.write(&record);
+                out.survive(r);
                 while let Ok(record) = injected.try_recv() {
-                    sink.write(&record)?;
+                    let r = out.sink.write(&record);
+                    out.survive(r);
                 }
-                sink.flush()?;
+                let r = out.sink.flush();
+                out.survive_flush(r);
             }
             _ = tick.tick() => {
-                drain(fd.get_mut(), &mut sink, &labels, clock)?;
+                let r = drain(fd.get_mut(), &mut out.sink, &labels, clock);
+                out.survive_drain(r);
             }
             _ = summary_tick.tick() => {
                 // Events first, so that a summary follows the events of its key.
-                drain(fd.get_mut(), &mut sink, &labels, clock)?;
-                summaries.sweep(&mut sink, &labels, clock, false)?;
+                let r = drain(fd.get_mut(), &mut out.sink, &labels, clock);
+                out.survive_drain(r);
+                let r = summaries.sweep(&mut out.sink, &labels, clock, false);
+                out.survive(r);
             }
             _ = &mut stopped => {
-                drain(fd.get_mut(), &mut sink, &labels, clock)?;
+                let r = drain(fd.get_mut(), &mut out.sink, &labels, clock);
+                out.survive_drain(r);
                 while let Ok(record) = injected.try_recv() {
-                    sink.write(&record)?;
+                    let r = out.sink.write(&record);
+                    out.survive(r);
                 }
-                summaries.sweep(&mut sink, &labels, clock, true)?;
-                sink.flush()?;
-                return Ok(sink);
+                let r = summaries.sweep(&mut out.sink, &labels, clock, true);
+                out.survive(r);
+                let r = out.sink.flush();
+                out.survive_flush(r);
+                return Ok(out.sink);
             }
         }
     }
