@@ -48,6 +48,8 @@ struct Pinned {
     kind: MapType,
     key_size: usize,
     value_size: usize,
+    /// 0 for the ring buffer: its size is `--event-buffer`'s.
+    max_entries: u32,
 }
 
 const LPM_KEY_PREFIX: usize = 4; // the prefix length word in front of LPM key data
@@ -58,56 +60,77 @@ const PINNED: &[Pinned] = &[
         kind: MapType::Hash,
         key_size: 8,
         value_size: size_of::<SandboxValue>(),
+        max_entries: abi::SANDBOXES_MAX,
     },
     Pinned {
         name: abi::map::ALLOW_V4,
         kind: MapType::LpmTrie,
         key_size: LPM_KEY_PREFIX + size_of::<V4Key>(),
         value_size: size_of::<AllowValue>(),
+        max_entries: abi::ALLOW_V4_MAX,
     },
     Pinned {
         name: abi::map::ALLOW_V6,
         kind: MapType::LpmTrie,
         key_size: LPM_KEY_PREFIX + size_of::<V6Key>(),
         value_size: size_of::<AllowValue>(),
+        max_entries: abi::ALLOW_V6_MAX,
     },
     Pinned {
         name: abi::map::STATS,
         kind: MapType::PerCpuHash,
         key_size: size_of::<StatsKey>(),
         value_size: 8,
+        max_entries: abi::STATS_MAX,
     },
-    Pinned { name: abi::map::GLOBAL, kind: MapType::PerCpuArray, key_size: 4, value_size: 8 },
-    Pinned { name: abi::map::EVENTS, kind: MapType::RingBuf, key_size: 0, value_size: 0 },
+    Pinned {
+        name: abi::map::GLOBAL,
+        kind: MapType::PerCpuArray,
+        key_size: 4,
+        value_size: 8,
+        max_entries: abi::GLOBAL_LEN,
+    },
+    Pinned {
+        name: abi::map::EVENTS,
+        kind: MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+        max_entries: 0,
+    },
     Pinned {
         name: abi::map::DNS_ORIGINS,
         kind: MapType::LruHash,
         key_size: 8,
         value_size: size_of::<DnsOrigin>(),
+        max_entries: abi::DNS_ORIGINS_MAX,
     },
     Pinned {
         name: abi::map::RECENT,
         kind: MapType::LruHash,
         key_size: size_of::<RecentKey>(),
         value_size: 8,
+        max_entries: abi::RECENT_MAX,
     },
     Pinned {
         name: abi::map::DENIALS,
         kind: MapType::Hash,
         key_size: size_of::<DenialKey>(),
         value_size: size_of::<DenialValue>(),
+        max_entries: abi::DENIALS_MAX,
     },
     Pinned {
         name: abi::map::DENIALS_REPORTED,
         kind: MapType::Hash,
         key_size: size_of::<DenialKey>(),
         value_size: 8,
+        max_entries: abi::DENIALS_MAX,
     },
     Pinned {
         name: abi::map::BUDGET,
         kind: MapType::LruHash,
         key_size: 8,
         value_size: size_of::<Window>(),
+        max_entries: abi::SANDBOXES_MAX,
     },
 ];
 
@@ -139,7 +162,18 @@ impl Datapath {
         if let Some(root) = pins {
             let dir = root.daemon_maps();
             crate::bpf::pins::create_private_dir(&dir)?;
-            check_pinned(&dir)?;
+            if let Some(why) = check_pinned(&dir, opts.events_bytes.unwrap_or(abi::EVENTS_BYTES))? {
+                // Pinned maps cannot be resized: start a new set, and take over from the old
+                // one once this daemon's links are attached (see daemon/upgrade.rs).
+                let aside = root.set_daemon_aside()?;
+                tracing::warn!(
+                    "{why}: starting new maps and programs; the old ones ({}) keep enforcing \
+                     until this daemon has taken over (addresses learned from DNS are learned \
+                     anew)",
+                    aside.display()
+                );
+                crate::bpf::pins::create_private_dir(&dir)?;
+            }
             opts.map_pins = PINNED.iter().map(|m| (m.name, dir.join(m.name))).collect();
             opts.program_pins = Some(root.daemon_programs());
         }
@@ -284,8 +318,10 @@ pub fn gaps(missing: &[Missing], covered: &[&str]) -> Option<String> {
     Some(format!("this kernel does not let netcontrol close: {}", parts.join("; ")))
 }
 
-/// Refuse pinned maps this version would misread (aya re-adopts pins without looking).
-fn check_pinned(dir: &Path) -> Result<()> {
+/// Refuse pinned maps this version would misread (aya re-adopts pins without looking); say
+/// which one is of another size (the ring buffer after a changed `--event-buffer`).
+fn check_pinned(dir: &Path, events_bytes: u32) -> Result<Option<String>> {
+    let mut resized = None;
     for m in PINNED {
         let path: PathBuf = dir.join(m.name);
         if !path.exists() {
@@ -314,6 +350,14 @@ fn check_pinned(dir: &Path) -> Result<()> {
                 ),
             });
         }
+        let want = if m.max_entries == 0 { events_bytes } else { m.max_entries };
+        if info.max_entries() != want && resized.is_none() {
+            resized = Some(format!(
+                "pinned map {} holds {} entries, this daemon wants {want}",
+                path.display(),
+                info.max_entries()
+            ));
+        }
     }
-    Ok(())
+    Ok(resized)
 }

@@ -660,3 +660,94 @@ fn a_dns_proxy_that_cannot_be_placed_leaves_nothing_open() {
     let _ = resident.wait();
     netcontrol_tests::sh(&format!("ip netns del {ns}"));
 }
+
+/// A daemon of another pin ABI version left its links (a fixture: this version's tree, stopped
+/// and renamed to the previous version's name, so that the new daemon neither reads nor
+/// updates it). The new daemon attaches its own first, then removes the old ones: a loop
+/// sees no gap, a destination the new configuration adds is reachable (no intersection with
+/// the old policy), and the old tree is gone.
+#[test]
+fn another_abi_version_is_taken_over_without_a_gap() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10", "127.0.0.11", "127.0.0.12"]);
+    let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11", "127.0.0.12"]);
+    let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
+    let added = format!("127.0.0.12:{port}");
+    let cg = TestCgroup::new();
+    let config = |allow: &str| {
+        format!(
+            "policies:\n  web:\n    allow: [{allow}]\nsandboxes:\n{}",
+            sandbox_yaml("job", &cg.path, "web")
+        )
+    };
+    let mut d = Daemon::new(&config(&format!("\"{allowed}\"")));
+    d.start();
+    d.stop();
+    let version = netcontrol_common::abi::PIN_ABI_VERSION;
+    let (ours, previous) =
+        (d.pin_root.join(format!("v{version}")), d.pin_root.join(format!("v{}", version - 1)));
+    std::fs::rename(&ours, &previous).expect("the fixture: rename the tree");
+    assert!(tcp_in(&cg.path, &denied).is_eperm(), "the old version's links enforce");
+    assert!(!tcp_in(&cg.path, &added).ok, "and know nothing of the addition");
+
+    let loop_log = d.dir.path().join("loop.jsonl");
+    let mut looper = keep_trying(&cg.path, &[&denied, &allowed], &loop_log);
+    d.write_config(&config(&format!("\"{allowed}\", \"{added}\"")));
+    d.start();
+    let took_over = within(Duration::from_secs(10), || !previous.exists());
+    assert!(took_over.is_some(), "the old tree is removed: {}", d.log());
+    assert!(tcp_in(&cg.path, &added).ok, "the addition takes effect");
+    assert!(tcp_in(&cg.path, &denied).is_eperm());
+    let _ = looper.kill();
+    let _ = looper.wait();
+    assert!(never_open(&loop_log, &denied) > 0, "the loop ran");
+    assert_eq!(attached_programs(&cg.path), CGROUP_HOOKS, "no lingering old links");
+    let log = d.stop();
+    assert!(log.contains("took over cgroup"), "{log}");
+}
+
+/// Pinned maps cannot be resized: a daemon started with another `--event-buffer` sets the old
+/// pins aside, starts its own, and takes over from the old ones without a gap.
+#[test]
+fn a_changed_event_buffer_takes_effect_without_a_gap() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10", "127.0.0.11"]);
+    let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11"]);
+    let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
+    let cg = TestCgroup::new();
+    let mut d = Daemon::new(&format!(
+        "policies:\n  web:\n    allow: [\"{allowed}\"]\nsandboxes:\n{}",
+        sandbox_yaml("job", &cg.path, "web")
+    ));
+    d.start();
+    d.stop();
+    let loop_log = d.dir.path().join("loop.jsonl");
+    let mut looper = keep_trying(&cg.path, &[&denied, &allowed], &loop_log);
+    d.start_with(&["--event-buffer", "512"]);
+    let version = netcontrol_common::abi::PIN_ABI_VERSION;
+    let aside = || {
+        std::fs::read_dir(&d.pin_root)
+            .expect("pin root")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&format!("v{version}_aside_")))
+    };
+    assert!(within(Duration::from_secs(10), || !aside()).is_some(), "taken over: {}", d.log());
+    let _ = looper.kill();
+    let _ = looper.wait();
+    assert!(never_open(&loop_log, &denied) > 0, "the loop ran");
+    assert_eq!(attached_programs(&cg.path), CGROUP_HOOKS, "no lingering old links");
+    let events = d.pin_root.join(format!("v{version}/daemon/maps/EVENTS"));
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(&events)
+        .output()
+        .expect("bpftool");
+    let map: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(map["max_entries"], 512 * 1024, "{map}");
+    let log = d.stop();
+    assert!(log.contains("holds 1048576 entries, this daemon wants 524288"), "{log}");
+}

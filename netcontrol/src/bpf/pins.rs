@@ -108,6 +108,17 @@ impl PinRoot {
         Self::open(root)
     }
 
+    /// A pin tree of another version found next to ours (see `other_versions`): read and
+    /// removed only, never created.
+    pub fn other(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// Whether anything of standalone `run` / `attach` processes is pinned in this tree.
+    pub fn has_standalone(&self) -> bool {
+        fs::read_dir(self.standalone()).is_ok_and(|mut e| e.next().is_some())
+    }
+
     fn standalone(&self) -> PathBuf {
         self.path.join("standalone")
     }
@@ -124,14 +135,35 @@ impl PinRoot {
             .filter(|e| {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
+                // `v<N>`, or a set put aside (`v<N>_aside_<time>`).
+                let version = name.strip_prefix('v').map(|n| n.split('_').next().unwrap_or(""));
                 name != ours
-                    && name.strip_prefix('v').is_some_and(|n| n.parse::<u32>().is_ok())
+                    && version.is_some_and(|n| n.parse::<u32>().is_ok())
                     && e.file_type().is_ok_and(|t| t.is_dir())
             })
             .map(|e| e.path())
             .collect();
         found.sort();
         found
+    }
+
+    /// Move the daemon's pins (maps, programs, links) into a tree of their own next to this
+    /// one, `v<N>_aside_<unix time>`, where they keep enforcing until a daemon takes over
+    /// from them as from another version's. Returns where they went.
+    pub fn set_daemon_aside(&self) -> Result<PathBuf> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = format!("v{PIN_ABI_VERSION}_aside_{secs}");
+        let aside = self.path.with_file_name(name);
+        create_private_dir(&aside)?;
+        let to = aside.join("daemon");
+        fs::rename(self.path.join("daemon"), &to).map_err(|source| Error::Pin {
+            op: "setting aside",
+            path: self.path.join("daemon"),
+            source,
+        })?;
+        Ok(aside)
     }
 
     /// The daemon's maps.
@@ -282,6 +314,30 @@ fn check_parent(root: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Remove a pin tree and everything in it (programs, maps, links: each goes once nothing
+/// else holds it).
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            // Never follow a link out of the tree (bpffs has none of its own).
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path())?;
+            } else {
+                fs::remove_file(e.path()).map_err(|source| Error::Pin {
+                    op: "removing",
+                    path: e.path(),
+                    source,
+                })?;
+            }
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Pin { op: "removing", path: dir.to_owned(), source }),
+    }
 }
 
 /// Remove a pin directory: each link pin removed detaches that link once no process holds

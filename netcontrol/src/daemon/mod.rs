@@ -8,6 +8,7 @@ pub mod control;
 pub mod pods;
 pub mod runtime;
 pub mod supervisor;
+mod upgrade;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 

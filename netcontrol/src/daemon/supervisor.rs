@@ -40,7 +40,7 @@ const DOCKER_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Supervisor {
     pub(super) dp: Datapath,
-    root: PinRoot,
+    pub(super) root: PinRoot,
     pub(super) mount: PathBuf,
     pub(super) config: Config,
     pub(super) slots: BTreeMap<String, Slot>,
@@ -60,7 +60,7 @@ pub struct Supervisor {
     /// Like `docker_synced`, for the pods.
     pub(super) pods_synced: bool,
     /// The global hooks' links (BPF LSM), attached once for every sandbox.
-    global: Option<Attachment>,
+    pub(super) global: Option<Attachment>,
     /// Tampering found, by sandbox name ("global" for the global hooks).
     tamper: BTreeMap<String, u64>,
 }
@@ -156,14 +156,6 @@ impl Supervisor {
         if let Some(line) = crate::datapath::gaps(self.dp.missing(), &[]) {
             tracing::warn!("{line}");
         }
-        for old in self.root.other_versions() {
-            tracing::warn!(
-                "{} holds pins of another netcontrol version: its links keep enforcing that \
-                 version's last policies alongside this daemon's (they can only deny more); \
-                 removing that directory detaches them",
-                old.display()
-            );
-        }
         // The global hooks first: they judge every sandbox's tasks by the sandbox table.
         match self.dp.attach(&self.mount, Some(&self.root.daemon_global()), Scope::Global) {
             Ok(a) => self.global = Some(a),
@@ -225,6 +217,8 @@ impl Supervisor {
         for name in &names {
             self.try_start(name).await;
         }
+        // Ours are attached: now the links of other versions go (make before break).
+        self.retire_other_versions();
         self.collect_garbage();
         self.save_runtime();
         self.publish();
@@ -367,7 +361,7 @@ impl Supervisor {
         Sandbox::start(&mut self.dp, spec).await.map_err(Failed)
     }
 
-    fn enforcing(&self) -> impl Iterator<Item = (&String, &Sandbox)> {
+    pub(super) fn enforcing(&self) -> impl Iterator<Item = (&String, &Sandbox)> {
         self.slots.iter().filter_map(|(n, s)| match &s.state {
             State::Enforcing(sb) => Some((n, sb.as_ref())),
             State::Waiting { .. } => None,
@@ -536,6 +530,8 @@ impl Supervisor {
             self.try_start(&name).await;
         }
         self.retry_standins().await;
+        // A sandbox another version still enforced may be ours now.
+        self.retire_other_versions();
         // Sandboxes attached before their first process (pods): their DNS proxy moves into
         // the processes' network namespace once there are some.
         let dp = &mut self.dp;
