@@ -98,12 +98,20 @@ impl Enforcer {
         if policy == self.current {
             return Ok(());
         }
-        dp.maps().apply_entries(self.policy_id, &self.current.entries, &policy.entries)?;
-        dp.maps().apply_entries(
-            self.policy_id | LISTEN_POLICY_BIT,
-            &self.current.listen,
-            &policy.listen,
-        )?;
+        let applied = dp
+            .maps()
+            .apply_entries(self.policy_id, &self.current.entries, &policy.entries)
+            .and_then(|()| {
+                dp.maps().apply_entries(
+                    self.policy_id | LISTEN_POLICY_BIT,
+                    &self.current.listen,
+                    &policy.listen,
+                )
+            });
+        if let Err(e) = applied {
+            self.resync(dp);
+            return Err(e);
+        }
         let value = policy.sandbox_value(self.policy_id);
         if value != self.current.sandbox_value(self.policy_id) {
             dp.maps().set_sandbox(self.sandbox_id, value)?;
@@ -127,7 +135,10 @@ impl Enforcer {
         if current == value.as_ref() {
             return Ok(());
         }
-        dp.maps().put_host(self.policy_id, ip, value.as_ref())?;
+        if let Err(e) = dp.maps().put_host(self.policy_id, ip, value.as_ref()) {
+            self.resync(dp);
+            return Err(e);
+        }
         match (ip, value) {
             (IpAddr::V4(a), Some(v)) => drop(self.current.entries.v4.insert((32, a.octets()), v)),
             (IpAddr::V6(a), Some(v)) => drop(self.current.entries.v6.insert((128, a.octets()), v)),
@@ -135,6 +146,22 @@ impl Enforcer {
             (IpAddr::V6(a), None) => drop(self.current.entries.v6.remove(&(128, a.octets()))),
         }
         Ok(())
+    }
+
+    /// After a map write failed part way (a full trie), what the maps hold is no longer what
+    /// `current` says: read it back, so that the next diff (and the detach) starts from the
+    /// truth and no entry outlives the sandbox for a later owner of its policy id.
+    fn resync(&mut self, dp: &Datapath) {
+        let listen_id = self.policy_id | LISTEN_POLICY_BIT;
+        match (dp.maps_ref().entries_of(self.policy_id), dp.maps_ref().entries_of(listen_id)) {
+            (Ok(entries), Ok(listen)) => {
+                self.current.entries = entries;
+                self.current.listen = listen;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("reading back the entries of policy {}: {e}", self.policy_id)
+            }
+        }
     }
 
     /// When the sandbox last connected to a DNS-learned address (CLOCK_MONOTONIC ns).

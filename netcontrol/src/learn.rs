@@ -5,6 +5,9 @@
 //! - An address still connected to when that runs out is kept another `grace` (the kernel
 //!   timestamps connects to learned addresses).
 //! - At most `max_ips` addresses per name: the ones expiring first go, and are counted.
+//! - At most `MAX_LEARNED` addresses per sandbox, whatever the names: the daemon's allow tries
+//!   are shared, and one sandbox whose wildcard answers ever more addresses must not fill
+//!   them for all. Beyond it, its own addresses expiring first go, and are counted.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -14,6 +17,9 @@ use std::{
 
 use crate::resolve::Settings;
 
+/// Addresses one sandbox may have learned at once (under 1% of the shared IPv4 trie).
+pub const MAX_LEARNED: usize = 8192;
+
 #[derive(Debug)]
 pub struct LearnedSet {
     settings: Settings,
@@ -22,11 +28,25 @@ pub struct LearnedSet {
     by_name: HashMap<String, BTreeSet<IpAddr>>,
     /// Addresses dropped because of `max_ips`, in all.
     pub dropped_by_cap: u64,
+    /// Addresses dropped because of the sandbox's quota (`quota`), in all.
+    pub dropped_by_quota: u64,
+    quota: usize,
 }
 
 impl LearnedSet {
     pub fn new(settings: Settings) -> Self {
-        Self { settings, by_ip: BTreeMap::new(), by_name: HashMap::new(), dropped_by_cap: 0 }
+        Self::with_quota(settings, MAX_LEARNED)
+    }
+
+    pub fn with_quota(settings: Settings, quota: usize) -> Self {
+        Self {
+            settings,
+            by_ip: BTreeMap::new(),
+            by_name: HashMap::new(),
+            dropped_by_cap: 0,
+            dropped_by_quota: 0,
+            quota: quota.max(1),
+        }
     }
 
     pub fn set_settings(&mut self, settings: Settings) {
@@ -53,7 +73,33 @@ impl LearnedSet {
             }
         }
         changed.extend(self.enforce_cap(name, ips));
+        changed.extend(self.enforce_quota(ips));
         changed
+    }
+
+    /// Keep at most `quota` addresses in all: drop those expiring first (whole addresses,
+    /// every name of them), never one of the answer just taken unless it alone is too long.
+    fn enforce_quota(&mut self, answer: &[(IpAddr, Duration)]) -> BTreeSet<IpAddr> {
+        let excess = self.by_ip.len().saturating_sub(self.quota);
+        if excess == 0 {
+            return BTreeSet::new();
+        }
+        let fresh: BTreeSet<IpAddr> = answer.iter().map(|(ip, _)| *ip).collect();
+        let latest = |names: &BTreeMap<String, Instant>| names.values().max().copied();
+        let mut old: Vec<(Option<Instant>, bool, IpAddr)> =
+            self.by_ip.iter().map(|(ip, names)| (latest(names), fresh.contains(ip), *ip)).collect();
+        // Not fresh before fresh, then expiring first.
+        old.sort_by_key(|(until, fresh, _)| (*fresh, *until));
+        let victims: Vec<IpAddr> = old.into_iter().take(excess).map(|(_, _, ip)| ip).collect();
+        for ip in &victims {
+            let names: Vec<String> =
+                self.by_ip.get(ip).map(|n| n.keys().cloned().collect()).unwrap_or_default();
+            for name in names {
+                self.forget(*ip, &name);
+            }
+        }
+        self.dropped_by_quota += victims.len() as u64;
+        victims.into_iter().collect()
     }
 
     /// Keep at most `max_ips` addresses for `name`: drop those expiring first, never one of
@@ -174,6 +220,27 @@ mod tests {
     }
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_sandbox_learns_at_most_its_quota_whatever_the_names() {
+        let mut l = LearnedSet::with_quota(settings(0, 10), 3);
+        let now = Instant::now();
+        l.learn(now, "a.example.com", &[(ip("192.0.2.1"), secs(10))]);
+        l.learn(now, "b.example.com", &[(ip("192.0.2.2"), secs(20))]);
+        l.learn(now, "c.example.com", &[(ip("192.0.2.3"), secs(30))]);
+        assert_eq!(l.len(), 3);
+        let changed = l.learn(now, "d.example.com", &[(ip("192.0.2.4"), secs(5))]);
+        assert_eq!(l.len(), 3, "the quota holds");
+        assert!(changed.contains(&ip("192.0.2.1")), "the one expiring first went: {changed:?}");
+        assert!(l.names(ip("192.0.2.4")).next().is_some(), "the fresh answer is kept");
+        assert_eq!(l.dropped_by_quota, 1);
+        // An answer longer than the quota keeps what fits.
+        let long: Vec<(IpAddr, Duration)> =
+            (10..15).map(|i| (ip(&format!("198.51.100.{i}")), secs(60))).collect();
+        l.learn(now, "e.example.com", &long);
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.dropped_by_quota, 1 + 5);
     }
 
     #[test]

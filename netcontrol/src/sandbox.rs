@@ -102,6 +102,7 @@ struct ProxyMode {
     index: Index,
     sweep: tokio::time::Interval,
     reported_drops: u64,
+    reported_quota_drops: u64,
 }
 
 /// Something happened to DNS that needs applying ([`Sandbox::next_change`]).
@@ -193,6 +194,7 @@ impl Sandbox {
                     index,
                     sweep,
                     reported_drops: 0,
+                    reported_quota_drops: 0,
                 };
                 let compiled = mode.compiled(&policy)?;
                 (Dns::Proxy(Box::new(mode)), compiled)
@@ -548,6 +550,16 @@ impl ProxyMode {
                 self.learned.dropped_by_cap
             );
             self.reported_drops = self.learned.dropped_by_cap;
+        }
+        if self.learned.dropped_by_quota > self.reported_quota_drops {
+            tracing::warn!(
+                sandbox,
+                "{name}: the sandbox has learned {} addresses from DNS, its quota; {} dropped so \
+                 far (those expiring first)",
+                crate::learn::MAX_LEARNED,
+                self.learned.dropped_by_quota
+            );
+            self.reported_quota_drops = self.learned.dropped_by_quota;
         }
     }
 }
