@@ -6,6 +6,7 @@
 //! policies, learned addresses, counters and queued events carry over.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -247,11 +248,17 @@ impl Datapath {
 
     /// What the kernel has counted for one sandbox so far.
     pub fn counts(&self, sandbox_id: u64) -> Result<Counts> {
-        let mut c = Counts::default();
-        for (k, n) in self.maps.stats()? {
-            if k.sandbox_id != sandbox_id {
-                continue;
-            }
+        Ok(self.counts_by_sandbox()?.0.remove(&sandbox_id).unwrap_or_default())
+    }
+
+    /// Every sandbox's counts from one walk of STATS (a status of thousands of sandboxes must
+    /// not walk it once each), and how many keys it holds.
+    pub fn counts_by_sandbox(&self) -> Result<(HashMap<u64, Counts>, usize)> {
+        let stats = self.maps.stats()?;
+        let keys = stats.len();
+        let mut all: HashMap<u64, Counts> = HashMap::new();
+        for (k, n) in stats {
+            let c = all.entry(k.sandbox_id).or_default();
             match (k.counter, k.verdict) {
                 (COUNTER_EVENTS_LOST, _) => c.events_lost += n,
                 (COUNTER_SUPPRESSED, _) => c.summarized += n,
@@ -265,7 +272,7 @@ impl Datapath {
                 _ => {}
             }
         }
-        Ok(c)
+        Ok((all, keys))
     }
 
     /// Records netcontrol made itself that found the event queue full, and records the

@@ -333,9 +333,13 @@ impl Sandbox {
 
     /// What the kernel and the DNS proxy have counted for this sandbox.
     pub fn counts(&self, dp: &Datapath) -> Result<Counts> {
-        let mut counts = dp.counts(self.enforcer.sandbox_id())?;
+        Ok(self.with_dns(dp.counts(self.enforcer.sandbox_id())?))
+    }
+
+    /// Kernel counts read elsewhere (one walk for many sandboxes), with the DNS proxy's.
+    pub fn with_dns(&self, mut counts: Counts) -> Counts {
         counts.dns_refused = self.dns_stats().map_or(0, |s| s.refused());
-        Ok(counts)
+        counts
     }
 
     /// Wait until DNS changes what the policy allows. Cancel-safe: nothing is lost when the

@@ -111,8 +111,9 @@ pub async fn run(opts: Options) -> Result<i32> {
             Some(event) = next(&mut containers) => sup.docker_event(event).await,
             Some(event) = next(&mut pods) => sup.pod_event(event).await,
             (name, change) = sup.next_change() => {
-                sup.apply(&name, change);
-                sup.publish();
+                if sup.apply(&name, change) {
+                    sup.publish();
+                }
             }
         }
     }

@@ -570,12 +570,22 @@ impl Supervisor {
         select_all(waits).await.0
     }
 
-    pub fn apply(&mut self, name: &str, change: Change) {
-        if let Some(Slot { state: State::Enforcing(s), .. }) = self.slots.get_mut(name)
-            && let Err(e) = s.apply(&mut self.dp, change)
-        {
+    /// Apply a sandbox's DNS change. Returns whether what metrics show of it (its entry
+    /// counts) changed: a sweep that expired nothing needs no new snapshot (every sandbox
+    /// sweeps once a second; publishing each would be quadratic in the sandboxes).
+    pub fn apply(&mut self, name: &str, change: Change) -> bool {
+        let Some(Slot { state: State::Enforcing(s), .. }) = self.slots.get_mut(name) else {
+            return false;
+        };
+        let size = |s: &Sandbox| {
+            let e = &s.enforcer().current().entries;
+            (e.v4.len(), e.v6.len())
+        };
+        let before = size(s);
+        if let Err(e) = s.apply(&mut self.dp, change) {
             tracing::warn!(sandbox = name, "{e}");
         }
+        size(s) != before
     }
 
     /// Re-read the configuration: validated as a whole first (an invalid file changes
@@ -800,6 +810,8 @@ impl Supervisor {
     }
 
     pub fn status(&self) -> Status {
+        // One walk of STATS for every sandbox.
+        let (mut counts_of, stats_entries) = self.dp.counts_by_sandbox().unwrap_or_default();
         let sandboxes = self
             .slots
             .iter()
@@ -822,7 +834,8 @@ impl Supervisor {
                 };
                 match &slot.state {
                     State::Enforcing(sb) => {
-                        let counts = sb.counts(&self.dp).unwrap_or_default();
+                        let id = sb.enforcer().sandbox_id();
+                        let counts = sb.with_dns(counts_of.remove(&id).unwrap_or_default());
                         let entries = &sb.enforcer().current().entries;
                         s.state = "enforcing".into();
                         s.cgroup_id = Some(sb.enforcer().sandbox_id());
@@ -851,7 +864,6 @@ impl Supervisor {
                 s.problem = Some(format!("{}: {}", n.reason, n.detail));
             }
         }
-        let stats_entries = self.dp.maps_ref().stats().map(|s| s.len()).unwrap_or(0);
         let maps = crate::metrics::map_usage(&self.gauges(), stats_entries)
             .into_iter()
             .map(|(map, entries, capacity)| MapUsage { map: map.to_owned(), entries, capacity })
