@@ -30,6 +30,7 @@ pub mod privileges;
 pub mod rebinding;
 pub mod resolve;
 pub mod sandbox;
+pub mod tasks;
 pub mod watch;
 
 pub use error::{Error, Result};

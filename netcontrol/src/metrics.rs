@@ -382,6 +382,14 @@ impl Collector for KernelCollector {
             not_enforcing
                 .add(vec![("sandbox", n.sandbox.clone()), ("reason", n.reason.into())], 1.0);
         }
+        let mut restarts = Family::new(
+            "netcontrol_task_restarts",
+            "Long-running tasks (DNS proxy servers, the control socket) that ended or panicked and were started again",
+            MetricType::Counter,
+        );
+        for (task, n) in crate::tasks::restarts() {
+            restarts.add(vec![("task", task.to_owned())], n as f64);
+        }
         let mut sandboxes = Family::new(
             "netcontrol_sandboxes",
             "Sandboxes by state: enforcing, or waiting (cgroup missing or attach failing)",
@@ -436,6 +444,7 @@ impl Collector for KernelCollector {
             &entries,
             &sandboxes,
             &not_enforcing,
+            &restarts,
             &map_entries,
             &map_capacity,
             &map_pressure,

@@ -162,29 +162,33 @@ pub async fn listen(path: &Path, calls: mpsc::Sender<Call>) -> Result<()> {
     let listener = listener.map_err(|e| err("binding", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| err("setting the mode of", e))?;
-    tokio::spawn(async move {
-        let mut backoff = crate::backoff::Backoff::new("control socket: accepting");
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff.ok();
-                    stream
-                }
-                Err(e) if crate::backoff::transient(&e) => continue,
-                Err(e) => {
-                    backoff.failed(&e).await;
-                    continue;
-                }
-            };
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                if let Err(e) = serve(stream, calls).await {
-                    tracing::debug!("control connection: {e}");
-                }
-            });
-        }
-    });
+    let listener = std::sync::Arc::new(listener);
+    crate::tasks::supervise("control_socket", move || accept(listener.clone(), calls.clone()));
     Ok(())
+}
+
+/// Take connections for good, each served in a task of its own.
+async fn accept(listener: std::sync::Arc<UnixListener>, calls: mpsc::Sender<Call>) {
+    let mut backoff = crate::backoff::Backoff::new("control socket: accepting");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.ok();
+                stream
+            }
+            Err(e) if crate::backoff::transient(&e) => continue,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, calls).await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
 }
 
 async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result<()> {

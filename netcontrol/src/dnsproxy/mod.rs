@@ -16,7 +16,7 @@ pub mod asker;
 pub mod message;
 pub mod upstream;
 
-use crate::backoff::Backoff;
+use crate::{backoff::Backoff, tasks::supervise};
 use std::{
     net::{IpAddr, SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket},
     sync::{
@@ -220,15 +220,18 @@ impl Proxy {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tcp_sessions: Arc::new(Semaphore::new(MAX_TCP_SESSIONS)),
         });
-        let mut tasks = vec![tokio::spawn(report_limited(ctx.clone()))];
+        let c = ctx.clone();
+        let mut tasks = vec![supervise("dns_proxy_report", move || report_limited(c.clone()))];
         let (port4, port6) = (sockets.v4.port, sockets.v6.as_ref().map_or(0, |s| s.port));
         for pair in std::iter::once(sockets.v4).chain(sockets.v6) {
             let udp =
                 UdpSocket::from_std(pair.udp).map_err(|e| Error::io("serving DNS over UDP", e))?;
             let tcp = TcpListener::from_std(pair.tcp)
                 .map_err(|e| Error::io("serving DNS over TCP", e))?;
-            tasks.push(tokio::spawn(serve_udp(Arc::new(udp), ctx.clone())));
-            tasks.push(tokio::spawn(serve_tcp(tcp, ctx.clone())));
+            let (udp, c) = (Arc::new(udp), ctx.clone());
+            tasks.push(supervise("dns_proxy_udp", move || serve_udp(udp.clone(), c.clone())));
+            let (tcp, c) = (Arc::new(tcp), ctx.clone());
+            tasks.push(supervise("dns_proxy_tcp", move || serve_tcp(tcp.clone(), c.clone())));
         }
         Ok(Self { port4, port6, settings: settings_tx, stats, tasks })
     }
@@ -310,7 +313,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     }
 }
 
-async fn serve_tcp(listener: TcpListener, ctx: Arc<Ctx>) {
+async fn serve_tcp(listener: Arc<TcpListener>, ctx: Arc<Ctx>) {
     let mut backoff = Backoff::new("DNS proxy: accepting a TCP connection");
     loop {
         let (stream, client) = match listener.accept().await {
