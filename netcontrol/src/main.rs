@@ -7,8 +7,17 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_filter(), cli.log_format);
-    // One thread: the work is a ring-buffer reader and a child to wait for.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // One thread for the commands (a ring-buffer reader and a child to wait for); the daemon
+    // has worker threads, so that its DNS proxies, event pump, scrapes and control requests
+    // never wait for the supervisor loop (which stays on this thread) or for each other.
+    let runtime = match &cli.command {
+        Command::Daemon(_) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("netcontrol: error: starting the async runtime: {e}");

@@ -46,7 +46,9 @@ where
             drop(guard);
             let why = match outcome {
                 Ok(()) => "ended".to_owned(),
-                Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic().as_ref())),
+                Err(e) if e.is_panic() => {
+                    format!("panicked: {}", panic_text(e.into_panic().as_ref()))
+                }
                 Err(_) => return, // aborted: the supervisor is being stopped
             };
             if started.elapsed() > HEALTHY {
