@@ -24,6 +24,8 @@ pub struct Daemon {
     pub env: Vec<(String, PathBuf)>,
     /// A command the daemon runs under (its arguments come after).
     pub wrapper: Vec<PathBuf>,
+    /// How long `start` waits for it to be ready.
+    pub ready_timeout: Duration,
     proc: Option<Background>,
 }
 
@@ -40,6 +42,7 @@ impl Daemon {
             dir,
             env: Vec::new(),
             wrapper: Vec::new(),
+            ready_timeout: Duration::from_secs(30),
             proc: None,
         };
         this.write_config(body);
@@ -82,7 +85,7 @@ impl Daemon {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null());
         let mut proc = Background::spawn(cmd);
-        proc.wait_for_line("ready:", Duration::from_secs(30));
+        proc.wait_for_line("ready:", self.ready_timeout);
         self.proc = Some(proc);
         self
     }

@@ -46,6 +46,7 @@ pub struct Options {
 pub async fn run(opts: Options) -> Result<i32> {
     let config = config::load(&opts.config).map_err(crate::policy::PolicyError::from)?;
     crate::privileges::check()?;
+    raise_fd_limit();
     let s = |k| signal(k).map_err(|e| Error::io("installing signal handlers", e));
     let (mut int, mut term, mut hup) =
         (s(SignalKind::interrupt())?, s(SignalKind::terminate())?, s(SignalKind::hangup())?);
@@ -119,6 +120,24 @@ pub async fn run(opts: Options) -> Result<i32> {
     }
     sup.shutdown().await?;
     Ok(0)
+}
+
+/// Each sandbox holds a file descriptor per link (a pinned link whose pin someone removes
+/// still enforces while netcontrol holds it) and its DNS proxy a few sockets: about 20. The
+/// soft limit (often 1024) would stop the daemon at fifty sandboxes; the hard one is the
+/// operator's to set.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) != 0 {
+                tracing::warn!("raising the open files limit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    tracing::debug!("open files limit: {}", lim.rlim_cur);
 }
 
 /// The next message of a source the configuration may not use.

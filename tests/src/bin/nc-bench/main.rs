@@ -4,7 +4,7 @@
 //! (PNG) go to `--out DIR`.
 //!
 //! Usage: nc-bench [SCENARIO]... [--smoke] [--out DIR]
-//! Scenarios: connect, denied, dns, storm, domains, idle (default: all). `--smoke` runs each
+//! Scenarios: connect, denied, dns, storm, domains, idle, scale (default: all). `--smoke` runs each
 //! briefly, to check that it still works: its numbers mean nothing.
 
 mod chart;
@@ -14,6 +14,7 @@ mod domains;
 mod measure;
 mod netns;
 mod progstats;
+mod scale;
 mod storm;
 
 use std::{fmt::Write as _, path::PathBuf};
@@ -39,7 +40,7 @@ pub struct Goal {
     pub detail: String,
 }
 
-const SCENARIOS: &[&str] = &["connect", "denied", "dns", "storm", "domains", "idle"];
+const SCENARIOS: &[&str] = &["connect", "denied", "dns", "storm", "domains", "idle", "scale"];
 
 const USAGE: &str = "\
 nc-bench: netcontrol's benchmarks (run as root; `cargo xtask bench` builds and runs them)
@@ -54,6 +55,7 @@ Scenarios (default: all):
   storm     denied attempts from several processes for 10 s: events delivered and lost
   domains   applying a policy of 10k domains: time until all their addresses are in the maps
   idle      the agent's RSS and CPU while nothing happens
+  scale     the daemon with 4000 sandboxes: start, memory, status, scrape, idle CPU, restart
 
 Options:
   --smoke     run every scenario briefly, to check that it works (its numbers mean nothing)
@@ -103,6 +105,7 @@ fn main() {
             "storm" => storm::storm(&opts),
             "domains" => domains::domains(&opts),
             "idle" => storm::idle(&opts),
+            "scale" => scale::scale(&opts),
             _ => unreachable!(),
         });
     }
