@@ -382,7 +382,7 @@ impl Refused {
 
 /// One query: the answer to send back, if any.
 async fn handle(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     query: &[u8],
     client: SocketAddr,
     proxy: SocketAddr,
@@ -423,12 +423,17 @@ async fn handle(
         });
         // Rate limits and name length hold in audit mode too: they protect netcontrol.
         let audit_only = rules.audit && why == Refused::NotAllowed;
-        if why == Refused::RateLimited {
-            // A flood of queries must not cost a sock_diag lookup and an event each.
-            report_limited_one(ctx, &q, client, proxy, transport);
-        } else {
-            report(ctx, &q, why, audit_only, client, proxy, transport);
-        }
+        // The sock_diag lookup that names the process is a blocking syscall: off the
+        // async threads, and never in the way of an answer.
+        let q = q.clone();
+        in_background(ctx, move |ctx| {
+            if why == Refused::RateLimited {
+                // A flood of queries must not cost a sock_diag lookup and an event each.
+                report_limited_one(ctx, &q, client, proxy, transport);
+            } else {
+                report(ctx, &q, why, audit_only, client, proxy, transport);
+            }
+        });
         if !audit_only {
             return message::refusal(query, config.refuse_with);
         }
@@ -456,7 +461,10 @@ async fn handle(
     Stats::bump(&ctx.stats.allowed);
     if !released.refused.is_empty() {
         ctx.stats.rebinding_refused.fetch_add(released.refused.len() as u64, Ordering::Relaxed);
-        report_rebinding(ctx, &q, &released.refused, rules, client, proxy, transport);
+        let (q, refused, settings) = (q.clone(), released.refused.clone(), settings.clone());
+        in_background(ctx, move |ctx| {
+            report_rebinding(ctx, &q, &refused, &settings.1, client, proxy, transport);
+        });
     }
     if !released.addresses.is_empty() {
         let (done, allowed) = oneshot::channel();
@@ -472,6 +480,12 @@ async fn handle(
         }
     }
     Some(released.bytes)
+}
+
+/// Run `f` (an event that needs a sock_diag lookup) on the blocking pool.
+fn in_background(ctx: &Arc<Ctx>, f: impl FnOnce(&Ctx) + Send + 'static) {
+    let ctx = ctx.clone();
+    drop(tokio::task::spawn_blocking(move || f(&ctx)));
 }
 
 /// A `dns` event for an answer whose addresses rebinding protection took out.
