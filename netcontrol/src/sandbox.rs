@@ -101,6 +101,9 @@ struct ProxyMode {
     /// The policy's static grants, for computing learned addresses' entries.
     index: Index,
     sweep: tokio::time::Interval,
+    /// The owner sweeps (`Sandbox::sweep`) instead of the sandbox's own interval: a daemon
+    /// of thousands of sandboxes sweeps them all from one tick rather than waking on each.
+    external_sweep: bool,
     reported_drops: u64,
     reported_quota_drops: u64,
 }
@@ -193,6 +196,7 @@ impl Sandbox {
                     learn_tx,
                     index,
                     sweep,
+                    external_sweep: false,
                     reported_drops: 0,
                     reported_quota_drops: 0,
                 };
@@ -353,11 +357,36 @@ impl Sandbox {
                 }
                 std::future::pending::<()>().await;
             },
+            Dns::Proxy(p) if p.external_sweep => match p.learn_rx.recv().await {
+                Some(l) => Change::Learned(l),
+                None => std::future::pending().await,
+            },
             Dns::Proxy(p) => tokio::select! {
                 Some(l) = p.learn_rx.recv() => Change::Learned(l),
                 _ = p.sweep.tick() => Change::Sweep,
             },
         }
+    }
+
+    /// From now on the owner calls [`Sandbox::sweep`] (about once a second); `next_change`
+    /// no longer returns sweeps.
+    pub fn sweep_externally(&mut self) {
+        if let Dns::Proxy(p) = &mut self.dns {
+            p.external_sweep = true;
+        }
+    }
+
+    /// Expire learned addresses now (proxy mode; nothing in resolver mode). Returns whether
+    /// the entries changed.
+    pub fn sweep(&mut self, dp: &mut Datapath) -> Result<bool> {
+        if !matches!(self.dns, Dns::Proxy(_)) {
+            return Ok(false);
+        }
+        let before =
+            (self.enforcer.current().entries.v4.len(), self.enforcer.current().entries.v6.len());
+        self.apply(dp, Change::Sweep)?;
+        let e = &self.enforcer.current().entries;
+        Ok((e.v4.len(), e.v6.len()) != before)
     }
 
     /// Apply what [`Sandbox::next_change`] returned to the maps.

@@ -225,6 +225,8 @@ fn unspecified_addresses_stay_closed_under_default_routes() {
     let port = server.addr.port();
     let unspec6 = format!("[::]:{port}");
     assert_allowed(&probe_outside("unspec6", &unspec6));
+    // The server counts what it accepted in its own time: wait for the outside connect.
+    assert!(netcontrol_tests::within(ARRIVES, || server.accepted() >= 1).is_some());
     let before = server.accepted();
     let mut sb = Attached::start(&["--allow", "0.0.0.0/0", "--allow", "::/0"]);
     let r = sb.probe(&[("unspec6", &unspec6), ("tcp", &format!("0.0.0.0:{port}"))]);

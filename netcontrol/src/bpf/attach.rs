@@ -191,7 +191,7 @@ impl Attachment {
             let state = held.id.and_then(sys::link_state);
             let detached = !hook.is_global()
                 && state.is_some_and(|s| s.type_ == sys::BPF_LINK_TYPE_CGROUP && s.cgroup_id == 0);
-            let ours = loaded.program_mut(hook).and_then(|p| p.info().ok()).map(|i| i.id());
+            let ours = loaded.program_id(hook);
             let replaced = !detached && state.zip(ours).is_some_and(|(s, ours)| s.prog_id != ours);
             let unpinned = matches!(&held.link, HeldLink::Pinned(_, p) if !p.exists());
             let what = match (detached, replaced, unpinned) {

@@ -48,6 +48,9 @@ pub struct Loaded {
     pub logger: Option<super::log::Logger>,
     /// Optional hooks this kernel cannot run, and why.
     missing: Vec<Missing>,
+    /// The kernel's id of each hook's program, once asked (they never change once loaded;
+    /// the tamper check compares every link with them every second).
+    prog_ids: std::collections::HashMap<&'static str, u32>,
 }
 
 /// An optional hook that is not there: what stays unprotected, and why.
@@ -106,7 +109,13 @@ impl Loaded {
                 })
                 .collect();
             release_freed_memory();
-            return Ok(Self { ebpf, adopted: Some(adopted), logger, missing });
+            return Ok(Self {
+                ebpf,
+                adopted: Some(adopted),
+                logger,
+                missing,
+                prog_ids: Default::default(),
+            });
         }
         let lsm_inactive = bpf_lsm_inactive();
         // Only LSM programs need the kernel's BTF here.
@@ -138,10 +147,20 @@ impl Loaded {
                 HOOKS.iter().filter(|h| !missing.iter().any(|m| m.hook == h.name)).collect();
             pin_programs(&mut ebpf, dir, &loaded)?;
         }
-        Ok(Self { ebpf, adopted: None, logger, missing })
+        Ok(Self { ebpf, adopted: None, logger, missing, prog_ids: Default::default() })
     }
 
     /// The loaded program of a hook.
+    /// The kernel's id of `hook`'s program.
+    pub fn program_id(&mut self, hook: &Hook) -> Option<u32> {
+        if let Some(id) = self.prog_ids.get(hook.name) {
+            return Some(*id);
+        }
+        let id = self.program_mut(hook)?.info().ok()?.id();
+        self.prog_ids.insert(hook.name, id);
+        Some(id)
+    }
+
     pub fn program_mut(&mut self, hook: &Hook) -> Option<&mut Program> {
         if !self.available(hook) {
             return None;

@@ -54,7 +54,8 @@ impl Supervisor {
             .map_or(STANDIN_FIRST_DELAY, |s| (s.delay * 2).min(STANDIN_MAX_DELAY));
         let policy = deny_all(slot.policy.mode);
         match self.start_on(name, path, policy, pins, identity).await {
-            Ok(sb) => {
+            Ok(mut sb) => {
+                sb.sweep_externally();
                 tracing::error!(
                     sandbox = name,
                     "denying all of its egress until its policy starts (next try in {delay:?})"

@@ -33,6 +33,9 @@ use crate::{
     sandbox::{Change, NsChoice, Sandbox, Spec},
 };
 
+/// Sandboxes whose links the once-a-second tamper check looks at (all of them up to this
+/// many; beyond, each every `n / TAMPER_PER_TICK` seconds).
+const TAMPER_PER_TICK: usize = 250;
 /// How soon a sandbox whose cgroup is missing is looked for again.
 const MISSING_RETRY: Duration = Duration::from_secs(1);
 /// How long the start waits for Docker's list of running containers.
@@ -63,6 +66,8 @@ pub struct Supervisor {
     pub(super) global: Option<Attachment>,
     /// Tampering found, by sandbox name ("global" for the global hooks).
     tamper: BTreeMap<String, u64>,
+    /// Where the next partial tamper check starts.
+    tamper_cursor: usize,
 }
 
 pub(super) struct Slot {
@@ -142,6 +147,7 @@ impl Supervisor {
             pods_synced,
             global: None,
             tamper: BTreeMap::new(),
+            tamper_cursor: 0,
         })
     }
 
@@ -281,6 +287,8 @@ impl Supervisor {
                 if let Some(slot) = self.slots.get_mut(name) {
                     slot.standin = None;
                 }
+                let mut sandbox = sandbox;
+                sandbox.sweep_externally();
                 State::Enforcing(Box::new(sandbox))
             }
             Err(Missing(why)) => {
@@ -472,8 +480,19 @@ impl Supervisor {
     /// Look at every sandbox's links (and the global ones): what was detached or unpinned
     /// behind the daemon's back is attached or pinned again, logged, counted and reported.
     pub fn check_tamper(&mut self) {
+        self.check_tamper_of(usize::MAX);
+    }
+
+    /// `check_tamper` for at most `most` sandboxes, going round: the once-a-second check of a
+    /// node with thousands of sandboxes (a few syscalls per link each) takes a slice of them
+    /// per tick, so each is still looked at every few seconds; `status` and scrapes check all.
+    fn check_tamper_of(&mut self, most: usize) {
         let dp = &mut self.dp;
-        for (name, slot) in &mut self.slots {
+        let n = self.slots.len();
+        let (start, take) = if most >= n { (0, n) } else { (self.tamper_cursor % n, most) };
+        self.tamper_cursor = start + take;
+        let in_slice = |i: usize| (i + n - start) % n.max(1) < take;
+        for (_, (name, slot)) in self.slots.iter_mut().enumerate().filter(|(i, _)| in_slice(*i)) {
             if let State::Enforcing(s) = &mut slot.state {
                 let n = s.check_tamper(dp);
                 if n > 0 {
@@ -493,7 +512,7 @@ impl Supervisor {
     /// Once a second: attach sandboxes whose cgroup appeared (or whose attach failed), and
     /// let go of those whose cgroup went away.
     pub async fn tick(&mut self) {
-        self.check_tamper();
+        self.check_tamper_of(TAMPER_PER_TICK);
         let now = Instant::now();
         let mut due = Vec::new();
         let mut gone = Vec::new();
@@ -539,6 +558,10 @@ impl Supervisor {
         // host's rules from then on.
         for (name, slot) in &mut self.slots {
             if let State::Enforcing(s) = &mut slot.state {
+                // Learned addresses expire here, for every sandbox at once.
+                if let Err(e) = s.sweep(dp) {
+                    tracing::warn!(sandbox = name.as_str(), "{e}");
+                }
                 let r = if s.netns_pending() {
                     s.settle_netns(dp).map(drop)
                 } else {

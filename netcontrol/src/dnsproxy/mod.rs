@@ -423,17 +423,12 @@ async fn handle(
         });
         // Rate limits and name length hold in audit mode too: they protect netcontrol.
         let audit_only = rules.audit && why == Refused::NotAllowed;
-        // The sock_diag lookup that names the process is a blocking syscall: off the
-        // async threads, and never in the way of an answer.
-        let q = q.clone();
-        in_background(ctx, move |ctx| {
-            if why == Refused::RateLimited {
-                // A flood of queries must not cost a sock_diag lookup and an event each.
-                report_limited_one(ctx, &q, client, proxy, transport);
-            } else {
-                report(ctx, &q, why, audit_only, client, proxy, transport);
-            }
-        });
+        if why == Refused::RateLimited {
+            // A flood of queries must not cost a sock_diag lookup and an event each.
+            report_limited_one(ctx, &q, client, proxy, transport).await;
+        } else {
+            report(ctx, &q, why, audit_only, client, proxy, transport).await;
+        }
         if !audit_only {
             return message::refusal(query, config.refuse_with);
         }
@@ -461,10 +456,7 @@ async fn handle(
     Stats::bump(&ctx.stats.allowed);
     if !released.refused.is_empty() {
         ctx.stats.rebinding_refused.fetch_add(released.refused.len() as u64, Ordering::Relaxed);
-        let (q, refused, settings) = (q.clone(), released.refused.clone(), settings.clone());
-        in_background(ctx, move |ctx| {
-            report_rebinding(ctx, &q, &refused, &settings.1, client, proxy, transport);
-        });
+        report_rebinding(ctx, &q, &released.refused, rules, client, proxy, transport).await;
     }
     if !released.addresses.is_empty() {
         let (done, allowed) = oneshot::channel();
@@ -482,15 +474,22 @@ async fn handle(
     Some(released.bytes)
 }
 
-/// Run `f` (an event that needs a sock_diag lookup) on the blocking pool.
-fn in_background(ctx: &Arc<Ctx>, f: impl FnOnce(&Ctx) + Send + 'static) {
+/// Which process sent the query: a sock_diag lookup, a blocking syscall, so on the blocking
+/// pool (not an async thread). Done before the answer goes out: once the client has its
+/// answer it may close the socket, and there is nothing left to look up.
+async fn origin_of(
+    ctx: &Arc<Ctx>,
+    t: Transport,
+    client: SocketAddr,
+    proxy: SocketAddr,
+) -> Option<DnsOrigin> {
     let ctx = ctx.clone();
-    drop(tokio::task::spawn_blocking(move || f(&ctx)));
+    tokio::task::spawn_blocking(move || ctx.asker.lookup(t, client, proxy)).await.ok().flatten()
 }
 
 /// A `dns` event for an answer whose addresses rebinding protection took out.
-fn report_rebinding(
-    ctx: &Ctx,
+async fn report_rebinding(
+    ctx: &Arc<Ctx>,
     q: &Question,
     refused: &[IpAddr],
     rules: &Rules,
@@ -498,7 +497,7 @@ fn report_rebinding(
     proxy: SocketAddr,
     t: Transport,
 ) {
-    let origin = ctx.asker.lookup(t, client, proxy);
+    let origin = origin_of(ctx, t, client, proxy).await;
     let why: Vec<&str> = refused
         .iter()
         .filter_map(|ip| rules.rebinding.refused(&q.name, *ip).map(crate::rebinding::Refusal::name))
@@ -517,34 +516,41 @@ fn report_rebinding(
 
 /// A rate-limited query: the first of each second is reported with its process (one
 /// sock_diag lookup), the rest only counted.
-fn report_limited_one(
-    ctx: &Ctx,
+async fn report_limited_one(
+    ctx: &Arc<Ctx>,
     q: &Question,
     client: SocketAddr,
     proxy: SocketAddr,
     t: Transport,
 ) {
     let now = Instant::now();
-    let mut r = ctx.limited.lock().unwrap_or_else(|e| e.into_inner());
-    match r.since {
-        Some(since) if now.duration_since(since) < Duration::from_secs(1) => r.more += 1,
-        _ => {
-            flush_limited(ctx, &mut r);
-            r.since = Some(now);
-            drop(r);
-            let origin = ctx.asker.lookup(t, client, proxy);
-            let e = dns_event(
-                q,
-                Refused::RateLimited.reason(),
-                false,
-                t,
-                origin.as_ref(),
-                ctx.sandbox_id,
-                &ctx.labels,
-            );
-            ctx.events.send(e.clone());
-            ctx.limited.lock().unwrap_or_else(|e| e.into_inner()).first = Some(e);
+    let first_of_second = {
+        let mut r = ctx.limited.lock().unwrap_or_else(|e| e.into_inner());
+        match r.since {
+            Some(since) if now.duration_since(since) < Duration::from_secs(1) => {
+                r.more += 1;
+                false
+            }
+            _ => {
+                flush_limited(ctx, &mut r);
+                r.since = Some(now);
+                true
+            }
         }
+    };
+    if first_of_second {
+        let origin = origin_of(ctx, t, client, proxy).await;
+        let e = dns_event(
+            q,
+            Refused::RateLimited.reason(),
+            false,
+            t,
+            origin.as_ref(),
+            ctx.sandbox_id,
+            &ctx.labels,
+        );
+        ctx.events.send(e.clone());
+        ctx.limited.lock().unwrap_or_else(|e| e.into_inner()).first = Some(e);
     }
 }
 
@@ -577,8 +583,8 @@ async fn report_limited(ctx: Arc<Ctx>) {
 }
 
 /// A `dns` event for a refused (or, in audit mode, would-be refused) query, naming the process.
-fn report(
-    ctx: &Ctx,
+async fn report(
+    ctx: &Arc<Ctx>,
     q: &Question,
     why: Refused,
     audit: bool,
@@ -586,7 +592,7 @@ fn report(
     proxy: SocketAddr,
     t: Transport,
 ) {
-    let origin = ctx.asker.lookup(t, client, proxy);
+    let origin = origin_of(ctx, t, client, proxy).await;
     ctx.events.send(dns_event(
         q,
         why.reason(),
