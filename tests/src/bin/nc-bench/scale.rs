@@ -143,12 +143,15 @@ pub fn scale(opts: &Opts) -> Section {
          | {n} | {start_s:.1} s | {rss:.0} MiB | {status_ms:.0} ms | {scrape_ms:.0} ms | {idle_cpu:.2}% of a core | {readopt_s:.1} s | {adopted} | {} of {} refused |",
         p.json["failed"], p.json["ops"]
     );
+    // Every goal is about SANDBOXES of them: fewer meet none, whatever the numbers.
+    let all = n == SANDBOXES;
+    let of = if all { String::new() } else { format!(" for {n} of {SANDBOXES}") };
     let goals = vec![
         Goal {
             what: format!(
                 "scale: {SANDBOXES} sandboxes enforcing within {START_GOAL_S:.0} s of start"
             ),
-            met: n == SANDBOXES && start_s <= START_GOAL_S,
+            met: all && start_s <= START_GOAL_S,
             detail: if n < SANDBOXES {
                 format!(
                     "{start_s:.1} s for {n}: {SANDBOXES} need {} open files, this machine allows {limit}",
@@ -160,31 +163,31 @@ pub fn scale(opts: &Opts) -> Section {
         },
         Goal {
             what: format!("scale: agent RSS ≤ {RSS_GOAL_MIB:.0} MB"),
-            met: rss <= RSS_GOAL_MIB,
-            detail: format!("{rss:.0} MiB"),
+            met: all && rss <= RSS_GOAL_MIB,
+            detail: format!("{rss:.0} MiB{of}"),
         },
         Goal {
             what: format!("scale: `status` ≤ {STATUS_GOAL_MS:.0} ms"),
-            met: status_ms <= STATUS_GOAL_MS,
-            detail: format!("{status_ms:.0} ms"),
+            met: all && status_ms <= STATUS_GOAL_MS,
+            detail: format!("{status_ms:.0} ms{of}"),
         },
         Goal {
             what: format!("scale: a scrape ≤ {SCRAPE_GOAL_MS:.0} ms"),
-            met: scrape_ms <= SCRAPE_GOAL_MS,
-            detail: format!("{scrape_ms:.0} ms"),
+            met: all && scrape_ms <= SCRAPE_GOAL_MS,
+            detail: format!("{scrape_ms:.0} ms{of}"),
         },
         Goal {
             what: format!("scale: idle agent CPU ≤ {IDLE_CPU_GOAL:.0}% of a core"),
-            met: idle_cpu <= IDLE_CPU_GOAL,
-            detail: format!("{idle_cpu:.2}%"),
+            met: all && idle_cpu <= IDLE_CPU_GOAL,
+            detail: format!("{idle_cpu:.2}%{of}"),
         },
         Goal {
             what: format!(
                 "scale: a restart re-adopts all within {READOPT_GOAL_S:.0} s, no denied attempt succeeding"
             ),
-            met: readopt_s <= READOPT_GOAL_S && adopted == n && no_gap,
+            met: all && readopt_s <= READOPT_GOAL_S && adopted == n && no_gap,
             detail: format!(
-                "{readopt_s:.1} s, {adopted} of {n} adopted, {} of {} denied attempts refused",
+                "{readopt_s:.1} s{of}, {adopted} of {n} adopted, {} of {} denied attempts refused",
                 p.json["failed"], p.json["ops"]
             ),
         },
