@@ -498,6 +498,14 @@ impl Supervisor {
                 if n > 0 {
                     *self.tamper.entry(name.clone()).or_default() += n as u64;
                 }
+                // A sandbox of its own namespace that gets a process in the host's has the
+                // host's rules from then on (a read of each process's namespace: in the same
+                // slice, not every sandbox every second).
+                if !s.netns_pending()
+                    && let Err(e) = s.recheck_netns(dp)
+                {
+                    tracing::warn!(sandbox = name.as_str(), "{e}");
+                }
             }
         }
         if let Some(g) = &mut self.global {
@@ -554,20 +562,15 @@ impl Supervisor {
         // Sandboxes attached before their first process (pods): their DNS proxy moves into
         // the processes' network namespace once there are some.
         let dp = &mut self.dp;
-        // And a sandbox of its own namespace that gets a process in the host's has the
-        // host's rules from then on.
         for (name, slot) in &mut self.slots {
             if let State::Enforcing(s) = &mut slot.state {
                 // Learned addresses expire here, for every sandbox at once.
                 if let Err(e) = s.sweep(dp) {
                     tracing::warn!(sandbox = name.as_str(), "{e}");
                 }
-                let r = if s.netns_pending() {
-                    s.settle_netns(dp).map(drop)
-                } else {
-                    s.recheck_netns(dp)
-                };
-                if let Err(e) = r {
+                if s.netns_pending()
+                    && let Err(e) = s.settle_netns(dp)
+                {
                     tracing::warn!(sandbox = name.as_str(), "{e}");
                 }
             }
