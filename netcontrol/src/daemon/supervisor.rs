@@ -68,6 +68,9 @@ pub struct Supervisor {
     tamper: BTreeMap<String, u64>,
     /// Where the next partial tamper check starts.
     tamper_cursor: usize,
+    /// Pin trees of other versions that still enforce cgroups this daemon does not, as last
+    /// said (upgrade.rs).
+    pub(super) kept_by_other_versions: BTreeSet<(PathBuf, Vec<u64>)>,
 }
 
 pub(super) struct Slot {
@@ -148,6 +151,7 @@ impl Supervisor {
             global: None,
             tamper: BTreeMap::new(),
             tamper_cursor: 0,
+            kept_by_other_versions: BTreeSet::new(),
         })
     }
 

@@ -55,7 +55,8 @@ impl Supervisor {
                     ),
                     Err(e) => tracing::warn!("removing {}: {e}", dir.display()),
                 }
-            } else {
+            } else if self.kept_by_other_versions.insert((dir.clone(), kept.clone())) {
+                // Said once for each state of it (this runs every tick).
                 tracing::warn!(
                     "{} holds pins of another netcontrol version that still enforce (cgroups {:?}{}): \
                      they keep that version's last policies until this daemon enforces those \
