@@ -26,6 +26,15 @@ fn sandbox_yaml(name: &str, cgroup: &Path, policy: &str) -> String {
     format!("  - name: {name}\n    cgroup: {}\n    policy: {policy}\n", cgroup.display())
 }
 
+/// A daemon (not started) with one sandbox, "job", on `cgroup`, whose policy "web" allows
+/// `allowed`.
+fn job_daemon(cgroup: &Path, allowed: &str) -> Daemon {
+    Daemon::new(&format!(
+        "policies:\n  web:\n    allow: [\"{allowed}\"]\nsandboxes:\n{}",
+        sandbox_yaml("job", cgroup, "web")
+    ))
+}
+
 fn tcp_in(cgroup: &Path, target: &str) -> netcontrol_tests::Probe {
     probe_in(cgroup, &[("tcp", target)]).remove(0)
 }
@@ -184,10 +193,7 @@ fn kill_9_never_fails_open_and_a_restart_resumes() {
     let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
     let while_down = format!("127.0.0.12:{port}");
     let cg = TestCgroup::new();
-    let mut d = Daemon::new(&format!(
-        "policies:\n  web:\n    allow: [\"{allowed}\"]\nsandboxes:\n{}",
-        sandbox_yaml("job", &cg.path, "web")
-    ));
+    let mut d = job_daemon(&cg.path, &allowed);
     d.start();
     assert_eq!(attached_programs(&cg.path), CGROUP_HOOKS, "one program per hook");
 
@@ -520,10 +526,7 @@ fn other_programs_behind_the_links_are_replaced_without_a_gap() {
     let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11"]);
     let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
     let cg = TestCgroup::new();
-    let mut d = Daemon::new(&format!(
-        "policies:\n  web:\n    allow: [\"{allowed}\"]\nsandboxes:\n{}",
-        sandbox_yaml("job", &cg.path, "web")
-    ));
+    let mut d = job_daemon(&cg.path, &allowed);
     d.start();
     let before = program_ids(&cg.path);
     let loop_log = d.dir.path().join("loop.jsonl");
@@ -719,10 +722,7 @@ fn a_changed_event_buffer_takes_effect_without_a_gap() {
     let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11"]);
     let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
     let cg = TestCgroup::new();
-    let mut d = Daemon::new(&format!(
-        "policies:\n  web:\n    allow: [\"{allowed}\"]\nsandboxes:\n{}",
-        sandbox_yaml("job", &cg.path, "web")
-    ));
+    let mut d = job_daemon(&cg.path, &allowed);
     d.start();
     d.stop();
     let loop_log = d.dir.path().join("loop.jsonl");

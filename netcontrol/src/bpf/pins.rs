@@ -343,20 +343,7 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
 /// Remove a pin directory: each link pin removed detaches that link once no process holds
 /// it open any more.
 pub fn remove_dir(dir: &Path) -> Result<()> {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            fs::remove_file(e.path()).map_err(|source| Error::Pin {
-                op: "removing",
-                path: e.path(),
-                source,
-            })?;
-        }
-    }
-    match fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::Pin { op: "removing", path: dir.to_owned(), source }),
-    }
+    remove_tree(dir)
 }
 
 fn is_bpffs(path: &Path) -> bool {
