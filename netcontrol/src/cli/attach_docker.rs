@@ -167,7 +167,23 @@ async fn follow_container(
             return ControlFlow::Break(());
         }
         Lifecycle::Died(id) if ours(&id) => (false, None),
-        Lifecycle::Started(c) if ours(&c.id) => (true, Some(c)),
+        Lifecycle::Started(c) if ours(&c.id) => {
+            // `docker restart` can be quicker than its die event's check (the container runs
+            // again by then): a start with another cgroup than the one enforced is a restart,
+            // and the old cgroup's links enforce nothing any more.
+            if let Some(s) = &single.sandbox
+                && !same_cgroup(s.enforcer().sandbox_id(), &c)
+            {
+                match single.detach() {
+                    Ok(()) => eprintln!(
+                        "netcontrol: container {} restarted with a new cgroup: detached from the old one",
+                        container.name
+                    ),
+                    Err(e) => eprintln!("netcontrol: {e}"),
+                }
+            }
+            (true, Some(c))
+        }
         Lifecycle::Running(list) => {
             *unreachable = false;
             let now = list.into_iter().find(|c| ours(&c.id));
@@ -207,6 +223,14 @@ async fn follow_container(
     ControlFlow::Continue(())
 }
 
+/// Whether `c` still runs in the cgroup with id `enforced`.
+fn same_cgroup(enforced: u64, c: &Container) -> bool {
+    docker::cgroup::of_container(c)
+        .ok()
+        .and_then(|p| cgroup::id(&p).ok())
+        .is_some_and(|now| now == enforced)
+}
+
 /// `attach --docker-parent`: a sandbox for each container under the parent.
 async fn follow_children(parent: &Path, event: Lifecycle, single: &mut Single) {
     let started = match event {
@@ -224,6 +248,12 @@ async fn follow_children(parent: &Path, event: Lifecycle, single: &mut Single) {
         }
     };
     for c in started {
+        // A quick restart may come without a die event: the old sandbox's cgroup is gone.
+        if single.child_id(&c.id).is_some_and(|enforced| !same_cgroup(enforced, &c))
+            && let Err(e) = single.remove_child(&c.id)
+        {
+            eprintln!("netcontrol: {e}");
+        }
         let Ok(cgroup) = docker::cgroup::of_container(&c) else { continue };
         if !cgroup.starts_with(parent) {
             continue;

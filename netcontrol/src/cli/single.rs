@@ -112,6 +112,11 @@ impl Single {
         Ok(())
     }
 
+    /// The cgroup id a container's child sandbox enforces on.
+    pub fn child_id(&self, id: &str) -> Option<u64> {
+        self.children.get(id).map(|s| s.enforcer().sandbox_id())
+    }
+
     pub fn remove_child(&mut self, id: &str) -> Result<()> {
         if let Some(s) = self.children.remove(id) {
             self.done = add(self.done, s.detach(&mut self.dp)?);
