@@ -20,8 +20,11 @@ use netcontrol_common::abi::{
 
 use crate::{
     bpf::{
-        Attachment, LoadOptions, Loaded, Maps, PinRoot, hooks::Scope, load::Missing, log,
-        maps::Origins,
+        Attachment, LoadOptions, Loaded, Maps, PinRoot,
+        hooks::Scope,
+        load::Missing,
+        log,
+        maps::{HostWriter, Origins},
     },
     error::{Error, Result},
     events::{EventPump, Injector, Labels, Sink},
@@ -143,6 +146,7 @@ pub struct Datapath {
     maps: Maps,
     loaded: Loaded,
     origins: Arc<Origins>,
+    hosts: Arc<HostWriter>,
     labels: Labels,
     /// The host's own addresses, which DNS answers may not open (rebinding protection).
     host: crate::rebinding::HostAddresses,
@@ -190,6 +194,7 @@ impl Datapath {
             maps,
             loaded,
             origins: Arc::new(origins),
+            hosts: Arc::new(others.hosts),
             labels,
             host: crate::rebinding::HostAddresses::current(),
         })
@@ -231,6 +236,11 @@ impl Datapath {
     /// The kernel's record of redirected DNS queries (for the DNS proxies).
     pub fn origins(&self) -> Arc<Origins> {
         self.origins.clone()
+    }
+
+    /// Single-address writes to the allow tries (a sandbox's DNS learner).
+    pub fn hosts(&self) -> Arc<HostWriter> {
+        Arc::clone(&self.hosts)
     }
 
     pub fn labels(&self) -> &Labels {

@@ -4,12 +4,13 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use netcontrol_common::abi::{AllowValue, LISTEN_POLICY_BIT};
 
 use crate::{
-    bpf::{Attachment, PinRoot, hooks::Scope, pins},
+    bpf::{Attachment, PinRoot, hooks::Scope, maps::HostWriter, pins},
     cgroup,
     datapath::{Counts, Datapath},
     error::Result,
@@ -37,8 +38,63 @@ pub struct Enforcer {
     cgroup: PathBuf,
     sandbox_id: u64,
     policy_id: u32,
-    /// What the maps hold for this sandbox now.
-    current: Compiled,
+    /// What the maps hold for this sandbox now, shared with its DNS learner ([`Hosts`]).
+    held: Arc<Mutex<Held>>,
+    hosts: Arc<HostWriter>,
+}
+
+/// What the maps hold for one sandbox.
+struct Held {
+    compiled: Compiled,
+    /// A single-address write failed: the maps may differ from `compiled`, which is read
+    /// back before the next change.
+    stale: bool,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Compiled;
+    fn deref(&self) -> &Compiled {
+        &self.compiled
+    }
+}
+
+fn lock(m: &Mutex<Held>) -> MutexGuard<'_, Held> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes of single addresses into one sandbox's entries, for its DNS learner: they do not
+/// wait for the sandbox's owner, and stay consistent with what the owner diffs against.
+#[derive(Clone)]
+pub struct Hosts {
+    held: Arc<Mutex<Held>>,
+    writer: Arc<HostWriter>,
+    policy_id: u32,
+}
+
+impl Hosts {
+    /// Set the entry of one address, or remove it with None.
+    pub fn set(&self, ip: IpAddr, value: Option<AllowValue>) -> Result<()> {
+        let mut held = lock(&self.held);
+        let entries = &mut held.compiled.entries;
+        let current = match ip {
+            IpAddr::V4(a) => entries.v4.get(&(32, a.octets())),
+            IpAddr::V6(a) => entries.v6.get(&(128, a.octets())),
+        };
+        if current == value.as_ref() {
+            return Ok(());
+        }
+        if let Err(e) = self.writer.put(self.policy_id, ip, value.as_ref()) {
+            held.stale = true;
+            return Err(e);
+        }
+        match (ip, value) {
+            (IpAddr::V4(a), Some(v)) => drop(entries.v4.insert((32, a.octets()), v)),
+            (IpAddr::V6(a), Some(v)) => drop(entries.v6.insert((128, a.octets()), v)),
+            (IpAddr::V4(a), None) => drop(entries.v4.remove(&(32, a.octets()))),
+            (IpAddr::V6(a), None) => drop(entries.v6.remove(&(128, a.octets()))),
+        }
+        Ok(())
+    }
 }
 
 impl Enforcer {
@@ -89,74 +145,67 @@ impl Enforcer {
                 Some(attachment)
             }
         };
-        Ok(Self { attachment, cgroup: cgroup.to_owned(), sandbox_id, policy_id, current: policy })
+        Ok(Self {
+            attachment,
+            cgroup: cgroup.to_owned(),
+            sandbox_id,
+            policy_id,
+            held: Arc::new(Mutex::new(Held { compiled: policy, stale: false })),
+            hosts: dp.hosts(),
+        })
     }
 
     /// Move the maps to a new policy: entries both allow are never interrupted (additions and
     /// changes first, removals last).
     pub fn update(&mut self, dp: &mut Datapath, policy: Compiled) -> Result<()> {
-        if policy == self.current {
+        let mut held = lock(&self.held);
+        if held.stale {
+            self.resync(dp, &mut held);
+        }
+        if policy == held.compiled {
             return Ok(());
         }
         let applied = dp
             .maps()
-            .apply_entries(self.policy_id, &self.current.entries, &policy.entries)
+            .apply_entries(self.policy_id, &held.entries, &policy.entries)
             .and_then(|()| {
                 dp.maps().apply_entries(
                     self.policy_id | LISTEN_POLICY_BIT,
-                    &self.current.listen,
+                    &held.listen,
                     &policy.listen,
                 )
             });
         if let Err(e) = applied {
-            self.resync(dp);
+            self.resync(dp, &mut held);
             return Err(e);
         }
         let value = policy.sandbox_value(self.policy_id);
-        if value != self.current.sandbox_value(self.policy_id) {
+        if value != held.sandbox_value(self.policy_id) {
             dp.maps().set_sandbox(self.sandbox_id, value)?;
         }
-        self.current = policy;
+        held.compiled = policy;
         Ok(())
     }
 
-    /// Set the entry of one address (learned from DNS), or remove it with None; the rest of the
-    /// maps stay as they are.
-    pub fn set_host(
-        &mut self,
-        dp: &mut Datapath,
-        ip: IpAddr,
-        value: Option<AllowValue>,
-    ) -> Result<()> {
-        let current = match ip {
-            IpAddr::V4(a) => self.current.entries.v4.get(&(32, a.octets())),
-            IpAddr::V6(a) => self.current.entries.v6.get(&(128, a.octets())),
-        };
-        if current == value.as_ref() {
-            return Ok(());
+    /// Single-address writes into this sandbox's entries (its DNS learner).
+    pub fn hosts(&self) -> Hosts {
+        Hosts {
+            held: Arc::clone(&self.held),
+            writer: Arc::clone(&self.hosts),
+            policy_id: self.policy_id,
         }
-        if let Err(e) = dp.maps().put_host(self.policy_id, ip, value.as_ref()) {
-            self.resync(dp);
-            return Err(e);
-        }
-        match (ip, value) {
-            (IpAddr::V4(a), Some(v)) => drop(self.current.entries.v4.insert((32, a.octets()), v)),
-            (IpAddr::V6(a), Some(v)) => drop(self.current.entries.v6.insert((128, a.octets()), v)),
-            (IpAddr::V4(a), None) => drop(self.current.entries.v4.remove(&(32, a.octets()))),
-            (IpAddr::V6(a), None) => drop(self.current.entries.v6.remove(&(128, a.octets()))),
-        }
-        Ok(())
     }
 
     /// After a map write failed part way (a full trie), what the maps hold is no longer what
-    /// `current` says: read it back, so that the next diff (and the detach) starts from the
+    /// `held` says: read it back, so that the next diff (and the detach) starts from the
     /// truth and no entry outlives the sandbox for a later owner of its policy id.
-    fn resync(&mut self, dp: &Datapath) {
+    fn resync(&self, dp: &Datapath, held: &mut Held) {
         let listen_id = self.policy_id | LISTEN_POLICY_BIT;
         match (dp.maps_ref().entries_of(self.policy_id), dp.maps_ref().entries_of(listen_id)) {
             (Ok(entries), Ok(listen)) => {
-                self.current.entries = entries;
-                self.current.listen = listen;
+                held.compiled.entries = entries;
+                held.compiled.listen = listen;
+                held.stale = false;
             }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!("reading back the entries of policy {}: {e}", self.policy_id)
@@ -169,9 +218,16 @@ impl Enforcer {
         dp.maps_ref().last_use(self.policy_id, ip)
     }
 
-    /// The entries the maps hold for this sandbox.
-    pub fn current(&self) -> &Compiled {
-        &self.current
+    /// How many entries the maps hold for this sandbox: IPv4, IPv6.
+    pub fn entry_counts(&self) -> (usize, usize) {
+        let held = lock(&self.held);
+        (held.entries.v4.len(), held.entries.v6.len())
+    }
+
+    /// How many entries the maps hold for this sandbox.
+    pub fn entry_count(&self) -> usize {
+        let (v4, v6) = self.entry_counts();
+        v4 + v6
     }
 
     pub fn cgroup(&self) -> &Path {
@@ -203,10 +259,14 @@ impl Enforcer {
         }
         let counts = dp.counts(self.sandbox_id)?;
         dp.maps().remove_sandbox(self.sandbox_id)?;
-        dp.maps().apply_entries(self.policy_id, &self.current.entries, &Entries::default())?;
+        let mut held = lock(&self.held);
+        if held.stale {
+            self.resync(dp, &mut held);
+        }
+        dp.maps().apply_entries(self.policy_id, &held.entries, &Entries::default())?;
         dp.maps().apply_entries(
             self.policy_id | LISTEN_POLICY_BIT,
-            &self.current.listen,
+            &held.listen,
             &Entries::default(),
         )?;
         dp.maps().remove_stats(self.sandbox_id)?;

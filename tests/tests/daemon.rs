@@ -751,3 +751,63 @@ fn a_changed_event_buffer_takes_effect_without_a_gap() {
     let log = d.stop();
     assert!(log.contains("holds 1048576 entries, this daemon wants 524288"), "{log}");
 }
+
+#[test]
+fn a_reload_that_waits_on_dns_holds_up_no_other_sandbox_s_answers() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let dns = netcontrol_tests::dns::Dnsmasq::start("127.0.0.53", 5);
+    let ips: Vec<String> = (1..=40).map(|i| format!("127.0.1.{i}")).collect();
+    let names: Vec<(String, String)> =
+        ips.iter().enumerate().map(|(i, ip)| (format!("n{i}.api.test"), ip.clone())).collect();
+    dns.set_many(&names);
+    let (_servers, port) = servers(&ips.iter().map(String::as_str).collect::<Vec<_>>());
+    // A DNS server that never answers: a resolver-mode sandbox waits for it on its start.
+    let silent = std::net::UdpSocket::bind("127.0.0.54:53").expect("bind the silent server");
+    silent.set_nonblocking(true).expect("nonblocking");
+    let (job, slow) = (TestCgroup::new(), TestCgroup::new());
+    let base = format!(
+        "policies:\n  api:\n    allow: [\"*.api.test:{port}\"]\n    dns: {{servers: [127.0.0.53], rebinding: allow}}\n  \
+         slow:\n    allow: [\"never.test:{port}\"]\n    dns: {{mode: resolver, servers: [127.0.0.54], timeout: 3s}}\n\
+         sandboxes:\n{}",
+        sandbox_yaml("job", &job.path, "api")
+    );
+    let mut d = Daemon::new(&base);
+    d.start();
+    let lookup_and_connect = |i: usize| {
+        let (name, ip) = &names[i % names.len()];
+        let p = probe_in(
+            &job.path,
+            &[("dns", &format!("{}/{name}", dns.addr)), ("tcp", &format!("{ip}:{port}"))],
+        );
+        p[0].json["answers"] == json!([ip]) && p[1].ok
+    };
+    assert!(lookup_and_connect(0));
+
+    // The reload starts "slow", which waits (about 7 s) for an answer that never comes.
+    d.write_config(&format!("{base}{}", sandbox_yaml("slow", &slow.path, "slow")));
+    let mut buf = [0u8; 512];
+    let asked = within(Duration::from_secs(30), || silent.recv_from(&mut buf).is_ok());
+    assert!(asked.is_some(), "the reload never asked the silent server: {}", d.log());
+    // Meanwhile every answer of "job" is allowed before it is released: each name is new to
+    // the sandbox, so each connect needs its own map write.
+    let mut during = 0;
+    for i in 1..=20 {
+        let ok = lookup_and_connect(i);
+        let log = d.log();
+        assert!(ok, "lookup and connect {i}: {log}");
+        if !log.contains("reloaded") {
+            during += 1;
+        }
+    }
+    assert!(during >= 3, "only {during} lookups while the reload ran");
+    d.wait_for_line("reloaded", Duration::from_secs(30));
+    assert!(lookup_and_connect(21));
+    let (_, metrics) = d.get("/metrics");
+    let held = metrics.lines().find(|l| {
+        l.contains("netcontrol_dns_queries") && l.contains("hold_timeout") && l.contains("\"job\"")
+    });
+    assert!(held.is_none_or(|l| l.ends_with(" 0")), "{held:?}");
+}

@@ -8,7 +8,7 @@ use aya::{
         lpm_trie::Key,
     },
 };
-use std::net::IpAddr;
+use std::{net::IpAddr, os::fd::AsFd, sync::Mutex};
 
 use netcontrol_common::abi::{
     self, AF_INET, AF_INET6, AllowValue, DenialKey, DenialValue, DnsOrigin, GLOBAL_COUNTERS,
@@ -47,6 +47,64 @@ pub struct Others {
     pub denials: Denials,
     /// Redirected DNS queries, for the DNS proxy (taken by it).
     pub origins: Option<Origins>,
+    /// Single-address writes to the allow tries, for the sandboxes' DNS learners.
+    pub hosts: HostWriter,
+}
+
+/// Second handles on the allow tries for writing single addresses (what DNS taught a
+/// sandbox) from the sandboxes' own learner tasks: an answer's addresses go into the maps
+/// without waiting for whatever else the owner of [`Maps`] is doing. Each lock is held for
+/// one map syscall.
+pub struct HostWriter {
+    v4: Mutex<LpmTrie<MapData, V4Key, AllowValue>>,
+    v6: Mutex<LpmTrie<MapData, V6Key, AllowValue>>,
+}
+
+impl HostWriter {
+    /// Set (or, with None, remove) the entry of a single address.
+    pub fn put(&self, policy_id: u32, ip: IpAddr, value: Option<&AllowValue>) -> Result<()> {
+        match (ip, value) {
+            (IpAddr::V4(a), Some(v)) => {
+                let key = Key::new(POLICY_ID_BITS + 32, v4_key(policy_id, a.octets()));
+                lock(&self.v4).insert(&key, v, 0).map_err(map_err("updating", abi::map::ALLOW_V4))
+            }
+            (IpAddr::V6(a), Some(v)) => {
+                let key = Key::new(POLICY_ID_BITS + 128, v6_key(policy_id, a.octets()));
+                lock(&self.v6).insert(&key, v, 0).map_err(map_err("updating", abi::map::ALLOW_V6))
+            }
+            (IpAddr::V4(a), None) => {
+                let key = Key::new(POLICY_ID_BITS + 32, v4_key(policy_id, a.octets()));
+                ignore_missing(lock(&self.v4).remove(&key))
+                    .map_err(map_err("removing from", abi::map::ALLOW_V4))
+            }
+            (IpAddr::V6(a), None) => {
+                let key = Key::new(POLICY_ID_BITS + 128, v6_key(policy_id, a.octets()));
+                ignore_missing(lock(&self.v6).remove(&key))
+                    .map_err(map_err("removing from", abi::map::ALLOW_V6))
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A second handle on an LPM trie taken out of the object (its fd duplicated).
+fn second_trie<K: aya::Pod, V: aya::Pod>(
+    map: &Map,
+    name: &'static str,
+) -> Result<LpmTrie<MapData, K, V>> {
+    let Map::LpmTrie(data) = map else {
+        return Err(Error::MissingMap(name));
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io(format!("duplicating the fd of {name}"), e))?;
+    let data = MapData::from_fd(fd).map_err(map_err("opening", name))?;
+    LpmTrie::try_from(Map::LpmTrie(data)).map_err(map_err("opening", name))
 }
 
 /// DENIALS (the programs' counts) and DENIALS_REPORTED (what userspace has reported of them).
@@ -92,13 +150,16 @@ impl Maps {
     /// ones other tasks read.
     pub fn take(ebpf: &mut Ebpf) -> Result<(Self, Others)> {
         use abi::map::*;
+        let (v4, v6) = (take(ebpf, ALLOW_V4)?, take(ebpf, ALLOW_V6)?);
+        let hosts = HostWriter {
+            v4: Mutex::new(second_trie(&v4, ALLOW_V4)?),
+            v6: Mutex::new(second_trie(&v6, ALLOW_V6)?),
+        };
         let maps = Self {
             sandboxes: HashMap::try_from(take(ebpf, SANDBOXES)?)
                 .map_err(map_err("opening", SANDBOXES))?,
-            allow_v4: LpmTrie::try_from(take(ebpf, ALLOW_V4)?)
-                .map_err(map_err("opening", ALLOW_V4))?,
-            allow_v6: LpmTrie::try_from(take(ebpf, ALLOW_V6)?)
-                .map_err(map_err("opening", ALLOW_V6))?,
+            allow_v4: LpmTrie::try_from(v4).map_err(map_err("opening", ALLOW_V4))?,
+            allow_v6: LpmTrie::try_from(v6).map_err(map_err("opening", ALLOW_V6))?,
             stats: PerCpuHashMap::try_from(take(ebpf, STATS)?)
                 .map_err(map_err("opening", STATS))?,
             global: PerCpuArray::try_from(take(ebpf, GLOBAL)?)
@@ -114,36 +175,7 @@ impl Maps {
             reported: HashMap::try_from(take(ebpf, DENIALS_REPORTED)?)
                 .map_err(map_err("opening", DENIALS_REPORTED))?,
         };
-        Ok((maps, Others { events, denials, origins: Some(origins) }))
-    }
-
-    /// Set (or, with None, remove) the entry of a single address.
-    pub fn put_host(
-        &mut self,
-        policy_id: u32,
-        ip: IpAddr,
-        value: Option<&AllowValue>,
-    ) -> Result<()> {
-        match (ip, value) {
-            (IpAddr::V4(a), Some(v)) => {
-                let key = Key::new(POLICY_ID_BITS + 32, v4_key(policy_id, a.octets()));
-                self.allow_v4.insert(&key, v, 0).map_err(map_err("updating", abi::map::ALLOW_V4))
-            }
-            (IpAddr::V6(a), Some(v)) => {
-                let key = Key::new(POLICY_ID_BITS + 128, v6_key(policy_id, a.octets()));
-                self.allow_v6.insert(&key, v, 0).map_err(map_err("updating", abi::map::ALLOW_V6))
-            }
-            (IpAddr::V4(a), None) => {
-                let key = Key::new(POLICY_ID_BITS + 32, v4_key(policy_id, a.octets()));
-                ignore_missing(self.allow_v4.remove(&key))
-                    .map_err(map_err("removing from", abi::map::ALLOW_V4))
-            }
-            (IpAddr::V6(a), None) => {
-                let key = Key::new(POLICY_ID_BITS + 128, v6_key(policy_id, a.octets()));
-                ignore_missing(self.allow_v6.remove(&key))
-                    .map_err(map_err("removing from", abi::map::ALLOW_V6))
-            }
-        }
+        Ok((maps, Others { events, denials, origins: Some(origins), hosts }))
     }
 
     /// When a DNS-learned address was last connected to (CLOCK_MONOTONIC ns), if recently.

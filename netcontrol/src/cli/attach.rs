@@ -36,7 +36,7 @@ pub async fn main(args: AttachArgs) -> Result<i32> {
             target.describe(s.enforcer().cgroup()),
             s.enforcer().sandbox_id(),
             single.policy().allow.len(),
-            s.enforcer().current().entries.len(),
+            s.enforcer().entry_count(),
             single.policy().mode.name(),
         );
     }
@@ -99,7 +99,7 @@ async fn reload(args: &PolicyArgs, single: &mut Single, why: &str) {
         Ok(p) => single.reload(p).await,
         Err(e) => Err(e),
     };
-    let entries = single.sandbox.as_ref().map_or(0, |s| s.enforcer().current().entries.len());
+    let entries = single.sandbox.as_ref().map_or(0, |s| s.enforcer().entry_count());
     match result {
         Ok(()) => eprintln!(
             "netcontrol: {why}: reloaded {}: {} rules, {entries} allow entries, {} mode",

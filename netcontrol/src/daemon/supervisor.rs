@@ -286,7 +286,7 @@ impl Supervisor {
                     sandbox.enforcer().sandbox_id(),
                     self.slots.get(name).map_or("", |s| s.policy_name.as_str()),
                     sandbox.policy().mode.name(),
-                    sandbox.enforcer().current().entries.len()
+                    sandbox.enforcer().entry_count()
                 );
                 if let Some(slot) = self.slots.get_mut(name) {
                     slot.standin = None;
@@ -607,15 +607,11 @@ impl Supervisor {
         let Some(Slot { state: State::Enforcing(s), .. }) = self.slots.get_mut(name) else {
             return false;
         };
-        let size = |s: &Sandbox| {
-            let e = &s.enforcer().current().entries;
-            (e.v4.len(), e.v6.len())
-        };
-        let before = size(s);
+        let before = s.enforcer().entry_counts();
         if let Err(e) = s.apply(&mut self.dp, change) {
             tracing::warn!(sandbox = name, "{e}");
         }
-        size(s) != before
+        s.enforcer().entry_counts() != before
     }
 
     /// Re-read the configuration: validated as a whole first (an invalid file changes
@@ -774,7 +770,7 @@ impl Supervisor {
                     "enforcing on {} (cgroup id {}) as sandbox {name:?}: {} allow entries, {} mode",
                     path.display(),
                     s.enforcer().sandbox_id(),
-                    s.enforcer().current().entries.len(),
+                    s.enforcer().entry_count(),
                     s.policy().mode.name()
                 );
                 self.save_runtime();
@@ -866,7 +862,7 @@ impl Supervisor {
                     State::Enforcing(sb) => {
                         let id = sb.enforcer().sandbox_id();
                         let counts = sb.with_dns(counts_of.remove(&id).unwrap_or_default());
-                        let entries = &sb.enforcer().current().entries;
+                        let (v4, v6) = sb.enforcer().entry_counts();
                         s.state = "enforcing".into();
                         s.cgroup_id = Some(sb.enforcer().sandbox_id());
                         s.adopted = sb.enforcer().adopted();
@@ -876,8 +872,7 @@ impl Supervisor {
                         s.events_lost = counts.events_lost;
                         s.dns_refused = counts.dns_refused;
                         s.tampered = self.tamper.get(name).copied().unwrap_or(0);
-                        s.entries_v4 = entries.v4.len();
-                        s.entries_v6 = entries.v6.len();
+                        (s.entries_v4, s.entries_v6) = (v4, v6);
                     }
                     State::Waiting { why, .. } => {
                         s.state = "waiting".into();
@@ -921,8 +916,8 @@ impl Supervisor {
                 labels: self.metric_labels(name),
                 name: name.clone(),
                 cgroup_id: s.enforcer().sandbox_id(),
-                entries_v4: s.enforcer().current().entries.v4.len(),
-                entries_v6: s.enforcer().current().entries.v6.len(),
+                entries_v4: s.enforcer().entry_counts().0,
+                entries_v6: s.enforcer().entry_counts().1,
                 dns: s.dns_stats().cloned(),
                 link_ids: s.enforcer().link_ids(),
             })

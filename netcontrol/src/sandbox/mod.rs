@@ -7,16 +7,18 @@
 //!   released ([`LearnedSet`] keeps them as long as their TTL, grace, and use say);
 //! - resolver: netcontrol resolves the names itself and follows them ([`Follower`]).
 
+mod learning;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use netcontrol_common::abi::{
-    ALLOW_F_LEARNED, AllowValue, PortRange, SANDBOX_F_DNS_REDIRECT, SANDBOX_F_HOST_NETNS,
-};
+use learning::{Learner, Learning};
+use netcontrol_common::abi::SANDBOX_F_HOST_NETNS;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -26,9 +28,8 @@ use crate::{
     enforcer::{Enforcer, LinkPins},
     error::{Error, Result},
     events::Identity,
-    learn::LearnedSet,
-    policy::{Compiled, DnsMode, Policy, Resolved, compile::Index},
-    resolve::{Follower, NameUpdate, Settings, Status, system_servers},
+    policy::{Compiled, DnsMode, Policy},
+    resolve::{Follower, NameUpdate, Status, system_servers},
 };
 
 /// Where the sandbox's processes live, network-wise (where the DNS proxy must listen).
@@ -89,29 +90,43 @@ enum Dns {
     Proxy(Box<ProxyMode>),
 }
 
+/// DNS before the enforcer exists (inside `Sandbox::start`).
+enum Prepared {
+    Resolver(Follower),
+    Proxy(ProxyParts),
+}
+
+/// Proxy mode before the learner can write (it needs the enforcer).
+struct ProxyParts {
+    proxy: Proxy,
+    learn_tx: mpsc::Sender<dnsproxy::Learned>,
+    learn_rx: mpsc::Receiver<dnsproxy::Learned>,
+    learning: learning::Shared,
+}
+
 struct ProxyMode {
     proxy: Proxy,
-    learn_rx: mpsc::Receiver<dnsproxy::Learned>,
     /// For a proxy started again in another namespace.
     learn_tx: mpsc::Sender<dnsproxy::Learned>,
-    learned: LearnedSet,
-    /// Learned entries found in pinned maps (a restarted daemon): their names are not known,
-    /// so they keep their ports until the grace period runs out unused, or a reload.
-    carried: BTreeMap<IpAddr, (Vec<PortRange>, Instant)>,
-    /// The policy's static grants, for computing learned addresses' entries.
-    index: Index,
+    learning: learning::Shared,
+    /// Applies the proxy's answers (it holds the receiving end of `learn_tx`).
+    _learner: Learner,
     sweep: tokio::time::Interval,
     /// The owner sweeps (`Sandbox::sweep`) instead of the sandbox's own interval: a daemon
     /// of thousands of sandboxes sweeps them all from one tick rather than waking on each.
     external_sweep: bool,
-    reported_drops: u64,
-    reported_quota_drops: u64,
 }
 
-/// Something happened to DNS that needs applying ([`Sandbox::next_change`]).
+impl ProxyMode {
+    fn dns_ports(&self) -> (u16, u16) {
+        (self.proxy.port4, self.proxy.port6)
+    }
+}
+
+/// Something happened to DNS that needs applying ([`Sandbox::next_change`]). (Proxy-mode
+/// answers are applied by the sandbox's learner task, not through here.)
 pub enum Change {
     Names(Vec<NameUpdate>),
-    Learned(dnsproxy::Learned),
     Sweep,
 }
 
@@ -151,7 +166,7 @@ impl Sandbox {
                 report_wildcards(&policy);
                 let follower = follow(&name, &policy, &servers, dp).await;
                 let compiled = policy.compile(&follower.resolved, &servers)?;
-                (Dns::Resolver(follower), compiled)
+                (Prepared::Resolver(follower), compiled)
             }
             DnsMode::Proxy => {
                 let (learn_tx, learn_rx) = mpsc::channel(LEARN_QUEUE);
@@ -181,42 +196,53 @@ impl Sandbox {
                     }
                     Err(e) => return Err(e),
                 };
-                let index = Index::new(&policy.grants(&Resolved::new(), &servers));
-                let mut sweep = tokio::time::interval(Duration::from_secs(1));
-                sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let carried = match link_pins {
-                    LinkPins::Daemon(_) => carried(dp, policy_id, policy.dns.grace)?,
+                    LinkPins::Daemon(_) => learning::carried(dp, policy_id, policy.dns.grace)?,
                     _ => BTreeMap::new(),
                 };
-                let mode = ProxyMode {
-                    learned: LearnedSet::new(Settings::from(&policy.dns)),
-                    carried,
-                    proxy,
-                    learn_rx,
-                    learn_tx,
-                    index,
-                    sweep,
-                    external_sweep: false,
-                    reported_drops: 0,
-                    reported_quota_drops: 0,
-                };
-                let compiled = mode.compiled(&policy)?;
-                (Dns::Proxy(Box::new(mode)), compiled)
+                let learning =
+                    Learning::new(&name, &policy, &servers, carried, dp.labels().clone());
+                let compiled = learning.compiled((proxy.port4, proxy.port6))?;
+                let learning = Arc::new(Mutex::new(learning));
+                (Prepared::Proxy(ProxyParts { proxy, learn_tx, learn_rx, learning }), compiled)
             }
         };
         let compiled = in_netns(compiled, host_netns);
         let enforcer = Enforcer::attach(dp, &cgroup, sandbox_id, policy_id, compiled, &link_pins)?;
+        let dns = match dns {
+            Prepared::Resolver(follower) => Dns::Resolver(follower),
+            // Answers are taken into the maps from now on (any queued so far first).
+            Prepared::Proxy(ProxyParts { proxy, learn_tx, learn_rx, learning }) => {
+                let mut sweep = tokio::time::interval(Duration::from_secs(1));
+                sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Dns::Proxy(Box::new(ProxyMode {
+                    _learner: Learner::spawn(learn_rx, Arc::clone(&learning), enforcer.hosts()),
+                    proxy,
+                    learn_tx,
+                    learning,
+                    sweep,
+                    external_sweep: false,
+                }))
+            }
+        };
         let netns_pending = netns_pending || unplaced.is_some();
         Ok(Self { name, policy, servers, dns, enforcer, netns_pending, host_netns, unplaced })
     }
 
-    /// What the maps should hold now, whichever the DNS mode.
-    fn compile(&self) -> Result<Compiled> {
-        let c = match &self.dns {
-            Dns::Resolver(f) => self.policy.compile(&f.resolved, &self.servers)?,
-            Dns::Proxy(p) => p.compiled(&self.policy)?,
-        };
-        Ok(in_netns(c, self.host_netns))
+    /// Move the maps to what they should hold now, whichever the DNS mode. In proxy mode the
+    /// learner waits meanwhile, so that no answer is written between the two.
+    fn recompile(&mut self, dp: &mut Datapath) -> Result<()> {
+        match &self.dns {
+            Dns::Resolver(f) => {
+                let c = self.policy.compile(&f.resolved, &self.servers)?;
+                self.enforcer.update(dp, in_netns(c, self.host_netns))
+            }
+            Dns::Proxy(p) => {
+                let learning = learning::lock(&p.learning);
+                let c = learning.compiled(p.dns_ports())?;
+                self.enforcer.update(dp, in_netns(c, self.host_netns))
+            }
+        }
     }
 
     /// Whether the sandbox waits for its first process to learn its network namespace, or
@@ -269,8 +295,7 @@ impl Sandbox {
                         delay,
                     });
                     // The maps still follow the namespace's rules.
-                    let compiled = self.compile()?;
-                    self.enforcer.update(dp, compiled)?;
+                    self.recompile(dp)?;
                     return Err(e);
                 }
             }
@@ -281,8 +306,7 @@ impl Sandbox {
         }
         self.netns_pending = false;
         self.unplaced = None;
-        let compiled = self.compile()?;
-        self.enforcer.update(dp, compiled)?;
+        self.recompile(dp)?;
         Ok(true)
     }
 
@@ -303,8 +327,7 @@ impl Sandbox {
              to all of it from now on"
         );
         self.host_netns = true;
-        let compiled = self.compile()?;
-        self.enforcer.update(dp, compiled)
+        self.recompile(dp)
     }
 
     pub fn name(&self) -> &str {
@@ -328,7 +351,7 @@ impl Sandbox {
     }
 
     /// The DNS proxy's counters (proxy mode).
-    pub fn dns_stats(&self) -> Option<&std::sync::Arc<dnsproxy::Stats>> {
+    pub fn dns_stats(&self) -> Option<&Arc<dnsproxy::Stats>> {
         match &self.dns {
             Dns::Proxy(p) => Some(&p.proxy.stats),
             Dns::Resolver(_) => None,
@@ -357,14 +380,11 @@ impl Sandbox {
                 }
                 std::future::pending::<()>().await;
             },
-            Dns::Proxy(p) if p.external_sweep => match p.learn_rx.recv().await {
-                Some(l) => Change::Learned(l),
-                None => std::future::pending().await,
-            },
-            Dns::Proxy(p) => tokio::select! {
-                Some(l) = p.learn_rx.recv() => Change::Learned(l),
-                _ = p.sweep.tick() => Change::Sweep,
-            },
+            Dns::Proxy(p) if !p.external_sweep => {
+                p.sweep.tick().await;
+                Change::Sweep
+            }
+            Dns::Proxy(_) => std::future::pending().await,
         }
     }
 
@@ -379,14 +399,19 @@ impl Sandbox {
     /// Expire learned addresses now (proxy mode; nothing in resolver mode). Returns whether
     /// the entries changed.
     pub fn sweep(&mut self, dp: &mut Datapath) -> Result<bool> {
-        if !matches!(self.dns, Dns::Proxy(_)) {
-            return Ok(false);
-        }
-        let before =
-            (self.enforcer.current().entries.v4.len(), self.enforcer.current().entries.v6.len());
-        self.apply(dp, Change::Sweep)?;
-        let e = &self.enforcer.current().entries;
-        Ok((e.v4.len(), e.v6.len()) != before)
+        let Dns::Proxy(p) = &self.dns else { return Ok(false) };
+        dp.host_addresses().refresh_if_older(HOST_ADDRESSES_EVERY);
+        let before = self.enforcer.entry_counts();
+        let grace = self.policy.dns.grace;
+        let now_ns = crate::events::record::monotonic_ns();
+        let enforcer = &self.enforcer;
+        let in_use = |ip| {
+            enforcer
+                .last_use(dp, ip)
+                .is_some_and(|t| u128::from(now_ns.saturating_sub(t)) < grace.as_nanos())
+        };
+        learning::lock(&p.learning).sweep(&enforcer.hosts(), in_use)?;
+        Ok(self.enforcer.entry_counts() != before)
     }
 
     /// Apply what [`Sandbox::next_change`] returned to the maps.
@@ -399,42 +424,7 @@ impl Sandbox {
                     in_netns(self.policy.compile(&f.resolved, &self.servers)?, self.host_netns);
                 self.enforcer.update(dp, compiled)
             }
-            (Change::Learned(l), Dns::Proxy(p)) => {
-                let mut changed = p.learned.learn(Instant::now(), &l.name, &l.ips);
-                for (ip, _) in &l.ips {
-                    dp.labels().set_domain(*ip, &l.name);
-                    // Its names are known now: the entry follows them from here.
-                    if p.carried.remove(ip).is_some() {
-                        changed.insert(*ip);
-                    }
-                }
-                let result = p.refresh(dp, &mut self.enforcer, &self.policy, changed);
-                // The answer may go now (also if allowing failed: holding it would not help).
-                let _ = l.done.send(());
-                p.report_drops(&self.name, &l.name);
-                result
-            }
-            (Change::Sweep, Dns::Proxy(p)) => {
-                dp.host_addresses().refresh_if_older(HOST_ADDRESSES_EVERY);
-                let grace = self.policy.dns.grace;
-                let now_ns = crate::events::record::monotonic_ns();
-                let enforcer = &self.enforcer;
-                let in_use = |ip| {
-                    enforcer
-                        .last_use(dp, ip)
-                        .is_some_and(|t| u128::from(now_ns.saturating_sub(t)) < grace.as_nanos())
-                };
-                let now = Instant::now();
-                let mut changed = p.learned.expire(now, in_use);
-                p.carried.retain(|ip, (_, until)| {
-                    let keep = *until > now || in_use(*ip);
-                    if !keep {
-                        changed.insert(*ip);
-                    }
-                    keep
-                });
-                p.refresh(dp, &mut self.enforcer, &self.policy, changed)
-            }
+            (Change::Sweep, _) => self.sweep(dp).map(drop),
             _ => Ok(()),
         }
     }
@@ -451,7 +441,7 @@ impl Sandbox {
             )));
         }
         let servers = dns_servers(&policy)?;
-        let compiled = match &mut self.dns {
+        match &mut self.dns {
             Dns::Resolver(f) => {
                 report_wildcards(&policy);
                 if servers != self.servers || policy.dns != self.policy.dns {
@@ -469,21 +459,19 @@ impl Sandbox {
                     report(&self.name, &first);
                     report_silent(f, &new);
                 }
-                policy.compile(&f.resolved, &servers)?
+                let compiled = policy.compile(&f.resolved, &servers)?;
+                self.enforcer.update(dp, in_netns(compiled, self.host_netns))?;
+                f.retain(&policy.names());
             }
             Dns::Proxy(p) => {
                 p.proxy.set(proxy_config(&policy, &servers), rules(&policy, dp));
-                p.learned.set_settings(Settings::from(&policy.dns));
-                p.learned.retain_names(|n| !policy.ranges_for_name(n).is_empty());
-                // Carried entries' names are unknown: the new policy may not allow them.
-                p.carried.clear();
-                p.index = Index::new(&policy.grants(&Resolved::new(), &servers));
-                p.compiled(&policy)?
+                // Held until the maps are moved: no answer is taken in between under the old
+                // policy's grants.
+                let mut learning = learning::lock(&p.learning);
+                learning.set_policy(&policy, &servers);
+                let compiled = learning.compiled(p.dns_ports())?;
+                self.enforcer.update(dp, in_netns(compiled, self.host_netns))?;
             }
-        };
-        self.enforcer.update(dp, in_netns(compiled, self.host_netns))?;
-        if let Dns::Resolver(f) = &mut self.dns {
-            f.retain(&policy.names());
         }
         self.policy = policy;
         self.servers = servers;
@@ -492,6 +480,7 @@ impl Sandbox {
 
     /// Detach, forget the sandbox's entries, and return what was counted for it.
     pub fn detach(self, dp: &mut Datapath) -> Result<Counts> {
+        self.close_learning();
         // Events still queued for it are named by the sandbox label, which stays.
         dp.labels().set_identity(self.enforcer.sandbox_id(), Identity::default());
         let dns_refused = self.dns_stats().map_or(0, |s| s.refused());
@@ -502,98 +491,16 @@ impl Sandbox {
 
     /// Stop managing the sandbox but leave it enforced as it is (pinned links and map
     /// entries), for a restarted daemon to re-adopt.
+    /// Once this returns, the learner writes nothing more.
+    fn close_learning(&self) {
+        if let Dns::Proxy(p) = &self.dns {
+            learning::lock(&p.learning).close();
+        }
+    }
+
     pub fn leave_pinned(self) {
+        self.close_learning();
         self.enforcer.leave_pinned();
-    }
-}
-
-/// The learned entries a pinned map holds for `policy_id`, kept for `grace` from now.
-fn carried(
-    dp: &Datapath,
-    policy_id: u32,
-    grace: Duration,
-) -> Result<BTreeMap<IpAddr, (Vec<PortRange>, Instant)>> {
-    let until = Instant::now() + grace;
-    let entries = dp.maps_ref().entries_of(policy_id)?;
-    let ranges = |v: &AllowValue| v.ranges[..(v.count as usize).min(v.ranges.len())].to_vec();
-    let v4 = entries
-        .v4
-        .iter()
-        .filter(|((len, _), v)| *len == 32 && v.flags & ALLOW_F_LEARNED != 0)
-        .map(|((_, a), v)| (IpAddr::from(*a), (ranges(v), until)));
-    let v6 = entries
-        .v6
-        .iter()
-        .filter(|((len, _), v)| *len == 128 && v.flags & ALLOW_F_LEARNED != 0)
-        .map(|((_, a), v)| (IpAddr::from(*a), (ranges(v), until)));
-    Ok(v4.chain(v6).collect())
-}
-
-impl ProxyMode {
-    /// The extra ports DNS opened for `ip`: those of the names it answered for, or those it
-    /// was carried over with.
-    fn ranges(&self, policy: &Policy, ip: IpAddr) -> Vec<PortRange> {
-        let mut ranges: Vec<PortRange> =
-            self.learned.names(ip).flat_map(|n| policy.ranges_for_name(n)).collect();
-        if let Some((carried, _)) = self.carried.get(&ip) {
-            ranges.extend(carried);
-        }
-        ranges
-    }
-
-    /// Everything the maps should hold: the static entries and the learned addresses.
-    fn compiled(&self, policy: &Policy) -> Result<Compiled> {
-        let learned: BTreeMap<IpAddr, Vec<_>> = self
-            .learned
-            .ips()
-            .chain(self.carried.keys().copied())
-            .map(|ip| (ip, self.ranges(policy, ip)))
-            .collect();
-        Ok(Compiled {
-            flags: policy.sandbox_flags() | SANDBOX_F_DNS_REDIRECT,
-            dns_port4: self.proxy.port4,
-            dns_port6: self.proxy.port6,
-            entries: self.index.entries_with(&learned).map_err(crate::policy::PolicyError::from)?,
-            ..policy.compile(&Resolved::new(), &[])?
-        })
-    }
-
-    /// Bring the entries of `ips` in line with what they were learned for.
-    fn refresh(
-        &self,
-        dp: &mut Datapath,
-        enforcer: &mut Enforcer,
-        policy: &Policy,
-        ips: BTreeSet<IpAddr>,
-    ) -> Result<()> {
-        for ip in ips {
-            let ranges = self.ranges(policy, ip);
-            let value =
-                self.index.host_value(ip, &ranges).map_err(crate::policy::PolicyError::from)?;
-            enforcer.set_host(dp, ip, value)?;
-        }
-        Ok(())
-    }
-
-    fn report_drops(&mut self, sandbox: &str, name: &str) {
-        if self.learned.dropped_by_cap > self.reported_drops {
-            tracing::warn!(
-                sandbox,
-                "{name}: DNS answers hold more addresses than dns.max_ips_per_name allows; {} dropped so far (those expiring first)",
-                self.learned.dropped_by_cap
-            );
-            self.reported_drops = self.learned.dropped_by_cap;
-        }
-        if self.learned.dropped_by_quota > self.reported_quota_drops {
-            tracing::warn!(
-                sandbox,
-                "{name}: the sandbox has learned {} addresses from DNS, its quota; {} dropped so \
-                 far (those expiring first)",
-                crate::learn::MAX_LEARNED,
-                self.learned.dropped_by_quota
-            );
-            self.reported_quota_drops = self.learned.dropped_by_quota;
-        }
     }
 }
 
