@@ -292,6 +292,15 @@ fn an_invalid_config_is_rejected_with_its_line_and_the_old_one_stays() {
     assert!(line.contains("no policy named \"nope\""), "{line}");
     assert!(tcp_in(&cg.path, &eleven).ok);
 
+    // A policy emptied by mistake is not deny-all: refused, the old one keeps working.
+    d.write_config(&format!(
+        "policies:\n  web: {{}}\nsandboxes:\n{}",
+        sandbox_yaml("job", &cg.path, "web")
+    ));
+    let line = d.wait_for_line("keeping the previous configuration", Duration::from_secs(10));
+    assert!(line.contains("the policy has no `allow:` list"), "{line}");
+    assert!(tcp_in(&cg.path, &eleven).ok);
+
     // A valid change applies: the new destination opens, the old one closes.
     d.write_config(&body(&ten, ""));
     d.wait_for_line("reloaded", Duration::from_secs(10));

@@ -434,6 +434,16 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_policy_entry_is_refused_with_its_line() {
+        for (body, line) in [("  p:\n", 2), ("  p: {}\n", 2), ("  ok:\n    allow: []\n  p: ~\n", 4)]
+        {
+            let e = parse_str(&format!("policies:\n{body}sandboxes: []\n")).expect_err("empty");
+            assert!(e.contains(&format!("daemon.yaml:{line}:")), "{e}");
+            assert!(e.contains("the policy has no `allow:` list"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_full_config() {
         let c = parse_str(
             "pin_root: /sys/fs/bpf/nc\nmetrics_addr: 127.0.0.1:9000\nevents:\n  path: /tmp/e.jsonl\n  max_size: 10MiB\n  keep: 2\npolicies:\n  ci:\n    allow: [10.0.0.0/8]\nsandboxes:\n  - name: job-1\n    cgroup: ci/job-1\n    policy: ci\n  - cgroup: /sys/fs/cgroup/x\n    policy: ci\n",

@@ -125,18 +125,44 @@ fn snippet(text: &str, line: u64, column: u64) -> String {
 
 /// A policy as written (also the value of a daemon config's `policies:` entries).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "PolicyFields")]
 pub(crate) struct RawPolicy {
+    mode: Option<RawMode>,
+    allow: Vec<Entry>,
+    listen: Vec<ListenSpec>,
+    dns: Option<RawDns>,
+    sockets: Option<RawSockets>,
+}
+
+/// The fields of a policy, before it is checked that it says what it allows.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFields {
     #[serde(default)]
     mode: Option<RawMode>,
     #[serde(default)]
-    allow: Vec<Entry>,
+    allow: Option<Vec<Entry>>,
     #[serde(default)]
     listen: Vec<ListenSpec>,
     #[serde(default)]
     dns: Option<RawDns>,
     #[serde(default)]
     sockets: Option<RawSockets>,
+}
+
+/// What a policy without `allow:` is told: an empty one (`p:`, `p: {}`, a file holding `{}`
+/// or `~`) is far more likely a mistake than a wish to deny everything, and a reload to it
+/// would cut the sandbox off.
+pub(crate) const NO_ALLOW: &str =
+    "the policy has no `allow:` list (write `allow: []` to deny everything)";
+
+impl TryFrom<PolicyFields> for RawPolicy {
+    type Error = &'static str;
+    fn try_from(f: PolicyFields) -> Result<Self, Self::Error> {
+        let PolicyFields { mode, allow, listen, dns, sockets } = f;
+        let allow = allow.ok_or(NO_ALLOW)?;
+        Ok(Self { mode, allow, listen, dns, sockets })
+    }
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -645,6 +671,16 @@ sockets:
         let e = err("allow:\n  - 443\n");
         assert!(e.starts_with("p.yaml:2:5: invalid type: integer `443`, expected a rule"), "{e}");
         assert!(err("# nothing here\n").contains("has no policy in it"));
+    }
+
+    #[test]
+    fn a_policy_that_says_nothing_is_refused_not_deny_all() {
+        for text in ["{}\n", "~\n", "null\n", "mode: audit\n", "dns:\n  mode: resolver\n"] {
+            let e = err(text);
+            assert!(e.starts_with("p.yaml:1:1: the policy has no `allow:` list"), "{text:?}: {e}");
+            assert!(e.contains("write `allow: []` to deny everything"), "{e}");
+        }
+        assert!(ok("allow: []\n").allow.is_empty(), "deny-all, said explicitly");
     }
 
     #[test]
