@@ -14,7 +14,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -495,12 +495,54 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io(format!("listening for metrics on {addr}"), e))?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics server on {addr}: {e}");
-        }
+    let listener = Arc::new(listener);
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+    crate::tasks::supervise("metrics_server", move || {
+        accept_http(Arc::clone(&listener), app.clone(), Arc::clone(&open))
     });
     Ok(())
+}
+
+/// Connections served at once; more are closed as they come (the port may be reachable from
+/// the node's network: stalled clients must not pile up).
+const MAX_HTTP_CONNECTIONS: usize = 128;
+/// A client has this long to send a request's headers, and a connection lives at most
+/// `HTTP_CONNECTION_LIFETIME` (a scrape takes milliseconds; Prometheus reconnects).
+const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+async fn accept_http(
+    listener: Arc<tokio::net::TcpListener>,
+    app: Router,
+    open: Arc<tokio::sync::Semaphore>,
+) {
+    let mut backoff = crate::backoff::Backoff::new("metrics server: accepting");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.ok();
+                stream
+            }
+            Err(e) if crate::backoff::transient(&e) => continue,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HTTP_HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(HTTP_CONNECTION_LIFETIME, connection).await;
+            drop(permit);
+        });
+    }
 }
 
 /// OpenMetrics for clients that ask for it (Prometheus does), the classic text format for

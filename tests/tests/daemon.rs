@@ -820,3 +820,56 @@ fn a_reload_that_waits_on_dns_holds_up_no_other_sandbox_s_answers() {
     });
     assert!(held.is_none_or(|l| l.ends_with(" 0")), "{held:?}");
 }
+
+/// Clients that connect and stall, or send garbage, hold nothing for long: the control socket
+/// answers bytes that are not UTF-8 and cuts off a silent client, and the metrics server closes
+/// connections that never finish their headers, while scrapes and status keep working.
+#[test]
+fn stalled_and_garbled_clients_of_the_daemon_s_sockets_are_cut_off() {
+    use std::io::Read;
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let cg = TestCgroup::new();
+    let mut d = job_daemon(&cg.path, "127.0.0.1:1");
+    d.start();
+    let unix = || std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+
+    let mut garbled = unix();
+    garbled.write_all(b"{\"op\": \"st\xffatus\"}\n").expect("write");
+    let mut answer = String::new();
+    garbled.read_to_string(&mut answer).expect("an answer");
+    assert!(answer.contains("not a valid request"), "{answer}");
+
+    // Silent clients (more than the socket serves at once) and half-sent HTTP requests.
+    let silent: Vec<_> = (0..40).map(|_| unix()).collect();
+    let stalled: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(METRICS_ADDR).expect("connect to metrics");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").expect("half a request");
+            s
+        })
+        .collect();
+    // Status and scrapes still answer: the first within the socket's share, the others once
+    // the stalled ones are gone.
+    assert_eq!(d.sandbox("job")["state"], "enforcing");
+    let scraped = within(Duration::from_secs(30), || d.get("/metrics").0 == 200);
+    assert!(scraped.is_some(), "no scrape while clients stall");
+    // Every stalled client is closed by the daemon (EOF or reset), none after more than
+    // the timeouts (5 s for headers, 10 s for a request) plus slack.
+    let closed = |mut s: &std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut buf = [0u8; 256];
+        !matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    };
+    assert!(stalled.iter().all(closed), "a stalled HTTP client was kept open");
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(40))).expect("timeout");
+        let mut answer = String::new();
+        // Served (after the others) or cut off: an answer saying so, or EOF.
+        s.read_to_string(&mut answer).expect("the daemon ends a silent connection");
+        assert!(answer.is_empty() || answer.contains("no request within"), "{answer}");
+    }
+    assert_eq!(d.sandbox("job")["state"], "enforcing");
+}

@@ -5,6 +5,7 @@ use std::{
     io,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
 };
 
 use crate::error::{Error, Result};
@@ -138,6 +139,10 @@ pub type Call = (Request, oneshot::Sender<Response>);
 
 /// Longest request accepted (an inline policy included).
 const MAX_REQUEST: usize = 4 << 20;
+/// A client has this long to send its request, and to take the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 32;
 
 /// Bind the socket (0600 in a 0700 directory) and hand every request to `calls`. A socket
 /// left behind by a dead daemon is replaced; one a live daemon answers on is an error.
@@ -162,15 +167,19 @@ pub async fn listen(path: &Path, calls: mpsc::Sender<Call>) -> Result<()> {
     let listener = listener.map_err(|e| err("binding", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| err("setting the mode of", e))?;
-    let listener = std::sync::Arc::new(listener);
-    crate::tasks::supervise("control_socket", move || accept(listener.clone(), calls.clone()));
+    let listener = Arc::new(listener);
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    crate::tasks::supervise("control_socket", move || {
+        accept(Arc::clone(&listener), calls.clone(), Arc::clone(&open))
+    });
     Ok(())
 }
 
 /// Take connections for good, each served in a task of its own.
-async fn accept(listener: std::sync::Arc<UnixListener>, calls: mpsc::Sender<Call>) {
+async fn accept(listener: Arc<UnixListener>, calls: mpsc::Sender<Call>, open: Arc<Semaphore>) {
     let mut backoff = crate::backoff::Backoff::new("control socket: accepting");
     loop {
+        let Ok(permit) = Arc::clone(&open).acquire_owned().await else { return };
         let stream = match listener.accept().await {
             Ok((stream, _)) => {
                 backoff.ok();
@@ -187,6 +196,7 @@ async fn accept(listener: std::sync::Arc<UnixListener>, calls: mpsc::Sender<Call
             if let Err(e) = serve(stream, calls).await {
                 tracing::debug!("control connection: {e}");
             }
+            drop(permit);
         });
     }
 }
@@ -197,12 +207,20 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result<()> 
     let (read, mut write) = stream.into_split();
     // The request is read in any case: answering before it is read would break the pipe
     // under the client, which would then never see the answer.
-    let mut line = String::new();
-    BufReader::new(read.take(MAX_REQUEST as u64)).read_line(&mut line).await?;
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let timed_out =
+        match tokio::time::timeout(IO_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+            Ok(read) => read.map(|_| false)?,
+            Err(_) => true,
+        };
     let response = if cred.uid() != 0 {
         Response::failed("the control socket is for root only")
+    } else if timed_out {
+        Response::failed(format!("no request within {} s", IO_TIMEOUT.as_secs()))
     } else {
-        match serde_json::from_str::<Request>(&line) {
+        // Bytes, not text: a request that is not UTF-8 gets an answer saying so.
+        match serde_json::from_slice::<Request>(&line) {
             Err(e) => Response::failed(format!("not a valid request: {e}")),
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
@@ -216,8 +234,13 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result<()> 
     };
     let mut out = serde_json::to_vec(&response).map_err(io::Error::from)?;
     out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
+    let answer = async {
+        write.write_all(&out).await?;
+        write.shutdown().await
+    };
+    tokio::time::timeout(IO_TIMEOUT, answer).await.unwrap_or_else(|_| {
+        Err(io::Error::new(io::ErrorKind::TimedOut, "the answer was not taken"))
+    })
 }
 
 /// Send one request to the daemon listening on `path`.

@@ -54,8 +54,17 @@ pub const HOLD: Duration = Duration::from_millis(100);
 /// TCP connections one sandbox may hold open to its proxy; more are closed at once (one
 /// sandbox must not take the fds every other sandbox's DNS needs).
 pub const MAX_TCP_SESSIONS: usize = 32;
-/// A TCP connection that sends nothing for this long is closed.
+/// TCP connections to all sandboxes' proxies at once: beyond it, new ones are closed.
+pub const MAX_TCP_SESSIONS_ALL: usize = 2048;
+static ALL_TCP_SESSIONS: Semaphore = Semaphore::const_new(MAX_TCP_SESSIONS_ALL);
+/// A TCP connection that sends nothing for this long is closed, and any after
+/// `TCP_LIFETIME` (a client that keeps one busy forever holds its share no longer).
 const TCP_IDLE: Duration = Duration::from_secs(10);
+const TCP_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest query taken over TCP: a query is one question (a name of at most 255 bytes)
+/// and perhaps an EDNS record; nothing longer is read, so a client cannot make the proxy
+/// hold buffers for messages it never completes.
+const MAX_TCP_QUERY: usize = 4096;
 /// Queries of one sandbox being answered at once; beyond it, SERVFAIL at once.
 pub const MAX_IN_FLIGHT: usize = 256;
 
@@ -329,27 +338,28 @@ async fn serve_tcp(listener: Arc<TcpListener>, ctx: Arc<Ctx>) {
         };
         // Beyond the sandbox's share the connection is closed at once (the client retries
         // over UDP or later); nothing is held for it.
-        let Ok(permit) = ctx.tcp_sessions.clone().try_acquire_owned() else {
+        let (Ok(permit), Ok(all)) =
+            (ctx.tcp_sessions.clone().try_acquire_owned(), ALL_TCP_SESSIONS.try_acquire())
+        else {
             Stats::bump(&ctx.stats.overloaded);
             drop(stream);
             continue;
         };
-        tokio::spawn(tcp_session(stream, client, ctx.clone(), permit));
+        let session = tcp_session(stream, client, ctx.clone());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(TCP_LIFETIME, session).await;
+            drop((permit, all));
+        });
     }
 }
 
 /// Queries on one TCP connection, one after the other, until it closes or idles.
-async fn tcp_session(
-    mut stream: TcpStream,
-    client: SocketAddr,
-    ctx: Arc<Ctx>,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn tcp_session(mut stream: TcpStream, client: SocketAddr, ctx: Arc<Ctx>) {
     let proxy =
         stream.local_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from(DNS_PROXY_V4), 0));
     loop {
-        let query = match tokio::time::timeout(TCP_IDLE, upstream::read_message(&mut stream)).await
-        {
+        let query = upstream::read_message(&mut stream, MAX_TCP_QUERY);
+        let query = match tokio::time::timeout(TCP_IDLE, query).await {
             Ok(Ok(q)) => q,
             _ => return,
         };

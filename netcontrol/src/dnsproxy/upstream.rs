@@ -46,12 +46,20 @@ async fn udp(server: SocketAddr, query: &[u8], id: &[u8]) -> io::Result<Vec<u8>>
     let sock = UdpSocket::bind(local).await?;
     sock.connect(server).await?;
     sock.send(query).await?;
-    let mut buf = vec![0u8; 65_535];
     loop {
-        let n = sock.recv(&mut buf).await?;
+        // The buffer exists only once a datagram is there: hundreds of queries waiting on a
+        // slow server hold no memory for answers that have not come.
+        sock.readable().await?;
+        let mut buf = vec![0u8; 65_535];
+        let n = match sock.try_recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
         // A stray datagram with another ID (a late answer to a retry) is not ours.
         if n >= 2 && &buf[..2] == id {
             buf.truncate(n);
+            buf.shrink_to_fit();
             return Ok(buf);
         }
     }
@@ -62,15 +70,26 @@ async fn tcp(server: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
     let len = u16::try_from(query.len()).map_err(|_| io::Error::other("query too long for TCP"))?;
     s.write_all(&len.to_be_bytes()).await?;
     s.write_all(query).await?;
-    read_message(&mut s).await
+    read_message(&mut s, usize::from(u16::MAX)).await
 }
 
-/// One length-prefixed DNS message from a TCP stream.
-pub async fn read_message<R: AsyncReadExt + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
+/// One length-prefixed DNS message of at most `max` bytes from a TCP stream. Memory grows
+/// with what arrives, not with what the length prefix claims.
+pub async fn read_message<R: AsyncReadExt + Unpin>(r: &mut R, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 2];
     r.read_exact(&mut len).await?;
-    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    r.read_exact(&mut msg).await?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a {len}-byte message (at most {max} taken)"),
+        ));
+    }
+    let mut msg = Vec::with_capacity(len.min(512));
+    r.take(len as u64).read_to_end(&mut msg).await?;
+    if msg.len() < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(msg)
 }
 
@@ -79,4 +98,27 @@ pub async fn write_message<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &[u8]) -> i
     let len = u16::try_from(msg.len()).map_err(|_| io::Error::other("answer too long for TCP"))?;
     w.write_all(&len.to_be_bytes()).await?;
     w.write_all(msg).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(len: u16, body: &[u8]) -> Vec<u8> {
+        let mut m = len.to_be_bytes().to_vec();
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[tokio::test]
+    async fn a_message_is_read_as_it_arrives_and_only_up_to_its_limit() {
+        let m = read_message(&mut &framed(3, b"abc")[..], 4096).await.expect("whole");
+        assert_eq!(m, b"abc");
+        // A prefix claiming more than a query can be is refused before anything is taken.
+        let e = read_message(&mut &framed(5000, b"abc")[..], 4096).await.expect_err("too long");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // A claim that the bytes never make good: an error, and no 64 KiB held meanwhile.
+        let e = read_message(&mut &framed(65_535, b"abc")[..], 65_535).await.expect_err("short");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
 }
