@@ -46,6 +46,24 @@ pub struct Counts {
     pub dns_refused: u64,
 }
 
+impl Counts {
+    /// Count `n` of what a STATS key counts.
+    pub fn add(&mut self, k: &StatsKey, n: u64) {
+        match (k.counter, k.verdict) {
+            (COUNTER_EVENTS_LOST, _) => self.events_lost += n,
+            (COUNTER_SUPPRESSED, _) => self.summarized += n,
+            // Allowed socket creations are not connection attempts.
+            (COUNTER_ATTEMPTS, VERDICT_ALLOW) if k.hook != abi::HOOK_SOCK_CREATE => {
+                self.allowed += n
+            }
+            (COUNTER_ATTEMPTS, VERDICT_DENY) => self.blocked += n,
+            (COUNTER_ATTEMPTS, VERDICT_AUDIT) => self.would_block += n,
+            (COUNTER_ATTEMPTS, abi::VERDICT_REDIRECT) => self.redirected += n,
+            _ => {}
+        }
+    }
+}
+
 /// A map a daemon pins, and the layout a pinned copy must have to be re-adopted.
 struct Pinned {
     name: &'static str,
@@ -268,19 +286,7 @@ impl Datapath {
         let keys = stats.len();
         let mut all: HashMap<u64, Counts> = HashMap::new();
         for (k, n) in stats {
-            let c = all.entry(k.sandbox_id).or_default();
-            match (k.counter, k.verdict) {
-                (COUNTER_EVENTS_LOST, _) => c.events_lost += n,
-                (COUNTER_SUPPRESSED, _) => c.summarized += n,
-                // Allowed socket creations are not connection attempts.
-                (COUNTER_ATTEMPTS, VERDICT_ALLOW) if k.hook != abi::HOOK_SOCK_CREATE => {
-                    c.allowed += n
-                }
-                (COUNTER_ATTEMPTS, VERDICT_DENY) => c.blocked += n,
-                (COUNTER_ATTEMPTS, VERDICT_AUDIT) => c.would_block += n,
-                (COUNTER_ATTEMPTS, abi::VERDICT_REDIRECT) => c.redirected += n,
-                _ => {}
-            }
+            all.entry(k.sandbox_id).or_default().add(&k, n);
         }
         Ok((all, keys))
     }

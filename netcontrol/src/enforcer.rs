@@ -140,6 +140,7 @@ impl Enforcer {
                         cgroup.display(),
                         orphan.owner.pid
                     );
+                    crate::bpf::orphan::report(&orphan, Some(cgroup));
                     pins::remove_dir(&orphan.dir)?;
                 }
                 Some(attachment)

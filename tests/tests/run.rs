@@ -25,6 +25,10 @@ fn run_parent() -> PathBuf {
 
 /// The run cgroups and pin directories left by netcontrol process `pid`.
 fn leftovers(pid: u32) -> Vec<PathBuf> {
+    leftovers_under(pid, Path::new(TEST_PIN_ROOT))
+}
+
+fn leftovers_under(pid: u32, root: &Path) -> Vec<PathBuf> {
     let mut left = Vec::new();
     let run_prefix = format!("netcontrol-run-{pid}-");
     if let Ok(d) = std::fs::read_dir(run_parent()) {
@@ -32,9 +36,7 @@ fn leftovers(pid: u32) -> Vec<PathBuf> {
             d.flatten().map(|e| e.path()).filter(|p| file_name(p).starts_with(&run_prefix)),
         );
     }
-    if let Ok(d) = std::fs::read_dir(
-        netcontrol_tests::pin_abi_dir(Path::new(TEST_PIN_ROOT)).join("standalone"),
-    ) {
+    if let Ok(d) = std::fs::read_dir(netcontrol_tests::pin_abi_dir(root).join("standalone")) {
         left.extend(
             d.flatten()
                 .map(|e| e.path())
@@ -286,7 +288,16 @@ fn killed_netcontrol_fails_closed_and_is_collected_later() {
     let probe = probe_bin();
     let script =
         format!("read x; {} tcp {} tcp {}", probe.display(), denied.target(), allowed.target());
-    let mut child = spawn_run(&["--allow", &allowed.target(), "--", "sh", "-c", &script]);
+    // A pin root of its own: the netcontrol that collects the pins is this test's.
+    let root = format!("{TEST_PIN_ROOT}-killed-{}", std::process::id());
+    let mut child = Command::new(netcontrol_bin())
+        .args(["run", "--allow", &allowed.target(), "--", "sh", "-c", &script])
+        .env("NETCONTROL_PIN_ROOT", &root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netcontrol run");
     let pid = child.id();
     let cgroup = wait_sandboxed(pid);
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 netcontrol");
@@ -310,10 +321,29 @@ fn killed_netcontrol_fails_closed_and_is_collected_later() {
         assert!(Instant::now() < deadline, "the command did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Any netcontrol that starts now collects them (another test's may already have).
-    let next = netcontrol(&["run", "--", "true"]);
+    // The next netcontrol collects them, and says what they did meanwhile: the blocked
+    // attempt is counted, its event (queued, never read) is not lost without a word.
+    let next = Command::new(netcontrol_bin())
+        .args(["run", "--", "true"])
+        .env("NETCONTROL_PIN_ROOT", &root)
+        .output()
+        .expect("run netcontrol");
     assert!(next.status.success(), "{}", show(&next));
-    assert!(leftovers(pid).is_empty(), "collected: {:?}", leftovers(pid));
+    let said = String::from_utf8_lossy(&next.stderr);
+    assert!(
+        said.contains(&format!("netcontrol pid {pid} ended without detaching"))
+            && said.contains("1 connection attempts blocked in all")
+            && said.contains("1 allowed")
+            && said.contains("1 events it never delivered"),
+        "{said}"
+    );
+    let left = leftovers_under(pid, Path::new(&root));
+    assert!(left.is_empty(), "collected: {left:?}");
+    let gone = Command::new(netcontrol_bin())
+        .args(["uninstall", "--force", "--pin-root", &root])
+        .output()
+        .expect("uninstall");
+    assert!(gone.status.success(), "{}", show(&gone));
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod hooks;
 pub mod load;
 pub mod log;
 pub mod maps;
+pub mod orphan;
 pub mod pins;
 pub mod sys;
 

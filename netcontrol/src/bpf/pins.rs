@@ -409,6 +409,7 @@ pub fn collect_garbage(root: &PinRoot, mount: &Path, adopting: Option<u64>) -> V
             );
             continue;
         }
+        super::orphan::report(&orphan, path.as_deref());
         if let Err(e) = remove_dir(&orphan.dir) {
             tracing::warn!("{e}");
             continue;

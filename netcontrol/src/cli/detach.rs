@@ -63,6 +63,7 @@ pub async fn main(args: &DetachArgs) -> Result<i32> {
         forget_sandbox(&root, id)?;
     }
     for orphan in root.standalone_orphans().into_iter().filter(|o| o.cgroup_id == id) {
+        crate::bpf::orphan::report(&orphan, Some(&path));
         pins::remove_dir(&orphan.dir)?;
         removed += 1;
     }
