@@ -23,26 +23,38 @@ pub struct FileWatch {
 
 impl FileWatch {
     pub fn new(file: &Path) -> Result<Self> {
-        let dir = file
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
-        let name: OsString = file.file_name().map(ToOwned::to_owned).unwrap_or_default();
+        Self::of(&[file.to_owned()])
+    }
+
+    /// Watch several files (a daemon configuration and the policy files it names).
+    pub fn of(files: &[PathBuf]) -> Result<Self> {
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .map(|f| {
+                f.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_owned()
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let names: Vec<OsString> =
+            files.iter().filter_map(|f| f.file_name().map(ToOwned::to_owned)).collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // Any event naming the file, or one without paths (overflow): look at the file again.
-                // ConfigMaps swap a `..data` symlink next to it, so changes to entries starting
-                // with ".." count too.
-                // Reading the file (ours included) is not a change; writes also come as
-                // modify events.
+                // Any event naming one of the files, or one without paths (overflow): look at
+                // the files again. ConfigMaps swap a `..data` symlink next to them, so changes
+                // to entries starting with ".." count too. Reading a file (ours included) is
+                // not a change; writes also come as modify events.
                 let relevant = event.as_ref().map_or(true, |e| {
                     !e.kind.is_access()
                         && (e.paths.is_empty()
                             || e.paths.iter().any(|p| {
                                 p.file_name().is_some_and(|n| {
-                                    n == name.as_os_str() || n.to_string_lossy().starts_with("..")
+                                    names.iter().any(|w| w == n)
+                                        || n.to_string_lossy().starts_with("..")
                                 })
                             }))
                 });
@@ -50,8 +62,10 @@ impl FileWatch {
                     let _ = tx.send(());
                 }
             })
-            .map_err(|e| watch_error(&dir, e))?;
-        watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| watch_error(&dir, e))?;
+            .map_err(|e| watch_error(dirs.first().map_or(Path::new("."), PathBuf::as_path), e))?;
+        for dir in &dirs {
+            watcher.watch(dir, RecursiveMode::NonRecursive).map_err(|e| watch_error(dir, e))?;
+        }
         Ok(Self { _watcher: watcher, rx })
     }
 

@@ -873,3 +873,35 @@ fn stalled_and_garbled_clients_of_the_daemon_s_sockets_are_cut_off() {
     }
     assert_eq!(d.sandbox("job")["state"], "enforcing");
 }
+
+#[test]
+fn an_edited_policy_file_is_applied_without_a_signal() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10", "127.0.0.11"]);
+    let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11"]);
+    let (ten, eleven) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
+    let cg = TestCgroup::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = dir.path().join("web.yaml");
+    netcontrol_tests::write_atomic(&web, &format!("allow: [\"{eleven}\"]\n"));
+    let mut d = Daemon::new(&format!(
+        "policy_files:\n  web: {}\nsandboxes:\n{}",
+        web.display(),
+        sandbox_yaml("job", &cg.path, "web")
+    ));
+    d.start();
+    assert!(tcp_in(&cg.path, &eleven).ok);
+    assert!(tcp_in(&cg.path, &ten).is_eperm());
+
+    netcontrol_tests::write_atomic(&web, &format!("allow: [\"{ten}\"]\n"));
+    d.wait_for_line("reloaded", Duration::from_secs(10));
+    assert!(tcp_in(&cg.path, &ten).ok);
+    assert!(tcp_in(&cg.path, &eleven).is_eperm());
+    // A broken edit is refused, naming the policy file, and the policy stays.
+    netcontrol_tests::write_atomic(&web, "allow: [\"nope:99999\"]\n");
+    let line = d.wait_for_line("keeping the previous configuration", Duration::from_secs(10));
+    assert!(line.contains("web.yaml:1:"), "{line}");
+    assert!(tcp_in(&cg.path, &ten).ok);
+}

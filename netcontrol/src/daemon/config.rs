@@ -64,6 +64,8 @@ const DEFAULT_KEEP: u32 = 5;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub path: PathBuf,
+    /// Every file it was read from: `path` and the `policy_files` (watched for changes).
+    pub files: Vec<PathBuf>,
     pub pin_root: Option<PathBuf>,
     /// None: `metrics_addr: off`.
     pub metrics_addr: Option<SocketAddr>,
@@ -241,6 +243,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
     let mut policies: BTreeMap<String, Policy> =
         raw.policies.into_iter().map(|(name, p)| (name, p.into_policy())).collect();
     let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files = vec![path.to_owned()];
     for (name, file) in raw.policy_files {
         if policies.contains_key(&name) {
             return Err(at(
@@ -252,6 +255,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
         // The policy file's own errors name that file and its line.
         let policy = file::load(&full)?;
         policies.insert(name, policy);
+        files.push(full);
     }
     let mut names = BTreeSet::new();
     let mut sandboxes = Vec::new();
@@ -375,6 +379,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
     };
     Ok(Config {
         path: path.to_owned(),
+        files,
         pin_root: raw.pin_root,
         metrics_addr,
         control_socket: raw.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),

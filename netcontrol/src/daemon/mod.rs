@@ -74,7 +74,8 @@ pub async fn run(opts: Options) -> Result<i32> {
         let collector = KernelCollector::open(&root.daemon_maps(), shared.clone(), dp.injector())?;
         metrics::serve(addr, shared.clone(), collector).await?;
     }
-    let mut watch = FileWatch::new(&opts.config)?;
+    let mut watched = config.files.clone();
+    let mut watch = FileWatch::of(&watched)?;
     // Containers are followed from before the start, so none is missed.
     let mut containers = config.docker.as_ref().map(|d| docker::follow::follow(d.host.clone()));
     let mut pods = match &config.kubernetes {
@@ -100,13 +101,18 @@ pub async fn run(opts: Options) -> Result<i32> {
         tokio::select! {
             _ = int.recv() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => drop(sup.reload("SIGHUP").await),
+            _ = hup.recv() => {
+                drop(sup.reload("SIGHUP").await);
+                rewatch(&sup, &mut watched, &mut watch);
+            }
             () = watch.changed() => {
                 watch.settle().await;
                 drop(sup.reload("configuration file changed").await);
+                rewatch(&sup, &mut watched, &mut watch);
             }
             Some((request, reply)) = calls.recv() => {
                 let _ = reply.send(sup.handle(request).await);
+                rewatch(&sup, &mut watched, &mut watch);
             }
             _ = tick.tick() => sup.tick().await,
             Some(event) = next(&mut containers) => sup.docker_event(event).await,
@@ -120,6 +126,21 @@ pub async fn run(opts: Options) -> Result<i32> {
     }
     sup.shutdown().await?;
     Ok(0)
+}
+
+/// After a reload: watch the policy files the configuration names now.
+fn rewatch(sup: &Supervisor, watched: &mut Vec<PathBuf>, watch: &mut FileWatch) {
+    let files = sup.config_files();
+    if files == watched.as_slice() {
+        return;
+    }
+    match FileWatch::of(files) {
+        Ok(w) => {
+            *watch = w;
+            *watched = files.to_vec();
+        }
+        Err(e) => tracing::warn!("{e}; changes to the policy files are applied on SIGHUP"),
+    }
 }
 
 /// Each sandbox holds a file descriptor per link (a pinned link whose pin someone removes

@@ -614,6 +614,11 @@ impl Supervisor {
         s.enforcer().entry_counts() != before
     }
 
+    /// The files the configuration was read from.
+    pub fn config_files(&self) -> &[PathBuf] {
+        &self.config.files
+    }
+
     /// Re-read the configuration: validated as a whole first (an invalid file changes
     /// nothing), then applied sandbox by sandbox.
     pub async fn reload(&mut self, why: &str) -> Result<String> {
