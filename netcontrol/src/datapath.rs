@@ -21,6 +21,7 @@ use netcontrol_common::abi::{
 use crate::{
     bpf::{
         Attachment, LoadOptions, Loaded, Maps, PinRoot,
+        attach::Fds,
         hooks::Scope,
         load::Missing,
         log,
@@ -225,8 +226,9 @@ impl Datapath {
         cgroup: &Path,
         pin_dir: Option<&Path>,
         scope: Scope,
+        fds: Fds,
     ) -> Result<Attachment> {
-        Attachment::attach(&mut self.loaded, cgroup, pin_dir, scope)
+        Attachment::attach(&mut self.loaded, cgroup, pin_dir, scope, fds)
     }
 
     /// Look for tampering with an attachment, and put it right (see [`Attachment::check`]).

@@ -10,7 +10,7 @@ use std::{
 use netcontrol_common::abi::{AllowValue, LISTEN_POLICY_BIT};
 
 use crate::{
-    bpf::{Attachment, PinRoot, hooks::Scope, maps::HostWriter, pins},
+    bpf::{Attachment, PinRoot, attach::Fds, hooks::Scope, maps::HostWriter, pins},
     cgroup,
     datapath::{Counts, Datapath},
     error::Result,
@@ -124,15 +124,19 @@ impl Enforcer {
         dp.maps().set_sandbox(sandbox_id, policy.sandbox_value(policy_id))?;
         let attachment = match link_pins {
             LinkPins::Inherited => None,
-            LinkPins::None => Some(dp.attach(cgroup, None, Scope::CgroupAndGlobal)?),
-            LinkPins::Daemon(root) => {
-                Some(dp.attach(cgroup, Some(&root.daemon_links(sandbox_id)), Scope::Cgroup)?)
-            }
+            LinkPins::None => Some(dp.attach(cgroup, None, Scope::CgroupAndGlobal, Fds::Held)?),
+            LinkPins::Daemon(root) => Some(dp.attach(
+                cgroup,
+                Some(&root.daemon_links(sandbox_id)),
+                Scope::Cgroup,
+                Fds::Released,
+            )?),
             LinkPins::Standalone(root) => {
                 let adopted =
                     pins::collect_garbage(root, &cgroup::mount_point()?, Some(sandbox_id));
                 let dir = root.standalone_dir(sandbox_id, pins::Owner::current());
-                let attachment = dp.attach(cgroup, Some(&dir), Scope::CgroupAndGlobal)?;
+                let attachment =
+                    dp.attach(cgroup, Some(&dir), Scope::CgroupAndGlobal, Fds::Held)?;
                 // Ours are in place: now remove a dead predecessor's links (make before break).
                 for orphan in adopted {
                     tracing::info!(

@@ -905,3 +905,39 @@ fn an_edited_policy_file_is_applied_without_a_signal() {
     assert!(line.contains("web.yaml:1:"), "{line}");
     assert!(tcp_in(&cg.path, &ten).ok);
 }
+
+/// Out of file descriptors is never unenforced: under a low open-files limit, sandboxes whose
+/// DNS proxy gets no sockets are denied everything instead (a stand-in that needs no fd of
+/// its own), and the daemon says it is not ready.
+#[test]
+fn running_out_of_file_descriptors_leaves_no_sandbox_open() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = netcontrol_tests::Server::start("127.0.0.10");
+    let cgroups: Vec<TestCgroup> = (0..60).map(|_| TestCgroup::new()).collect();
+    let sandboxes: String = cgroups
+        .iter()
+        .enumerate()
+        .map(|(i, cg)| sandbox_yaml(&format!("s{i}"), &cg.path, "api"))
+        .collect();
+    let mut d = Daemon::new(&format!(
+        "policies:\n  api:\n    allow: [\"api.test:443\"]\n    dns: {{servers: [127.0.0.53]}}\nsandboxes:\n{sandboxes}"
+    ));
+    // Enough for the daemon itself and some sandboxes' DNS proxies, not for all 60.
+    d.wrapper = vec!["prlimit".into(), "--nofile=160:160".into(), "--".into()];
+    d.start();
+    let status = d.status();
+    let all = status["sandboxes"].as_array().expect("sandboxes");
+    let stand_ins = all.iter().filter(|s| s["problem"].is_string()).count();
+    assert!(stand_ins > 0, "the limit was not reached: {status:#}");
+    assert!(stand_ins < all.len(), "no sandbox got its policy: {status:#}");
+    for (i, cg) in cgroups.iter().enumerate() {
+        let p = tcp_in(&cg.path, &denied.target());
+        assert!(p.is_eperm(), "s{i} ({}) is open: {p:?}", all[i]["problem"]);
+    }
+    assert_eq!(d.get("/readyz").0, 503, "ready while sandboxes only stand in");
+    let (_, metrics) = d.get("/metrics");
+    assert!(metrics.contains("reason=\"deny_all_stand_in\""), "{metrics}");
+}

@@ -280,6 +280,17 @@ fn the_daemon_puts_detached_links_back() {
         metrics.lines().any(|l| l.starts_with("netcontrol_links_detached{sandbox=\"job\"} 0")),
         "{metrics}"
     );
+    // The daemon holds no fd of its sandboxes' links (thousands of sandboxes would not fit
+    // the open-files limit): a removed pin takes its link along, and a new one is attached.
+    let pin = netcontrol_tests::pin_abi_dir(&d.pin_root)
+        .join("daemon/links")
+        .join(cg.id().to_string())
+        .join("connect4");
+    fs::remove_file(&pin).unwrap_or_else(|e| panic!("removing {}: {e}", pin.display()));
+    assert_eq!(d.sandbox("job")["tampered"], 2, "{}", d.status());
+    assert!(pin.exists(), "pinned again");
+    assert!(netcontrol_tests::probe_in(&cg.path, &[("tcp", &denied.target())])[0].is_eperm());
     let log = d.stop();
     assert!(log.contains("tampering: the connect4 link was detached"), "{log}");
+    assert!(log.contains("tampering: the connect4 link was unpinned"), "{log}");
 }

@@ -36,6 +36,20 @@ pub struct Attachment {
     pub adopted: usize,
     /// Holds this attachment's pins (nothing else); removed on detach.
     pin_dir: Option<PathBuf>,
+    /// Pinned links keep an fd open too (see [`Fds`]).
+    fds: Fds,
+}
+
+/// Whether pinned links are also held open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fds {
+    /// An fd per link besides its pin (`run`, `attach`: a removed pin is put back without the
+    /// link ever going).
+    Held,
+    /// The pin alone holds the link (the daemon: thousands of sandboxes times a dozen hooks
+    /// would not fit the open-files limit). A removed pin takes the link with it; the tamper
+    /// check attaches a new one, as for a detached link.
+    Released,
 }
 
 struct Held {
@@ -50,6 +64,8 @@ enum HeldLink {
     Fd(#[expect(dead_code, reason = "held for its Drop")] Linked),
     /// Pinned on bpffs: enforcement survives this process; detach removes the pin.
     Pinned(PinnedLink, PathBuf),
+    /// Pinned, and no fd held ([`Fds::Released`]).
+    PinOnly(PathBuf),
 }
 
 /// A link just made: through aya, or (what aya cannot hand out) by netcontrol itself.
@@ -121,6 +137,7 @@ impl Attachment {
         cgroup_path: &Path,
         pin_dir: Option<&Path>,
         scope: Scope,
+        fds: Fds,
     ) -> Result<Self> {
         let dir = cgroup::open(cgroup_path)?;
         if let Some(d) = pin_dir {
@@ -132,6 +149,7 @@ impl Attachment {
             links: Vec::new(),
             adopted: 0,
             pin_dir: pin_dir.map(Path::to_owned),
+            fds,
         };
         let hooks: Vec<&'static Hook> =
             HOOKS.iter().filter(|h| scope.wants(h) && loaded.available(h)).collect();
@@ -173,12 +191,24 @@ impl Attachment {
                 && (hook.is_global() || sys::link_cgroup(id) != Some(0))
             {
                 self.adopted += 1;
-                return Ok((HeldLink::Pinned(pins::open_link(&path)?, path), Some(id)));
+                let held = match self.fds {
+                    Fds::Held => HeldLink::Pinned(pins::open_link(&path)?, path),
+                    Fds::Released => HeldLink::PinOnly(path),
+                };
+                return Ok((held, Some(id)));
             }
         }
         let link = attach_one(prog, hook, dir).map_err(|e| attach_error(hook, &self.cgroup, e))?;
         let id = link.id();
-        Ok((pin_over(link, &path)?, id))
+        Ok((self.release(pin_over(link, &path)?), id))
+    }
+
+    /// Let go of a pinned link's fd if this attachment holds none.
+    fn release(&self, link: HeldLink) -> HeldLink {
+        match (self.fds, link) {
+            (Fds::Released, HeldLink::Pinned(_, path)) => HeldLink::PinOnly(path),
+            (_, link) => link,
+        }
     }
 
     /// Look at every link: one detached behind netcontrol's back is attached again, a pin
@@ -193,7 +223,11 @@ impl Attachment {
                 && state.is_some_and(|s| s.type_ == sys::BPF_LINK_TYPE_CGROUP && s.cgroup_id == 0);
             let ours = loaded.program_id(hook);
             let replaced = !detached && state.zip(ours).is_some_and(|(s, ours)| s.prog_id != ours);
-            let unpinned = matches!(&held.link, HeldLink::Pinned(_, p) if !p.exists());
+            let unpinned = matches!(&held.link,
+                HeldLink::Pinned(_, p) | HeldLink::PinOnly(p) if !p.exists());
+            // Held by its pin alone, a link whose pin went is gone (or soon will be).
+            let pin_only = matches!(held.link, HeldLink::PinOnly(_));
+            let gone = pin_only && (unpinned || state.is_none());
             let what = match (detached, replaced, unpinned) {
                 (true, ..) => TamperKind::Detached,
                 (_, true, _) => TamperKind::Replaced,
@@ -204,6 +238,7 @@ impl Attachment {
                 }
             };
             let result = match what {
+                _ if gone => self.fresh_link(loaded, hook, &dir),
                 TamperKind::Detached => self.fresh_link(loaded, hook, &dir),
                 TamperKind::Replaced => restore(loaded, hook, held.id)
                     .and_then(|()| {
@@ -243,7 +278,7 @@ impl Attachment {
         let link = attach_one(prog, hook, dir).map_err(|e| attach_error(hook, &self.cgroup, e))?;
         let id = link.id();
         let held = match &self.pin_dir {
-            Some(d) => pin_over(link, &d.join(hook.name))?,
+            Some(d) => self.release(pin_over(link, &d.join(hook.name))?),
             None => HeldLink::Fd(link),
         };
         Ok((held, id))
@@ -253,7 +288,7 @@ impl Attachment {
     fn repin(&self, link: HeldLink) -> Result<HeldLink> {
         match link {
             HeldLink::Pinned(l, path) => pin_over(Linked::Aya(FdLink::from(l)), &path),
-            fd @ HeldLink::Fd(_) => Ok(fd),
+            other @ (HeldLink::Fd(_) | HeldLink::PinOnly(_)) => Ok(other),
         }
     }
 
@@ -286,11 +321,21 @@ impl Attachment {
     fn detach_all(&mut self) -> Result<()> {
         let mut first_err = None;
         for held in self.links.drain(..) {
-            if let HeldLink::Pinned(link, path) = held.link {
-                // Removing the pin drops its reference; closing our fd (drop) drops the last.
-                if let Err(source) = link.unpin() {
-                    first_err.get_or_insert(Error::Pin { op: "unpinning link", path, source });
+            match held.link {
+                HeldLink::Pinned(link, path) => {
+                    // Removing the pin drops its reference; closing our fd (drop) the last.
+                    if let Err(source) = link.unpin() {
+                        first_err.get_or_insert(Error::Pin { op: "unpinning link", path, source });
+                    }
                 }
+                HeldLink::PinOnly(path) => match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        first_err.get_or_insert(Error::Pin { op: "unpinning link", path, source });
+                    }
+                },
+                HeldLink::Fd(_) => {}
             }
         }
         if let Some(dir) = self.pin_dir.take()

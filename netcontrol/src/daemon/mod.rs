@@ -143,10 +143,10 @@ fn rewatch(sup: &Supervisor, watched: &mut Vec<PathBuf>, watch: &mut FileWatch) 
     }
 }
 
-/// Each sandbox holds a file descriptor per link (a pinned link whose pin someone removes
-/// still enforces while netcontrol holds it) and its DNS proxy a few sockets: about 20. The
-/// soft limit (often 1024) would stop the daemon at fifty sandboxes; the hard one is the
-/// operator's to set.
+/// Each DNS-aware sandbox's proxy holds its listening sockets (its links are held by their
+/// pins alone), and every DNS query in flight a socket more. The soft limit (often 1024)
+/// would stop the daemon at a few hundred sandboxes; the hard one is the operator's to set.
+/// (Where fds run out anyway, a sandbox is denied everything instead: see daemon/closed.rs.)
 fn raise_fd_limit() {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain getrlimit/setrlimit on a local struct.

@@ -167,7 +167,12 @@ impl Supervisor {
             tracing::warn!("{line}");
         }
         // The global hooks first: they judge every sandbox's tasks by the sandbox table.
-        match self.dp.attach(&self.mount, Some(&self.root.daemon_global()), Scope::Global) {
+        match self.dp.attach(
+            &self.mount,
+            Some(&self.root.daemon_global()),
+            Scope::Global,
+            crate::bpf::attach::Fds::Held,
+        ) {
             Ok(a) => self.global = Some(a),
             Err(e) => tracing::error!("attaching the global hooks: {e}"),
         }
