@@ -935,7 +935,15 @@ fn running_out_of_file_descriptors_leaves_no_sandbox_open() {
     assert!(stand_ins < all.len(), "no sandbox got its policy: {status:#}");
     for (i, cg) in cgroups.iter().enumerate() {
         let p = tcp_in(&cg.path, &denied.target());
-        assert!(p.is_eperm(), "s{i} ({}) is open: {p:?}", all[i]["problem"]);
+        if !p.is_eperm() {
+            let progs = Command::new("bpftool").args(["cgroup", "show"]).arg(&cg.path).output();
+            panic!(
+                "s{i} ({}) is open: {p:?}\n{:?}\n{}",
+                all[i]["problem"],
+                progs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
+                d.log()
+            );
+        }
     }
     assert_eq!(d.get("/readyz").0, 503, "ready while sandboxes only stand in");
     let (_, metrics) = d.get("/metrics");

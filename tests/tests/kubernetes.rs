@@ -261,7 +261,7 @@ fn a_pod_whose_label_names_no_policy_is_denied_everything_and_reported() {
     start_daemon(&mut d, &api);
     let log = d.log();
     assert!(
-        log.contains("pod ci/typo: its label netcontrol.io/policy names policy \"wbe\""),
+        log.contains("ci/typo: the label netcontrol.io/policy of pod ci/typo names policy \"wbe\""),
         "{log}"
     );
     assert!(log.contains("it gets no egress at all (deny-all)"), "{log}");

@@ -157,8 +157,10 @@ impl Attachment {
             match this.attach_hook(loaded, hook, &dir) {
                 Ok((link, id)) => this.links.push(Held { hook, link, id }),
                 Err(e) => {
-                    // Adopted links were enforcing before we came: they stay (fail closed).
-                    if this.adopted > 0 {
+                    // Adopted links were enforcing before we came, and the daemon's may have
+                    // replaced some that were: they all stay (fail closed; the next attempt
+                    // adopts them). Nothing may enforce less because an attach failed.
+                    if this.adopted > 0 || this.fds == Fds::Released {
                         this.keep_pins();
                     }
                     return Err(e);
@@ -182,7 +184,14 @@ impl Attachment {
             return Ok((HeldLink::Fd(link), id));
         };
         let path = pin_dir.join(hook.name);
-        if let Ok(old) = PinnedLink::from_pin(&path) {
+        let pinned = match PinnedLink::from_pin(&path).map_err(pins::link_io) {
+            Ok(old) => Some(old),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            // Not known to be absent (out of fds, say): replacing it could drop a link that
+            // enforces.
+            Err(source) => return Err(Error::Pin { op: "opening pinned link", path, source }),
+        };
+        if let Some(old) = pinned {
             let ours = prog.info().map(|i| i.id()).ok();
             let theirs = FdLink::from(old).info().ok();
             if ours.is_some()

@@ -4,6 +4,7 @@
 //! reports it.
 
 use std::{
+    collections::BTreeMap,
     ops::ControlFlow,
     path::{Path, PathBuf},
 };
@@ -20,8 +21,19 @@ use crate::{
 
 pub enum Target {
     Cgroup(PathBuf),
-    Container { container: Container, events: mpsc::Receiver<Lifecycle>, unreachable: bool },
-    Parent { path: PathBuf, name: String, created: bool, events: mpsc::Receiver<Lifecycle> },
+    Container {
+        container: Container,
+        events: mpsc::Receiver<Lifecycle>,
+        unreachable: bool,
+    },
+    Parent {
+        path: PathBuf,
+        name: String,
+        created: bool,
+        events: mpsc::Receiver<Lifecycle>,
+        /// The containers Docker says run (those under `path` are children).
+        running: BTreeMap<String, Container>,
+    },
 }
 
 impl Target {
@@ -67,6 +79,7 @@ impl Target {
             name,
             created,
             events: docker::follow::follow(Some(docker.host().to_owned())),
+            running: BTreeMap::new(),
         })
     }
 
@@ -124,8 +137,8 @@ impl Target {
             Self::Container { container, unreachable, .. } => {
                 follow_container(container, unreachable, event, single).await
             }
-            Self::Parent { path, .. } => {
-                follow_children(path, event, single).await;
+            Self::Parent { path, running, .. } => {
+                follow_children(path, running, event, single).await;
                 ControlFlow::Continue(())
             }
         }
@@ -231,43 +244,32 @@ fn same_cgroup(enforced: u64, c: &Container) -> bool {
         .is_some_and(|now| now == enforced)
 }
 
-/// `attach --docker-parent`: a sandbox for each container under the parent.
-async fn follow_children(parent: &Path, event: Lifecycle, single: &mut Single) {
-    let started = match event {
-        Lifecycle::Started(c) => vec![c],
-        Lifecycle::Running(list) => list,
-        Lifecycle::Died(id) | Lifecycle::Removed(id) => {
-            if let Err(e) = single.remove_child(&id) {
+/// `attach --docker-parent`: a sandbox for each container under the parent, kept in line
+/// with the containers Docker says run.
+async fn follow_children(
+    parent: &Path,
+    running: &mut BTreeMap<String, Container>,
+    event: Lifecycle,
+    single: &mut Single,
+) {
+    match event {
+        Lifecycle::Started(c) => {
+            // A quick restart may come without a die event: the old sandbox's cgroup is gone.
+            if single.child_id(&c.id).is_some_and(|enforced| !same_cgroup(enforced, &c))
+                && let Err(e) = single.remove_child(&c.id)
+            {
                 eprintln!("netcontrol: {e}");
             }
-            return;
+            running.insert(c.id.clone(), c);
         }
+        Lifecycle::Running(list) => {
+            *running = list.into_iter().map(|c| (c.id.clone(), c)).collect()
+        }
+        Lifecycle::Died(id) | Lifecycle::Removed(id) => drop(running.remove(&id)),
         Lifecycle::Unreachable(why) => {
             tracing::warn!("{why}; containers stay enforced by the parent's policy");
             return;
         }
-    };
-    for c in started {
-        // A quick restart may come without a die event: the old sandbox's cgroup is gone.
-        if single.child_id(&c.id).is_some_and(|enforced| !same_cgroup(enforced, &c))
-            && let Err(e) = single.remove_child(&c.id)
-        {
-            eprintln!("netcontrol: {e}");
-        }
-        let Ok(cgroup) = docker::cgroup::of_container(&c) else { continue };
-        if !cgroup.starts_with(parent) {
-            continue;
-        }
-        match single.add_child(&c, &cgroup).await {
-            Ok(()) => tracing::info!(
-                "container {} ({}) runs under the parent: it has its own sandbox",
-                c.name,
-                c.short_id()
-            ),
-            Err(e) => eprintln!(
-                "netcontrol: container {}: {e}; the parent's policy still applies",
-                c.name
-            ),
-        }
     }
+    single.sync_children(parent, running).await;
 }

@@ -2,12 +2,19 @@
 //! (the command's cgroup, the attached cgroup or container), and with `--docker-parent` one
 //! child per container started under it. All share the command line's policy.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use futures_util::future::select_all;
 
 use super::KernelArgs;
 use crate::{
+    daemon::{
+        reconcile::{Action, Have, Key, Wanted, reconcile},
+        supervisor::Origin,
+    },
     datapath::{Counts, Datapath},
     docker::Container,
     enforcer::LinkPins,
@@ -22,11 +29,37 @@ pub struct Single {
     /// None between a container's stop and its next start.
     pub sandbox: Option<Sandbox>,
     /// Containers under the main cgroup, by container id.
-    children: BTreeMap<String, Sandbox>,
+    children: BTreeMap<String, Child>,
     policy: Policy,
     link_pins: LinkPins,
     /// What sandboxes that were detached already counted.
     done: Counts,
+}
+
+/// A container's sandbox under the main cgroup, with what reconciling compares.
+struct Child {
+    sandbox: Sandbox,
+    key: Key,
+    name: String,
+    cgroup: PathBuf,
+    origin: Origin,
+    container: Container,
+}
+
+impl Child {
+    fn have<'a>(&'a self, policy: &'a Policy) -> Have<'a> {
+        Have {
+            key: &self.key,
+            name: &self.name,
+            cgroup: &self.cgroup,
+            origin: &self.origin,
+            policy_name: "",
+            policy,
+            policy_missing: None,
+            container: Some(&self.container),
+            pod: None,
+        }
+    }
 }
 
 impl Single {
@@ -90,38 +123,111 @@ impl Single {
         Ok(())
     }
 
+    /// Bring the children in line with the containers running under `parent` now: the same
+    /// reconcile step as the daemon's, with one source.
+    pub async fn sync_children(&mut self, parent: &Path, running: &BTreeMap<String, Container>) {
+        let origin = Origin::Child { parent: parent.display().to_string() };
+        let wanted: Vec<Wanted> = running
+            .values()
+            .filter_map(|c| {
+                let cgroup = crate::docker::cgroup::of_container(c).ok()?;
+                (cgroup != parent && cgroup.starts_with(parent)).then(|| Wanted {
+                    key: Key::Container(c.id.clone()),
+                    name: c.name.clone(),
+                    cgroup,
+                    origin: origin.clone(),
+                    create: false,
+                    policy_name: String::new(),
+                    policy: self.policy.clone(),
+                    policy_missing: None,
+                    container: Some(c.clone()),
+                    pod: None,
+                })
+            })
+            .collect();
+        let actions = {
+            let have: Vec<Have<'_>> =
+                self.children.values().map(|c| c.have(&self.policy)).collect();
+            reconcile(wanted, &have)
+        };
+        for action in actions {
+            match action {
+                Action::Remove(name) => self.remove_child_named(&name),
+                Action::Add(w) => self.add_child(w).await,
+                Action::Replace(old, w) => {
+                    self.remove_child_named(&old);
+                    self.add_child(w).await;
+                }
+                Action::Refresh(w) | Action::SetPolicy(w) => {
+                    if let (Key::Container(id), Some(c)) = (&w.key, w.container)
+                        && let Some(child) = self.children.get_mut(id)
+                    {
+                        child.container = c;
+                    }
+                }
+            }
+        }
+    }
+
     /// Give a container under the main cgroup a sandbox of its own: same policy, its own DNS
     /// proxy in its network namespace, events naming it. The main cgroup's links enforce.
-    pub async fn add_child(&mut self, c: &Container, cgroup: &Path) -> Result<()> {
-        if self.children.contains_key(&c.id) {
-            return Ok(());
-        }
-        let used: Vec<u32> = self.children.values().map(|s| s.enforcer().policy_id()).collect();
+    async fn add_child(&mut self, w: Wanted) {
+        let (Key::Container(id), Some(c)) = (&w.key, &w.container) else { return };
+        let used: Vec<u32> =
+            self.children.values().map(|c| c.sandbox.enforcer().policy_id()).collect();
         let policy_id = (2..).find(|i| !used.contains(i)).unwrap_or(u32::MAX);
         let spec = Spec {
             name: c.name.clone(),
-            cgroup: cgroup.to_owned(),
+            cgroup: w.cgroup.clone(),
             policy: self.policy.clone(),
             policy_id,
             link_pins: LinkPins::Inherited,
             ns: NsChoice::OfProcesses,
             identity: Identity { container: Some(c.label()), pod: None },
         };
-        let child = Sandbox::start(&mut self.dp, spec).await?;
-        self.children.insert(c.id.clone(), child);
-        Ok(())
+        match Sandbox::start(&mut self.dp, spec).await {
+            Ok(sandbox) => {
+                tracing::info!(
+                    "container {} ({}) runs under the parent: it has its own sandbox",
+                    c.name,
+                    c.short_id()
+                );
+                let child = Child {
+                    sandbox,
+                    key: w.key.clone(),
+                    name: w.name,
+                    cgroup: w.cgroup,
+                    origin: w.origin,
+                    container: c.clone(),
+                };
+                self.children.insert(id.clone(), child);
+            }
+            Err(e) => eprintln!(
+                "netcontrol: container {}: {e}; the parent's policy still applies",
+                c.name
+            ),
+        }
     }
 
     /// The cgroup id a container's child sandbox enforces on.
     pub fn child_id(&self, id: &str) -> Option<u64> {
-        self.children.get(id).map(|s| s.enforcer().sandbox_id())
+        self.children.get(id).map(|c| c.sandbox.enforcer().sandbox_id())
     }
 
     pub fn remove_child(&mut self, id: &str) -> Result<()> {
-        if let Some(s) = self.children.remove(id) {
-            self.done = add(self.done, s.detach(&mut self.dp)?);
+        if let Some(c) = self.children.remove(id) {
+            self.done = add(self.done, c.sandbox.detach(&mut self.dp)?);
         }
         Ok(())
+    }
+
+    fn remove_child_named(&mut self, name: &str) {
+        let id = self.children.iter().find(|(_, c)| c.name == name).map(|(id, _)| id.clone());
+        if let Some(id) = id
+            && let Err(e) = self.remove_child(&id)
+        {
+            eprintln!("netcontrol: {e}");
+        }
     }
 
     /// Wait for DNS to change what one of the sandboxes allows, and apply it. Cancel-safe.
@@ -130,7 +236,7 @@ impl Single {
             .sandbox
             .iter_mut()
             .map(|s| (None, s))
-            .chain(self.children.iter_mut().map(|(id, s)| (Some(id.clone()), s)))
+            .chain(self.children.iter_mut().map(|(id, c)| (Some(id.clone()), &mut c.sandbox)))
             .map(|(id, s)| Box::pin(async move { (id, s.next_change().await) }))
             .collect();
         if waits.is_empty() {
@@ -139,7 +245,7 @@ impl Single {
         let ((id, change), _, _): ((Option<String>, Change), _, _) = select_all(waits).await;
         let sandbox = match id {
             None => self.sandbox.as_mut(),
-            Some(id) => self.children.get_mut(&id),
+            Some(id) => self.children.get_mut(&id).map(|c| &mut c.sandbox),
         };
         match sandbox {
             Some(s) => s.apply(&mut self.dp, change),
@@ -167,7 +273,7 @@ impl Single {
             s.reload(&mut self.dp, policy.clone()).await?;
         }
         for (id, child) in &mut self.children {
-            if let Err(e) = child.reload(&mut self.dp, policy.clone()).await {
+            if let Err(e) = child.sandbox.reload(&mut self.dp, policy.clone()).await {
                 tracing::warn!("container {id}: {e}");
             }
         }

@@ -145,22 +145,8 @@ impl Supervisor {
         Ok(true)
     }
 
-    /// `set_policy` for the sources that log what failed.
-    pub(super) async fn set_policy_or_warn(
-        &mut self,
-        name: &str,
-        policy_name: String,
-        policy: Policy,
-        missing: Option<String>,
-    ) -> bool {
-        self.set_policy(name, policy_name, policy, missing).await.unwrap_or_else(|e| {
-            tracing::warn!(sandbox = name, "{e}; it keeps its previous policy");
-            false
-        })
-    }
-
     /// Say (an event) that an enforcing sandbox got deny-all for a policy that is not there.
-    /// The error line was logged where the name was looked up.
+    /// The error line was logged when the sandbox got it (wanted.rs).
     pub(super) fn report_missing(&self, name: &str) {
         let Some(slot) = self.slots.get(name) else { return };
         let (Some(source), State::Enforcing(sb)) = (&slot.policy_missing, &slot.state) else {
@@ -217,7 +203,18 @@ mod tests {
 
     #[test]
     fn only_a_cgroup_that_exists_and_failed_is_open() {
-        let mut slot = Slot::new("a".into(), "web".into(), Policy::default(), Origin::Config);
+        let mut slot = Slot::from_wanted(crate::daemon::reconcile::Wanted {
+            key: crate::daemon::reconcile::Key::Config("a".into()),
+            name: "a".into(),
+            cgroup: "a".into(),
+            origin: Origin::Config,
+            create: false,
+            policy_name: "web".into(),
+            policy: Policy::default(),
+            policy_missing: None,
+            container: None,
+            pod: None,
+        });
         assert_eq!(problem(&slot), None, "not started: its cgroup is not there yet");
         slot.state =
             State::Waiting { why: "map full".into(), next_try: Instant::now(), failed: true };

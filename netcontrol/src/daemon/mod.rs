@@ -5,10 +5,16 @@ mod closed;
 pub mod config;
 pub mod containers;
 pub mod control;
+mod garbage;
 pub mod pods;
+pub(crate) mod reconcile;
+mod report;
+mod requests;
 pub mod runtime;
 pub mod supervisor;
+mod tamper;
 mod upgrade;
+mod wanted;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 

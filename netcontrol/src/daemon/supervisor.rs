@@ -10,17 +10,17 @@ use std::{
 };
 
 use futures_util::future::select_all;
-use netcontrol_common::abi::GLOBAL_EVENTS_LOST;
 
 use tokio::sync::mpsc;
 
 use super::{
-    config::{self, Config, SandboxConfig},
-    control::{MapUsage, PolicyRef, Request, Response, SandboxStatus, Status},
+    config::{self, Config},
+    control::PolicyRef,
+    reconcile::{Have, Key, Wanted},
     runtime::{self, Attached},
 };
 use crate::{
-    bpf::{Attachment, PinRoot, hooks::Scope, pins},
+    bpf::{Attachment, PinRoot, hooks::Scope},
     cgroup,
     datapath::Datapath,
     docker::{Container, Lifecycle},
@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result},
     events::{Identity, PodName},
     kubernetes::{Pod, PodEvent},
-    metrics::{SandboxGauges, Shared, Snapshot},
+    metrics::Shared,
     policy::Policy,
     sandbox::{Change, NsChoice, Sandbox, Spec},
 };
@@ -48,11 +48,11 @@ pub struct Supervisor {
     pub(super) config: Config,
     pub(super) slots: BTreeMap<String, Slot>,
     /// cgroup id -> policy id, for every cgroup that has (or may have) entries in the maps.
-    ids: BTreeMap<u64, u32>,
-    shared: Arc<Shared>,
-    runtime_file: PathBuf,
+    pub(super) ids: BTreeMap<u64, u32>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) runtime_file: PathBuf,
     pub(super) attach_errors: BTreeMap<String, u64>,
-    reload_failures: u64,
+    pub(super) reload_failures: u64,
     /// Docker's running containers, by id (when containers are followed).
     pub(super) running: BTreeMap<String, Container>,
     /// Whether the list of running containers is known: until it is, pins of cgroups that
@@ -65,15 +65,19 @@ pub struct Supervisor {
     /// The global hooks' links (BPF LSM), attached once for every sandbox.
     pub(super) global: Option<Attachment>,
     /// Tampering found, by sandbox name ("global" for the global hooks).
-    tamper: BTreeMap<String, u64>,
+    pub(super) tamper: BTreeMap<String, u64>,
     /// Where the next partial tamper check starts.
-    tamper_cursor: usize,
+    pub(super) tamper_cursor: usize,
     /// Pin trees of other versions that still enforce cgroups this daemon does not, as last
     /// said (upgrade.rs).
     pub(super) kept_by_other_versions: BTreeSet<(PathBuf, Vec<u64>)>,
+    /// The sandboxes attached through the control socket (a source; kept in `runtime_file`).
+    pub(super) attached: Vec<Attached>,
 }
 
 pub(super) struct Slot {
+    /// What its source knows it by (see reconcile.rs).
+    pub(super) key: Key,
     /// As configured: absolute, or relative to the cgroup2 mount.
     pub(super) cgroup: PathBuf,
     pub(super) policy_name: String,
@@ -94,7 +98,7 @@ pub(super) struct Slot {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub(super) enum Origin {
+pub(crate) enum Origin {
     Config,
     Control(PolicyRef),
     /// A container a `containers:` sandbox selects (the entry's name).
@@ -152,6 +156,7 @@ impl Supervisor {
             tamper: BTreeMap::new(),
             tamper_cursor: 0,
             kept_by_other_versions: BTreeSet::new(),
+            attached: Vec::new(),
         })
     }
 
@@ -176,41 +181,9 @@ impl Supervisor {
             Ok(a) => self.global = Some(a),
             Err(e) => tracing::error!("attaching the global hooks: {e}"),
         }
-        for s in self.config.sandboxes.clone() {
-            self.add_config_slot(&s);
-        }
-        for a in runtime::load(&self.runtime_file) {
-            match self.resolve_policy(&a.policy) {
-                Ok((policy_name, policy)) if !self.slots.contains_key(&a.name) => {
-                    self.slots.insert(
-                        a.name.clone(),
-                        Slot::new(a.cgroup, policy_name, policy, Origin::Control(a.policy)),
-                    );
-                }
-                Ok(_) => tracing::warn!(
-                    "{}: attached through the control socket, but the configuration now has a sandbox of that name",
-                    a.name
-                ),
-                // Its policy is gone from the configuration: deny-all, never let go.
-                Err(e) if !self.slots.contains_key(&a.name) => {
-                    tracing::error!(
-                        "{}: attached through the control socket, but {e}; it gets no egress at \
-                         all (deny-all) until it is detached or attached again",
-                        a.name
-                    );
-                    let name = match &a.policy {
-                        PolicyRef::Named(n) => n.clone(),
-                        PolicyRef::Inline { source, .. } => source.display().to_string(),
-                    };
-                    let mut slot =
-                        Slot::new(a.cgroup, name, Policy::deny_all(), Origin::Control(a.policy));
-                    slot.policy_missing =
-                        Some("the daemon's record of control-socket attaches".into());
-                    self.slots.insert(a.name.clone(), slot);
-                }
-                Err(e) => tracing::warn!("{}: {e}", a.name),
-            }
-        }
+        self.attached = runtime::load(&self.runtime_file);
+        self.drop_shadowed_attaches();
+        self.converge().await;
         // The containers running now, before anything pinned is judged unwanted.
         if let Some(rx) = docker {
             match tokio::time::timeout(DOCKER_WAIT, rx.recv()).await {
@@ -228,10 +201,6 @@ impl Supervisor {
                 ),
             }
         }
-        let names: Vec<String> = self.slots.keys().cloned().collect();
-        for name in &names {
-            self.try_start(name).await;
-        }
         // Ours are attached: now the links of other versions go (make before break).
         self.retire_other_versions();
         self.collect_garbage();
@@ -239,18 +208,7 @@ impl Supervisor {
         self.publish();
     }
 
-    fn add_config_slot(&mut self, s: &SandboxConfig) {
-        let policy = self.config.policies[&s.policy].clone();
-        self.slots.insert(
-            s.name.clone(),
-            Slot {
-                create: s.create,
-                ..Slot::new(s.cgroup.clone(), s.policy.clone(), policy, Origin::Config)
-            },
-        );
-    }
-
-    fn resolve(&self, cgroup: &Path) -> PathBuf {
+    pub(super) fn resolve(&self, cgroup: &Path) -> PathBuf {
         if cgroup.is_absolute() { cgroup.to_owned() } else { self.mount.join(cgroup) }
     }
 
@@ -418,114 +376,6 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Remove what earlier runs left behind and nobody wants now: links of cgroups that are
-    /// gone or not configured, their sandbox entries, their policies' entries. Until Docker's
-    /// running containers are known, a cgroup that still exists is kept (it may be one).
-    pub(super) fn collect_garbage(&mut self) {
-        let mut keep: BTreeSet<u64> = BTreeSet::new();
-        for slot in self.slots.values() {
-            match &slot.state {
-                State::Enforcing(s) => {
-                    keep.insert(s.enforcer().sandbox_id());
-                }
-                // A wanted cgroup that failed to start keeps what enforced it before (fail
-                // closed) until an attach succeeds.
-                State::Waiting { .. } => {
-                    if let Ok(id) = cgroup::id(&self.resolve(&slot.cgroup)) {
-                        keep.insert(id);
-                    }
-                }
-            }
-        }
-        if !(self.docker_synced && self.pods_synced) {
-            keep.extend(
-                self.root
-                    .daemon_link_dirs()
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .chain(
-                        self.dp
-                            .maps_ref()
-                            .sandboxes()
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(id, _)| id),
-                    )
-                    .filter(|id| cgroup::path_by_id(&self.mount, *id).is_some()),
-            );
-        }
-        for (id, dir) in self.root.daemon_link_dirs() {
-            if keep.contains(&id) {
-                continue;
-            }
-            let what = match cgroup::path_by_id(&self.mount, id) {
-                Some(p) => format!("{} (no longer configured)", p.display()),
-                None => format!("cgroup {id} (gone)"),
-            };
-            match pins::remove_dir(&dir) {
-                Ok(()) => tracing::info!("removed the pinned links of {what}"),
-                Err(e) => tracing::warn!("removing the pinned links of {what}: {e}"),
-            }
-        }
-        if let Ok(entries) = self.dp.maps_ref().sandboxes() {
-            for (id, _) in entries.into_iter().filter(|(id, _)| !keep.contains(id)) {
-                if let Err(e) =
-                    self.dp.maps().remove_sandbox(id).and_then(|()| self.dp.maps().remove_stats(id))
-                {
-                    tracing::warn!("{e}");
-                }
-            }
-        }
-        self.ids.retain(|id, _| keep.contains(id));
-        let policies: BTreeSet<u32> = self.ids.values().copied().collect();
-        match self.dp.maps().purge_policies(&policies) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("removed {n} allow entries of sandboxes that are gone"),
-            Err(e) => tracing::warn!("{e}"),
-        }
-        let _ = pins::collect_garbage(&self.root, &self.mount, None);
-    }
-
-    /// Look at every sandbox's links (and the global ones): what was detached or unpinned
-    /// behind the daemon's back is attached or pinned again, logged, counted and reported.
-    pub fn check_tamper(&mut self) {
-        self.check_tamper_of(usize::MAX);
-    }
-
-    /// `check_tamper` for at most `most` sandboxes, going round: the once-a-second check of a
-    /// node with thousands of sandboxes (a few syscalls per link each) takes a slice of them
-    /// per tick, so each is still looked at every few seconds; `status` and scrapes check all.
-    fn check_tamper_of(&mut self, most: usize) {
-        let dp = &mut self.dp;
-        let n = self.slots.len();
-        let (start, take) = if most >= n { (0, n) } else { (self.tamper_cursor % n, most) };
-        self.tamper_cursor = start + take;
-        let in_slice = |i: usize| (i + n - start) % n.max(1) < take;
-        for (_, (name, slot)) in self.slots.iter_mut().enumerate().filter(|(i, _)| in_slice(*i)) {
-            if let State::Enforcing(s) = &mut slot.state {
-                let n = s.check_tamper(dp);
-                if n > 0 {
-                    *self.tamper.entry(name.clone()).or_default() += n as u64;
-                }
-                // A sandbox of its own namespace that gets a process in the host's has the
-                // host's rules from then on (a read of each process's namespace: in the same
-                // slice, not every sandbox every second).
-                if !s.netns_pending()
-                    && let Err(e) = s.recheck_netns(dp)
-                {
-                    tracing::warn!(sandbox = name.as_str(), "{e}");
-                }
-            }
-        }
-        if let Some(g) = &mut self.global {
-            let found = dp.check(g);
-            crate::sandbox::report_tampering(dp, "global", 0, &found);
-            if !found.is_empty() {
-                *self.tamper.entry("global".into()).or_default() += found.len() as u64;
-            }
-        }
-    }
-
     /// Once a second: attach sandboxes whose cgroup appeared (or whose attach failed), and
     /// let go of those whose cgroup went away.
     pub async fn tick(&mut self) {
@@ -553,6 +403,7 @@ impl Supervisor {
             match self.slots.get(&name).map(|s| &s.origin) {
                 Some(Origin::Control(_)) => {
                     self.slots.remove(&name);
+                    self.attached.retain(|a| a.name != name);
                     self.save_runtime();
                 }
                 // A container's next start is a new sandbox (Docker says when).
@@ -656,53 +507,11 @@ impl Supervisor {
                 "pin_root, metrics_addr, control_socket and events take effect at the next start"
             );
         }
-        let (mut added, mut changed, mut removed, mut problems) = (0, 0, 0, Vec::new());
-        let wanted: BTreeSet<&String> = new.sandboxes.iter().map(|s| &s.name).collect();
-        let dropped: Vec<String> = self
-            .slots
-            .iter()
-            .filter(|(n, s)| s.origin == Origin::Config && !wanted.contains(n))
-            .map(|(n, _)| n.clone())
-            .collect();
         let old = std::mem::replace(&mut self.config, new);
-        for s in self.config.sandboxes.clone() {
-            let policy = self.config.policies[&s.policy].clone();
-            let existing =
-                self.slots.get(&s.name).map(|slot| (slot.cgroup.clone(), slot.origin.clone()));
-            match existing {
-                None => {
-                    self.add_config_slot(&s);
-                    self.try_start(&s.name).await;
-                    added += 1;
-                }
-                Some((cgroup, origin)) if cgroup != s.cgroup || origin != Origin::Config => {
-                    if let Err(e) = self.stop(&s.name) {
-                        problems.push(format!("{}: {e}", s.name));
-                    }
-                    self.add_config_slot(&s);
-                    self.try_start(&s.name).await;
-                    changed += 1;
-                }
-                Some(_) => match self.set_policy(&s.name, s.policy.clone(), policy, None).await {
-                    Ok(true) => changed += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        problems.push(format!("{}: {e}; it keeps its previous policy", s.name))
-                    }
-                },
-            }
-        }
-        for name in dropped {
-            if let Err(e) = self.stop(&name) {
-                problems.push(format!("{name}: {e}"));
-            }
-            self.slots.remove(&name);
-            removed += 1;
-        }
+        self.drop_shadowed_attaches();
+        let done = self.converge().await;
         drop(old);
-        // Containers and pods: other selectors, policies or parents may apply now.
-        changed += self.reconcile_containers().await;
-        changed += self.reconcile_pods().await;
+        let super::wanted::Converged { added, changed, removed, problems } = done;
         let summary = format!("{added} sandboxes added, {changed} changed, {removed} removed");
         if problems.is_empty() {
             Ok(summary)
@@ -711,7 +520,7 @@ impl Supervisor {
         }
     }
 
-    fn resolve_policy(&self, r: &PolicyRef) -> Result<(String, Policy)> {
+    pub(super) fn resolve_policy(&self, r: &PolicyRef) -> Result<(String, Policy)> {
         match r {
             PolicyRef::Named(n) => match self.config.policies.get(n) {
                 Some(p) => Ok((n.clone(), p.clone())),
@@ -727,247 +536,6 @@ impl Supervisor {
                 Ok((source.display().to_string(), p))
             }
         }
-    }
-
-    pub async fn handle(&mut self, request: Request) -> Response {
-        let response = match request {
-            Request::Status => {
-                // What status says must be what the kernel does now.
-                self.check_tamper();
-                Response { ok: true, status: Some(self.status()), ..Response::default() }
-            }
-            Request::Reload => match self.reload("control request").await {
-                Ok(s) => Response::done(s),
-                Err(e) => Response::failed(e),
-            },
-            Request::Attach { name, cgroup, policy } => {
-                match self.attach(name, cgroup, policy).await {
-                    Ok(s) => Response::done(s),
-                    Err(e) => Response::failed(e),
-                }
-            }
-            Request::Detach { name, cgroup } => match self.detach(name, cgroup) {
-                Ok(s) => Response::done(s),
-                Err(e) => Response::failed(e),
-            },
-        };
-        self.publish();
-        response
-    }
-
-    async fn attach(
-        &mut self,
-        name: Option<String>,
-        cgroup: PathBuf,
-        policy: PolicyRef,
-    ) -> Result<String> {
-        let name = name.unwrap_or_else(|| cgroup.display().to_string());
-        if self.slots.contains_key(&name) {
-            return Err(Error::Reload(format!("there is already a sandbox named {name:?}")));
-        }
-        let (policy_name, p) = self.resolve_policy(&policy)?;
-        p.compile(&Default::default(), &[])?;
-        let path = self.resolve(&cgroup);
-        cgroup::validate(&path)?;
-        self.slots.insert(
-            name.clone(),
-            Slot::new(cgroup.clone(), policy_name, p, Origin::Control(policy)),
-        );
-        self.try_start(&name).await;
-        match &self.slots[&name].state {
-            State::Enforcing(s) => {
-                let msg = format!(
-                    "enforcing on {} (cgroup id {}) as sandbox {name:?}: {} allow entries, {} mode",
-                    path.display(),
-                    s.enforcer().sandbox_id(),
-                    s.enforcer().entry_count(),
-                    s.policy().mode.name()
-                );
-                self.save_runtime();
-                Ok(msg)
-            }
-            State::Waiting { why, .. } => {
-                let why = why.clone();
-                self.slots.remove(&name);
-                Err(Error::Reload(why))
-            }
-        }
-    }
-
-    fn detach(&mut self, name: Option<String>, cgroup: Option<PathBuf>) -> Result<String> {
-        let wanted_id = cgroup.as_ref().and_then(|c| cgroup::id(&self.resolve(c)).ok());
-        let found = self.slots.iter().find(|(n, s)| {
-            Some(*n) == name.as_ref()
-                || cgroup.as_ref().is_some_and(|c| {
-                    *c == s.cgroup
-                        || self.resolve(c) == self.resolve(&s.cgroup)
-                        || matches!(&s.state, State::Enforcing(sb) if Some(sb.enforcer().sandbox_id()) == wanted_id)
-                })
-        });
-        let Some((name, slot)) = found else {
-            let what = name.map_or_else(
-                || format!("{}", cgroup.unwrap_or_default().display()),
-                |n| format!("{n:?}"),
-            );
-            return Err(Error::Reload(format!("no sandbox {what} is attached")));
-        };
-        let name = name.clone();
-        if slot.origin == Origin::Config {
-            return Err(Error::Reload(format!(
-                "sandbox {name:?} comes from {}; remove it there and reload",
-                self.config.path.display()
-            )));
-        }
-        self.stop(&name)?;
-        self.slots.remove(&name);
-        self.save_runtime();
-        Ok(format!("detached sandbox {name:?}"))
-    }
-
-    fn save_runtime(&self) {
-        let list: Vec<Attached> = self
-            .slots
-            .iter()
-            .filter_map(|(name, s)| match &s.origin {
-                Origin::Control(policy) => Some(Attached {
-                    name: name.clone(),
-                    cgroup: s.cgroup.clone(),
-                    policy: policy.clone(),
-                }),
-                _ => None,
-            })
-            .collect();
-        if list.is_empty() && !self.runtime_file.exists() {
-            return;
-        }
-        if let Err(e) = runtime::save(&self.runtime_file, &list) {
-            tracing::error!("saving {}: {e}", self.runtime_file.display());
-        }
-    }
-
-    pub fn status(&self) -> Status {
-        // One walk of STATS for every sandbox.
-        let (mut counts_of, stats_entries) = self.dp.counts_by_sandbox().unwrap_or_default();
-        let sandboxes = self
-            .slots
-            .iter()
-            .map(|(name, slot)| {
-                let mut s = SandboxStatus {
-                    name: name.clone(),
-                    cgroup: self.resolve(&slot.cgroup),
-                    policy: slot.policy_name.clone(),
-                    mode: slot.policy.mode.name().to_owned(),
-                    dns_mode: slot.policy.dns.mode.name().to_owned(),
-                    origin: match slot.origin {
-                        Origin::Config => "config".into(),
-                        Origin::Control(_) => "control".into(),
-                        Origin::Container { .. } => "container".into(),
-                        Origin::Child { .. } => "child".into(),
-                        Origin::Pod => "pod".into(),
-                    },
-                    container: slot.container.as_ref().map(|c| c.short_id().to_owned()),
-                    ..SandboxStatus::default()
-                };
-                match &slot.state {
-                    State::Enforcing(sb) => {
-                        let id = sb.enforcer().sandbox_id();
-                        let counts = sb.with_dns(counts_of.remove(&id).unwrap_or_default());
-                        let (v4, v6) = sb.enforcer().entry_counts();
-                        s.state = "enforcing".into();
-                        s.cgroup_id = Some(sb.enforcer().sandbox_id());
-                        s.adopted = sb.enforcer().adopted();
-                        s.allowed = counts.allowed;
-                        s.blocked = counts.blocked;
-                        s.would_block = counts.would_block;
-                        s.events_lost = counts.events_lost;
-                        s.dns_refused = counts.dns_refused;
-                        s.tampered = self.tamper.get(name).copied().unwrap_or(0);
-                        (s.entries_v4, s.entries_v6) = (v4, v6);
-                    }
-                    State::Waiting { why, .. } => {
-                        s.state = "waiting".into();
-                        s.detail = Some(why.clone());
-                    }
-                }
-                s
-            })
-            .collect::<Vec<_>>();
-        let not_enforcing = self.not_enforcing();
-        let mut sandboxes = sandboxes;
-        for n in &not_enforcing {
-            if let Some(s) = sandboxes.iter_mut().find(|s| s.name == n.sandbox) {
-                s.problem = Some(format!("{}: {}", n.reason, n.detail));
-            }
-        }
-        let maps = crate::metrics::map_usage(&self.gauges(), stats_entries)
-            .into_iter()
-            .map(|(map, entries, capacity)| MapUsage { map: map.to_owned(), entries, capacity })
-            .collect();
-        let kernel_lost =
-            self.dp.maps_ref().global().map(|g| g[GLOBAL_EVENTS_LOST as usize]).unwrap_or(0);
-        Status {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            config: self.config.path.clone(),
-            pin_root: self.root.path.clone(),
-            ready: !not_enforcing.iter().any(crate::metrics::NotEnforcing::blocks_ready),
-            programs_adopted: self.dp.programs_adopted(),
-            sandboxes,
-            maps,
-            events_lost: kernel_lost + self.dp.injected_lost(),
-            kernel_gaps: crate::datapath::gaps(self.dp.missing(), &[]),
-            landlock: Some(crate::confine::Landlock::describe()),
-        }
-    }
-
-    fn gauges(&self) -> Vec<SandboxGauges> {
-        self.enforcing()
-            .map(|(name, s)| SandboxGauges {
-                labels: self.metric_labels(name),
-                name: name.clone(),
-                cgroup_id: s.enforcer().sandbox_id(),
-                entries_v4: s.enforcer().entry_counts().0,
-                entries_v6: s.enforcer().entry_counts().1,
-                dns: s.dns_stats().cloned(),
-                link_ids: s.enforcer().link_ids(),
-            })
-            .collect()
-    }
-
-    /// The labels naming a sandbox in metrics: its name; a container's id; a pod's namespace
-    /// and name, or only its namespace if per-pod metrics are off.
-    fn metric_labels(&self, name: &str) -> Vec<(&'static str, String)> {
-        let slot = &self.slots[name];
-        if let Some(p) = &slot.pod {
-            let per_pod = self.config.kubernetes.as_ref().is_none_or(|k| k.pod_metrics);
-            return if per_pod {
-                vec![
-                    ("sandbox", name.to_owned()),
-                    ("namespace", p.namespace.clone()),
-                    ("pod", p.name.clone()),
-                ]
-            } else {
-                vec![("namespace", p.namespace.clone())]
-            };
-        }
-        let mut labels = vec![("sandbox", name.to_owned())];
-        if let Some(c) = &slot.container {
-            labels.push(("container_id", c.short_id().to_owned()));
-        }
-        labels
-    }
-
-    /// Hand metrics what changed.
-    pub fn publish(&self) {
-        let sandboxes = self.gauges();
-        self.shared.publish(Snapshot {
-            waiting: self.slots.len() - sandboxes.len(),
-            sandboxes,
-            attach_errors: self.attach_errors.clone(),
-            reload_failures: self.reload_failures,
-            tamper: self.tamper.clone(),
-            not_enforcing: self.not_enforcing(),
-        });
     }
 
     /// Stop supervising, leaving every sandbox enforced by its pins (a restarted daemon
@@ -990,27 +558,38 @@ impl Supervisor {
 
 impl Slot {
     /// Not enforcing yet.
-    pub(super) fn new(
-        cgroup: PathBuf,
-        policy_name: String,
-        policy: Policy,
-        origin: Origin,
-    ) -> Self {
+    pub(super) fn from_wanted(w: Wanted) -> Self {
         Self {
-            cgroup,
-            policy_name,
-            policy,
-            origin,
-            container: None,
-            pod: None,
-            create: false,
+            key: w.key,
+            cgroup: w.cgroup,
+            policy_name: w.policy_name,
+            policy: w.policy,
+            origin: w.origin,
+            container: w.container,
+            pod: w.pod,
+            create: w.create,
             state: State::Waiting {
                 why: "not started".into(),
                 next_try: Instant::now(),
                 failed: false,
             },
-            policy_missing: None,
+            policy_missing: w.policy_missing,
             standin: None,
+        }
+    }
+
+    /// What reconciling compares.
+    pub(super) fn have<'a>(&'a self, name: &'a str) -> Have<'a> {
+        Have {
+            key: &self.key,
+            name,
+            cgroup: &self.cgroup,
+            origin: &self.origin,
+            policy_name: &self.policy_name,
+            policy: &self.policy,
+            policy_missing: self.policy_missing.as_deref(),
+            container: self.container.as_ref(),
+            pod: self.pod.as_ref(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - resolver: netcontrol resolves the names itself and follows them ([`Follower`]).
 
 mod learning;
+mod report;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,6 +20,8 @@ use std::{
 
 use learning::{Learner, Learning};
 use netcontrol_common::abi::SANDBOX_F_HOST_NETNS;
+pub use report::report_tampering;
+use report::{report, report_silent, report_wildcards};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -29,7 +32,7 @@ use crate::{
     error::{Error, Result},
     events::Identity,
     policy::{Compiled, DnsMode, Policy},
-    resolve::{Follower, NameUpdate, Status, system_servers},
+    resolve::{Follower, NameUpdate, system_servers},
 };
 
 /// Where the sandbox's processes live, network-wise (where the DNS proxy must listen).
@@ -504,30 +507,6 @@ impl Sandbox {
     }
 }
 
-/// Say what was tampered with: an error line and an event each.
-pub fn report_tampering(
-    dp: &Datapath,
-    name: &str,
-    sandbox_id: u64,
-    found: &[crate::bpf::attach::Tampering],
-) {
-    for t in found {
-        let outcome = match (t.repaired, t.what) {
-            (false, _) => "NOT put right",
-            (true, crate::bpf::attach::TamperKind::Detached) => "attached again",
-            (true, crate::bpf::attach::TamperKind::Unpinned) => "pinned again",
-            (true, crate::bpf::attach::TamperKind::Replaced) => "netcontrol's program put back",
-        };
-        tracing::error!(
-            sandbox = name,
-            "tampering: the {} link was {} behind netcontrol's back; {outcome}",
-            t.hook,
-            t.what.said()
-        );
-        dp.injector().send(crate::events::EventRecord::tamper(t, sandbox_id, dp.labels()));
-    }
-}
-
 /// The kernel's view with what the sandbox's network namespace implies.
 fn in_netns(mut c: Compiled, host_netns: bool) -> Compiled {
     if host_netns {
@@ -610,72 +589,5 @@ fn learn_labels(dp: &Datapath, updates: &[NameUpdate]) {
         for ip in &u.ips {
             dp.labels().set_domain(*ip, &u.name);
         }
-    }
-}
-
-/// Say what changed about names, as a user needs to hear it.
-fn report(sandbox: &str, updates: &[NameUpdate]) {
-    for u in updates {
-        let n = u.ips.len();
-        match &u.status {
-            Status::Pending => {}
-            Status::Resolved => {
-                tracing::info!(sandbox, "{}: {n} address{} allowed", u.name, plural(n))
-            }
-            Status::NoSuchName => tracing::warn!(
-                sandbox,
-                "{}: no such domain (NXDOMAIN); {}",
-                u.name,
-                keeping(n, "nothing is allowed for it")
-            ),
-            Status::NoAddresses => tracing::warn!(
-                sandbox,
-                "{}: the name has no A or AAAA records; {}",
-                u.name,
-                keeping(n, "nothing is allowed for it")
-            ),
-            Status::Failing { error } => tracing::warn!(
-                sandbox,
-                "{}: DNS lookup failed ({error}); {}",
-                u.name,
-                keeping(n, "nothing is allowed for it yet")
-            ),
-        }
-        if u.dropped_by_cap > 0 {
-            tracing::warn!(
-                sandbox,
-                "{}: its answers hold more addresses than dns.max_ips_per_name allows; {} dropped so far (least recently seen first)",
-                u.name,
-                u.dropped_by_cap
-            );
-        }
-    }
-}
-
-fn keeping(n: usize, otherwise: &str) -> String {
-    if n == 0 {
-        format!("{otherwise}; retrying")
-    } else {
-        format!("keeping its {n} last known address{}", plural(n))
-    }
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "es" }
-}
-
-/// Names that got no answer at all within the start-up deadline.
-fn report_silent(follower: &Follower, names: &BTreeSet<String>) {
-    for n in names.iter().filter(|n| !follower.statuses.contains_key(*n)) {
-        tracing::warn!("{n}: no answer from DNS yet; nothing is allowed for it until one comes");
-    }
-}
-
-fn report_wildcards(policy: &Policy) {
-    for w in policy.wildcards() {
-        tracing::warn!(
-            "{w}: wildcard rules cannot be resolved in advance, so in resolver mode they allow nothing; \
-             use dns.mode: proxy (the default) for them"
-        );
     }
 }
