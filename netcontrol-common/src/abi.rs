@@ -37,6 +37,8 @@ pub mod map {
     pub const DENIALS_REPORTED: &str = "DENIALS_REPORTED";
     /// LRU hash: sandbox cgroup id (u64) -> [`super::Window`], its event budget.
     pub const BUDGET: &str = "BUDGET";
+    /// Hash: sandbox cgroup id (u64) -> u64, how many keys it has in STATS (its share).
+    pub const STATS_KEYS: &str = "STATS_KEYS";
 }
 
 /// The programs in the eBPF object (function names; the kernel keeps the first 15 bytes).
@@ -64,7 +66,14 @@ pub mod program {
 pub const SANDBOXES_MAX: u32 = 4096;
 pub const ALLOW_V4_MAX: u32 = 1 << 20;
 pub const ALLOW_V6_MAX: u32 = 1 << 18;
-pub const STATS_MAX: u32 = 16_384;
+/// Each sandbox's share of STATS, in fine-grained keys; beyond it, new kinds of attempts are
+/// counted under the sandbox's few folded keys (`fold_stats_key`). STATS holds every
+/// sandbox's full share: one sandbox varying families and protocols cannot fill it for all.
+pub const STATS_KEYS_PER_SANDBOX: u64 = 48;
+/// Folded keys a sandbox can have: one per verdict and counter.
+pub const STATS_FOLDED_PER_SANDBOX: u64 = 16;
+pub const STATS_MAX: u32 =
+    (SANDBOXES_MAX as u64 * (STATS_KEYS_PER_SANDBOX + STATS_FOLDED_PER_SANDBOX)) as u32;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const DNS_ORIGINS_MAX: u32 = 65_536;
 pub const RECENT_MAX: u32 = 65_536;
@@ -348,6 +357,10 @@ pub struct StatsKey {
 }
 
 /// Attempts judged.
+/// `StatsKey::hook`, `family`, `protocol` and `reason` of a folded key: counted beyond the
+/// sandbox's share of fine-grained keys.
+pub const STATS_FOLDED: u8 = 0xff;
+
 pub const COUNTER_ATTEMPTS: u8 = 0;
 /// Denials reported nowhere: no event could be queued (ring buffer full) and no `DENIALS`
 /// entry could count it (map full).

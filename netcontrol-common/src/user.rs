@@ -35,6 +35,8 @@ pub fn hook_name(hook: u8) -> &'static str {
         HOOK_LSM_SOCKET => "lsm_socket_create",
         HOOK_LSM_CONNECT => "lsm_socket_connect",
         HOOK_LSM_SENDMSG => "lsm_socket_sendmsg",
+        // Counted beyond the sandbox's share of STATS keys (abi::STATS_KEYS_PER_SANDBOX).
+        STATS_FOLDED => "beyond_share",
         _ => "unknown",
     }
 }
@@ -59,6 +61,7 @@ pub fn reason_name(reason: u8) -> &'static str {
         REASON_LISTEN => "listen_not_allowed",
         REASON_LOOPBACK_ELSEWHERE => "loopback_elsewhere",
         REASON_PROTOCOL => "protocol_not_allowed",
+        STATS_FOLDED => "beyond_share",
         _ => "unknown",
     }
 }

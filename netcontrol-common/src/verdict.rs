@@ -8,8 +8,8 @@ use crate::abi::{
     PROTO_ICMPV6, PROTO_MPTCP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, REASON_ICMP_SOCKET,
     REASON_METADATA, REASON_NONE, REASON_NOT_ALLOWLISTED, REASON_PORT_NOT_ALLOWED, REASON_PROTOCOL,
     REASON_RAW_SOCKET, REASON_SCTP_SOCKET, SANDBOX_F_ALLOW_ICMP, SANDBOX_F_ALLOW_RAW,
-    SANDBOX_F_ALLOW_SCTP, SANDBOX_F_AUDIT, SOCK_DGRAM, SOCK_RAW, SOCK_STREAM, VERDICT_ALLOW,
-    VERDICT_AUDIT, VERDICT_DENY,
+    SANDBOX_F_ALLOW_SCTP, SANDBOX_F_AUDIT, SOCK_DGRAM, SOCK_RAW, SOCK_STREAM, STATS_FOLDED,
+    STATS_KEYS_PER_SANDBOX, StatsKey, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
 };
 
 /// Whether a rule's protocol covers the attempt's. ICMP rules cover ICMPv6 too, so one
@@ -302,6 +302,23 @@ pub fn wake_reader(now_ns: u64, last_wakeup_ns: u64, pending_bytes: u64, ring_by
     now_ns.wrapping_sub(last_wakeup_ns) >= WAKEUP_INTERVAL_NS || pending_bytes >= ring_bytes / 4
 }
 
+/// The STATS key an attempt is counted under: its own, while the sandbox has fewer than its
+/// share of keys (`keys_held`), else the sandbox's folded key for its verdict and counter
+/// (hook, family, protocol and reason unknown), so that the totals stay right.
+#[inline(always)]
+pub fn stats_key_within_share(key: StatsKey, keys_held: u64) -> StatsKey {
+    if keys_held < STATS_KEYS_PER_SANDBOX {
+        return key;
+    }
+    StatsKey {
+        hook: STATS_FOLDED,
+        family: STATS_FOLDED,
+        protocol: STATS_FOLDED,
+        reason: STATS_FOLDED,
+        ..key
+    }
+}
+
 /// The return value of a cgroup sock / sock_addr program: 1 lets the syscall proceed, 0 makes it
 /// fail with EPERM.
 #[inline(always)]
@@ -312,6 +329,28 @@ pub fn program_return(verdict: u8) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sandbox_beyond_its_share_of_stats_keys_is_counted_under_folded_ones() {
+        use crate::abi::{COUNTER_ATTEMPTS, STATS_FOLDED_PER_SANDBOX, VERDICT_REDIRECT};
+        let key = StatsKey {
+            sandbox_id: 7,
+            hook: 1,
+            family: 2,
+            protocol: 6,
+            verdict: VERDICT_DENY,
+            reason: 1,
+            counter: COUNTER_ATTEMPTS,
+            _pad: [0; 2],
+        };
+        assert_eq!(stats_key_within_share(key, STATS_KEYS_PER_SANDBOX - 1), key);
+        let folded = stats_key_within_share(key, STATS_KEYS_PER_SANDBOX);
+        assert_eq!((folded.sandbox_id, folded.verdict, folded.counter), (7, VERDICT_DENY, 0));
+        assert_eq!([folded.hook, folded.family, folded.protocol, folded.reason], [STATS_FOLDED; 4]);
+        // Whatever a sandbox varies, its folded keys are one per verdict and counter.
+        let verdicts = [VERDICT_ALLOW, VERDICT_DENY, VERDICT_AUDIT, VERDICT_REDIRECT];
+        assert!((verdicts.len() * 3) as u64 <= STATS_FOLDED_PER_SANDBOX);
+    }
     use crate::abi::{PortRange, REASON_NO_SANDBOX};
 
     #[test]

@@ -61,6 +61,11 @@ pub static DENIALS: HashMap<DenialKey, DenialValue> =
 pub static DENIALS_REPORTED: HashMap<DenialKey, u64> =
     HashMap::with_max_entries(DENIALS_MAX, BPF_F_NO_PREALLOC);
 
+/// How many keys each sandbox has in STATS, for its share (`verdict::stats_key_within_share`).
+#[map]
+pub static STATS_KEYS: HashMap<u64, u64> =
+    HashMap::with_max_entries(SANDBOXES_MAX, BPF_F_NO_PREALLOC);
+
 /// Each sandbox's event budget for the current second.
 #[map]
 pub static BUDGET: LruHashMap<u64, Window> = LruHashMap::with_max_entries(SANDBOXES_MAX, 0);

@@ -21,11 +21,11 @@ use netcontrol_common::{
         GLOBAL_STATS_FULL, GLOBAL_SUPPRESSED, REASON_NO_SANDBOX, REASON_NONE, StatsKey,
         VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, Window,
     },
-    verdict::{may_emit, verdict, wake_reader, window_over},
+    verdict::{may_emit, stats_key_within_share, verdict, wake_reader, window_over},
 };
 
 use crate::{
-    maps::{BUDGET, DENIALS, EVENTS, GLOBAL, STATS},
+    maps::{BUDGET, DENIALS, EVENTS, GLOBAL, STATS, STATS_KEYS},
     sandbox::Sandbox,
 };
 
@@ -276,13 +276,37 @@ fn count(key: &StatsKey) {
         unsafe { *p += 1 };
         return;
     }
+    // A new key: within the sandbox's share, or its folded key beyond it.
+    let held = STATS_KEYS.get_ptr_mut(&key.sandbox_id);
+    // SAFETY: a live entry of STATS_KEYS (read only; a stale read costs a key or two).
+    let so_far = held.map_or(0, |p| unsafe { *p });
+    let key = stats_key_within_share(*key, so_far);
+    if let Some(p) = STATS.get_ptr_mut(&key) {
+        // SAFETY: as above.
+        unsafe { *p += 1 };
+        return;
+    }
     // First attempt with this key on any CPU. Losing the insert race to another CPU is fine
     // (its entry now exists); a full map is counted so userspace can report incomplete stats.
-    if STATS.insert(key, 1u64, BPF_NOEXIST.into()).is_err() {
-        match STATS.get_ptr_mut(key) {
-            Some(p) => unsafe { *p += 1 },
-            None => bump_global(GLOBAL_STATS_FULL),
+    if STATS.insert(&key, 1u64, BPF_NOEXIST.into()).is_ok() {
+        match held {
+            // SAFETY: an 8-aligned u64 in a map value.
+            Some(p) => unsafe { netcontrol_ebpf::atomic_inc(p) },
+            None => {
+                if STATS_KEYS.insert(&key.sandbox_id, 1u64, BPF_NOEXIST.into()).is_err()
+                    && let Some(p) = STATS_KEYS.get_ptr_mut(&key.sandbox_id)
+                {
+                    // SAFETY: as above.
+                    unsafe { netcontrol_ebpf::atomic_inc(p) }
+                }
+            }
         }
+        return;
+    }
+    match STATS.get_ptr_mut(&key) {
+        // SAFETY: as above.
+        Some(p) => unsafe { *p += 1 },
+        None => bump_global(GLOBAL_STATS_FULL),
     }
 }
 

@@ -107,6 +107,13 @@ const PINNED: &[Pinned] = &[
         max_entries: abi::STATS_MAX,
     },
     Pinned {
+        name: abi::map::STATS_KEYS,
+        kind: MapType::Hash,
+        key_size: 8,
+        value_size: 8,
+        max_entries: abi::SANDBOXES_MAX,
+    },
+    Pinned {
         name: abi::map::GLOBAL,
         kind: MapType::PerCpuArray,
         key_size: 4,

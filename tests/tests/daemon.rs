@@ -939,7 +939,7 @@ fn running_out_of_file_descriptors_leaves_no_sandbox_open() {
             let progs = Command::new("bpftool").args(["cgroup", "show"]).arg(&cg.path).output();
             panic!(
                 "s{i} ({}) is open: {p:?}\n{:?}\n{}",
-                all[i]["problem"],
+                d.sandbox(&format!("s{i}"))["problem"],
                 progs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
                 d.log()
             );
@@ -948,4 +948,41 @@ fn running_out_of_file_descriptors_leaves_no_sandbox_open() {
     assert_eq!(d.get("/readyz").0, 503, "ready while sandboxes only stand in");
     let (_, metrics) = d.get("/metrics");
     assert!(metrics.contains("reason=\"deny_all_stand_in\""), "{metrics}");
+}
+
+/// A sandbox that varies what it attempts (200 raw-socket protocols, each a key of its own in
+/// STATS) gets its share of the counters and no more: its totals stay right (what is beyond
+/// its share is counted under folded keys), and every other sandbox is still counted.
+#[test]
+fn one_sandbox_cannot_fill_the_counters_of_all() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = netcontrol_tests::Server::start("127.0.0.10");
+    let (hog, other) = (TestCgroup::new(), TestCgroup::new());
+    let mut d = Daemon::new(&format!(
+        "policies:\n  none:\n    allow: []\nsandboxes:\n{}{}",
+        sandbox_yaml("hog", &hog.path, "none"),
+        sandbox_yaml("other", &other.path, "none")
+    ));
+    d.start();
+    let p = probe_in(&hog.path, &[("raw-protocols:200", "-")]).remove(0);
+    assert!(p.ok, "{p:?}");
+    assert!(tcp_in(&other.path, &denied.target()).is_eperm());
+    assert_eq!(d.sandbox("hog")["blocked"], 200, "every attempt counted");
+    assert_eq!(d.sandbox("other")["blocked"], 1);
+    let (_, metrics) = d.get("/metrics");
+    let series = |sandbox: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("netcontrol_egress_blocked_total{"))
+            .filter(|l| l.contains(&format!("sandbox=\"{sandbox}\"")))
+            .count() as u64
+    };
+    let share = netcontrol_common::abi::STATS_KEYS_PER_SANDBOX
+        + netcontrol_common::abi::STATS_FOLDED_PER_SANDBOX;
+    assert!(series("hog") <= share, "{} series for hog: {metrics}", series("hog"));
+    assert!(metrics.contains("hook=\"beyond_share\""), "{metrics}");
+    assert!(metrics.contains("netcontrol_stats_map_full_total 0"), "{metrics}");
 }

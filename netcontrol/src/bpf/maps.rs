@@ -26,6 +26,8 @@ pub struct Maps {
     allow_v4: LpmTrie<MapData, V4Key, AllowValue>,
     allow_v6: LpmTrie<MapData, V6Key, AllowValue>,
     stats: PerCpuHashMap<MapData, StatsKey, u64>,
+    /// How many STATS keys each sandbox holds (its share; the programs count them).
+    stats_keys: HashMap<MapData, u64, u64>,
     global: PerCpuArray<MapData, u64>,
     recent: HashMap<MapData, RecentKey, u64>,
 }
@@ -162,6 +164,8 @@ impl Maps {
             allow_v6: LpmTrie::try_from(v6).map_err(map_err("opening", ALLOW_V6))?,
             stats: PerCpuHashMap::try_from(take(ebpf, STATS)?)
                 .map_err(map_err("opening", STATS))?,
+            stats_keys: HashMap::try_from(take(ebpf, STATS_KEYS)?)
+                .map_err(map_err("opening", STATS_KEYS))?,
             global: PerCpuArray::try_from(take(ebpf, GLOBAL)?)
                 .map_err(map_err("opening", GLOBAL))?,
             recent: HashMap::try_from(take(ebpf, RECENT)?).map_err(map_err("opening", RECENT))?,
@@ -216,7 +220,9 @@ impl Maps {
             ignore_missing(self.stats.remove(&k))
                 .map_err(map_err("removing from", abi::map::STATS))?;
         }
-        Ok(())
+        // Its share is whole again for whoever has the cgroup id next.
+        ignore_missing(self.stats_keys.remove(&sandbox_id))
+            .map_err(map_err("removing from", abi::map::STATS_KEYS))
     }
 
     /// Remove the entries of every policy id not in `keep` (left behind by sandboxes a

@@ -23,6 +23,35 @@ use crate::{
 const STANDIN_FIRST_DELAY: Duration = Duration::from_secs(5);
 const STANDIN_MAX_DELAY: Duration = Duration::from_secs(60);
 
+/// Files held back for the stand-in: when the open-files limit is reached (a sandbox's DNS
+/// proxy took the last ones), denying everything still needs a few for a moment (the cgroup,
+/// a link at a time); the sockets of a proxy that failed to start are closed only later.
+pub(in crate::daemon) struct Reserve(Vec<std::fs::File>);
+
+const RESERVE: usize = 8;
+
+impl Reserve {
+    pub(in crate::daemon) fn new() -> Self {
+        let mut r = Self(Vec::new());
+        r.fill();
+        r
+    }
+
+    /// Hold `RESERVE` files again, as far as the limit allows.
+    pub(in crate::daemon) fn fill(&mut self) {
+        while self.0.len() < RESERVE {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => self.0.push(f),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// Deny-all standing in for a policy that failed to start.
 pub(in crate::daemon) struct Standin {
     why: String,
@@ -53,7 +82,10 @@ impl Supervisor {
             .as_ref()
             .map_or(STANDIN_FIRST_DELAY, |s| (s.delay * 2).min(STANDIN_MAX_DELAY));
         let policy = deny_all(slot.policy.mode);
-        match self.start_on(name, path, policy, pins, identity).await {
+        self.reserve.release();
+        let started = self.start_on(name, path, policy, pins, identity).await;
+        self.reserve.fill();
+        match started {
             Ok(mut sb) => {
                 sb.sweep_externally();
                 tracing::error!(

@@ -73,6 +73,8 @@ pub struct Supervisor {
     pub(super) kept_by_other_versions: BTreeSet<(PathBuf, Vec<u64>)>,
     /// The sandboxes attached through the control socket (a source; kept in `runtime_file`).
     pub(super) attached: Vec<Attached>,
+    /// Files held back so that a stand-in can attach when the limit is reached.
+    pub(super) reserve: super::closed::Reserve,
 }
 
 pub(super) struct Slot {
@@ -157,6 +159,7 @@ impl Supervisor {
             tamper_cursor: 0,
             kept_by_other_versions: BTreeSet::new(),
             attached: Vec::new(),
+            reserve: super::closed::Reserve::new(),
         })
     }
 
@@ -379,6 +382,7 @@ impl Supervisor {
     /// Once a second: attach sandboxes whose cgroup appeared (or whose attach failed), and
     /// let go of those whose cgroup went away.
     pub async fn tick(&mut self) {
+        self.reserve.fill();
         self.check_tamper_of(TAMPER_PER_TICK);
         let now = Instant::now();
         let mut due = Vec::new();

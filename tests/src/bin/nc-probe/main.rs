@@ -183,6 +183,19 @@ fn run(op: &str, target: &str) -> io::Result<()> {
         "tfo-sendto" => tfo_sendto(addr(target)?),
         "tfo-connect" => tfo_connect(addr(target)?),
         "raw4" => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).map(drop),
+        // Raw sockets of IP protocols 1..=N: every one a distinct kind of attempt (a STATS key
+        // of its own). Ok when every one was refused with EPERM.
+        op if op.starts_with("raw-protocols:") => {
+            let n: i32 = op["raw-protocols:".len()..].parse().unwrap_or(0);
+            for proto in 1..=n {
+                match socket(libc::AF_INET, libc::SOCK_RAW, proto) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                    Err(e) => return Err(io::Error::other(format!("protocol {proto}: {e}"))),
+                    Ok(_) => return Err(io::Error::other(format!("protocol {proto}: created"))),
+                }
+            }
+            Ok(())
+        }
         "raw6" => socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6).map(drop),
         "ping4" => socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP).map(drop),
         "ping6" => socket(libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6).map(drop),
