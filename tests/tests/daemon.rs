@@ -986,3 +986,66 @@ fn one_sandbox_cannot_fill_the_counters_of_all() {
     assert!(metrics.contains("hook=\"beyond_share\""), "{metrics}");
     assert!(metrics.contains("netcontrol_stats_map_full_total 0"), "{metrics}");
 }
+
+/// One tenant holding thousands of TCP connections to its DNS proxy takes only its share:
+/// another sandbox's lookups (UDP and TCP) keep working, the daemon's open files and memory
+/// stay bounded, and status answers.
+#[test]
+fn a_sandbox_flooding_its_dns_proxy_leaves_other_tenants_their_dns() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let dns = netcontrol_tests::dns::Dnsmasq::start("127.0.0.53", 5);
+    dns.set("api.test", &["127.0.0.20"]);
+    let (hog, quiet) = (TestCgroup::new(), TestCgroup::new());
+    let mut d = Daemon::new(&format!(
+        "policies:\n  api:\n    allow: [\"api.test:443\"]\n    dns: {{servers: [127.0.0.53], rebinding: allow}}\nsandboxes:\n{}{}",
+        sandbox_yaml("hog", &hog.path, "api"),
+        sandbox_yaml("quiet", &quiet.path, "api")
+    ));
+    d.start();
+    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let rss_kib = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+            })
+            .unwrap_or(0)
+    };
+    let (fds_before, rss_before) = (fds(d.pid()), rss_kib(d.pid()));
+    let mut flood = netcontrol_tests::in_cgroup(&hog.path, probe_bin())
+        .args(["hold:2000", "127.0.0.53:53"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("flood");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the flood's line");
+    let lookups = probe_in(
+        &quiet.path,
+        &[("dns", "127.0.0.53:53/api.test"), ("dns-tcp", "127.0.0.53:53/api.test")],
+    );
+    for p in &lookups {
+        assert_eq!(p.json["answers"], json!(["127.0.0.20"]), "{p:?}");
+    }
+    assert_eq!(d.sandbox("quiet")["state"], "enforcing");
+    let (fds_during, rss_during) = (fds(d.pid()), rss_kib(d.pid()));
+    assert!(
+        fds_during < fds_before + 32 + 16, // 32: a sandbox's share of TCP DNS connections
+        "the daemon went from {fds_before} to {fds_during} open files"
+    );
+    assert!(
+        rss_during < rss_before + 32 * 1024,
+        "the daemon grew from {rss_before} KiB to {rss_during} KiB"
+    );
+    drop(flood.stdin.take());
+    let _ = flood.wait();
+}

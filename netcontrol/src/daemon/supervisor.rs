@@ -352,6 +352,9 @@ impl Supervisor {
             tracing::warn!(sandbox = name, "{e}");
         }
         self.slots.remove(name);
+        // Its series go with it (names come and go with containers and pods).
+        self.attach_errors.remove(name);
+        self.tamper.remove(name);
     }
 
     /// Stop enforcing a sandbox: its links, pins, map entries and counters go.

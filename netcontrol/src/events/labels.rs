@@ -10,6 +10,9 @@ use std::{
 
 /// Addresses remembered for events; beyond it the oldest are forgotten.
 const MAX_DOMAINS: usize = 65_536;
+/// Names of detached sandboxes kept for their late events; beyond it the oldest go (a daemon
+/// that sees container after container come and go must not keep every name).
+const MAX_RETIRED: usize = 1024;
 
 /// A container as events name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,11 +53,31 @@ struct Inner {
     domains: HashMap<IpAddr, String>,
     /// Insertion order of `domains`, to forget the oldest first.
     order: VecDeque<IpAddr>,
+    /// Detached sandboxes, oldest first, whose names are kept for events still queued.
+    retired: VecDeque<u64>,
 }
 
 impl Labels {
     pub fn set_sandbox(&self, id: u64, name: String) {
-        self.0.write().expect("labels lock").sandboxes.insert(id, name);
+        let mut inner = self.0.write().expect("labels lock");
+        inner.retired.retain(|r| *r != id);
+        inner.sandboxes.insert(id, name);
+    }
+
+    /// The sandbox was detached: its identity goes now, its name once `MAX_RETIRED` others
+    /// were detached after it.
+    pub fn retire_sandbox(&self, id: u64) {
+        let mut inner = self.0.write().expect("labels lock");
+        inner.identities.remove(&id);
+        if inner.retired.contains(&id) {
+            return;
+        }
+        inner.retired.push_back(id);
+        while inner.retired.len() > MAX_RETIRED {
+            if let Some(old) = inner.retired.pop_front() {
+                inner.sandboxes.remove(&old);
+            }
+        }
     }
 
     pub fn sandbox(&self, id: u64) -> Option<String> {
@@ -122,5 +145,26 @@ mod tests {
         assert_eq!(l.domain(ip(2)).as_deref(), Some("c.test"));
         l.set_sandbox(7, "/sys/fs/cgroup/x".into());
         assert_eq!(l.sandbox(7).as_deref(), Some("/sys/fs/cgroup/x"));
+    }
+
+    #[test]
+    fn names_of_detached_sandboxes_are_kept_for_a_while_not_for_ever() {
+        let l = Labels::default();
+        for id in 0..(MAX_RETIRED as u64 + 10) {
+            l.set_sandbox(id, format!("s{id}"));
+            l.retire_sandbox(id);
+        }
+        assert_eq!(l.sandbox(0), None, "the oldest detached name is forgotten");
+        assert_eq!(
+            l.sandbox(MAX_RETIRED as u64 + 9).as_deref(),
+            Some(&*format!("s{}", MAX_RETIRED + 9))
+        );
+        assert!(l.0.read().expect("lock").sandboxes.len() <= MAX_RETIRED);
+        // A cgroup id that is a sandbox again is not forgotten.
+        l.set_sandbox(5, "again".into());
+        for id in 10_000..10_000 + MAX_RETIRED as u64 {
+            l.retire_sandbox(id);
+        }
+        assert_eq!(l.sandbox(5).as_deref(), Some("again"));
     }
 }

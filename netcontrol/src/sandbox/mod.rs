@@ -484,8 +484,8 @@ impl Sandbox {
     /// Detach, forget the sandbox's entries, and return what was counted for it.
     pub fn detach(self, dp: &mut Datapath) -> Result<Counts> {
         self.close_learning();
-        // Events still queued for it are named by the sandbox label, which stays.
-        dp.labels().set_identity(self.enforcer.sandbox_id(), Identity::default());
+        // Events still queued for it are named by the sandbox label, which stays a while.
+        dp.labels().retire_sandbox(self.enforcer.sandbox_id());
         let dns_refused = self.dns_stats().map_or(0, |s| s.refused());
         let mut counts = self.enforcer.detach(dp)?;
         counts.dns_refused = dns_refused;

@@ -76,7 +76,7 @@ fn fd_limit() -> usize {
 
 pub fn scale(opts: &Opts) -> Section {
     let idle_secs = if opts.smoke { 1 } else { 10 };
-    // A pilot: how many files a sandbox holds open (a link per hook, its proxy's sockets), so
+    // A pilot: how many files a sandbox holds open (its proxy's sockets), so
     // that the run stays within what this machine lets a process open.
     const PILOT: usize = 10;
     let base = {
@@ -131,9 +131,8 @@ pub fn scale(opts: &Opts) -> Section {
     );
     let _ = writeln!(
         body,
-        "Each sandbox holds {per_sandbox} files open (a link per hook, which keeps it \
-         enforcing if its pin is removed, and its proxy's sockets); this machine lets a process \
-         open {limit}, so {n} sandboxes{}.\n",
+        "Each sandbox holds {per_sandbox} files open (its proxy's sockets; its links are held \
+         by their pins); this machine lets a process open {limit}, so {n} sandboxes{}.\n",
         if n < SANDBOXES { format!(" (not {SANDBOXES})") } else { String::new() }
     );
     let _ = writeln!(
