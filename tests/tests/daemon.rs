@@ -1017,7 +1017,7 @@ fn a_sandbox_flooding_its_dns_proxy_leaves_other_tenants_their_dns() {
             .unwrap_or(0)
     };
     let (fds_before, rss_before) = (fds(d.pid()), rss_kib(d.pid()));
-    let mut flood = netcontrol_tests::in_cgroup(&hog.path, probe_bin())
+    let mut flood = in_cgroup(&hog.path, probe_bin())
         .args(["hold:2000", "127.0.0.53:53"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1048,4 +1048,54 @@ fn a_sandbox_flooding_its_dns_proxy_leaves_other_tenants_their_dns() {
     );
     drop(flood.stdin.take());
     let _ = flood.wait();
+}
+
+/// The scale of the open-files test above: 2000 DNS-aware sandboxes under the common limit of
+/// 1024 files. Those whose proxy gets no sockets are denied everything; none is open, and the
+/// daemon says it is not ready.
+#[test]
+fn two_thousand_sandboxes_under_1024_files_leave_none_open() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = netcontrol_tests::Server::start("127.0.0.10");
+    let cgroups: Vec<TestCgroup> = (0..2000).map(|_| TestCgroup::new()).collect();
+    let sandboxes: String = cgroups
+        .iter()
+        .enumerate()
+        .map(|(i, cg)| sandbox_yaml(&format!("s{i}"), &cg.path, "api"))
+        .collect();
+    let mut d = Daemon::new(&format!(
+        "policies:\n  api:\n    allow: [\"api.test:443\"]\n    dns: {{servers: [127.0.0.53]}}\nsandboxes:\n{sandboxes}"
+    ));
+    d.wrapper = vec!["prlimit".into(), "--nofile=1024:1024".into(), "--".into()];
+    d.ready_timeout = Duration::from_secs(180);
+    d.start();
+    let status = d.status();
+    let all = status["sandboxes"].as_array().expect("sandboxes");
+    assert_eq!(all.len(), 2000);
+    let not_enforcing: Vec<&serde_json::Value> =
+        all.iter().filter(|s| s["state"] != "enforcing").collect();
+    assert!(
+        not_enforcing.is_empty(),
+        "{} not enforcing: {:#}",
+        not_enforcing.len(),
+        not_enforcing[0]
+    );
+    let stand_ins = all.iter().filter(|s| s["problem"].is_string()).count();
+    assert!(stand_ins > 0 && stand_ins < 2000, "{stand_ins} stand-ins");
+    // The kernel agrees: a sample (every 10th) has netcontrol's programs, every 20th is probed.
+    for (i, cg) in cgroups.iter().enumerate().filter(|(i, _)| i % 10 == 0) {
+        assert!(attached_programs(&cg.path) > 0, "s{i} has no programs attached");
+        if i % 20 == 0 {
+            let p = tcp_in(&cg.path, &denied.target());
+            assert!(
+                p.is_eperm(),
+                "s{i} ({}) is open: {p:?}",
+                d.sandbox(&format!("s{i}"))["problem"]
+            );
+        }
+    }
+    assert_eq!(d.get("/readyz").0, 503);
 }
