@@ -30,6 +30,10 @@ pub struct Maps {
     stats_keys: HashMap<MapData, u64, u64>,
     global: PerCpuArray<MapData, u64>,
     recent: HashMap<MapData, RecentKey, u64>,
+    /// Every policy id's entries from one walk of the tries, for a restarted daemon's start
+    /// (each of thousands of sandboxes would walk them whole otherwise). A policy id's entries
+    /// are dropped from it at its first write.
+    snapshot: Mutex<Option<std::collections::HashMap<u32, Entries>>>,
 }
 
 /// DNS_ORIGINS, read by the DNS proxy to name the process behind a query.
@@ -169,6 +173,7 @@ impl Maps {
             global: PerCpuArray::try_from(take(ebpf, GLOBAL)?)
                 .map_err(map_err("opening", GLOBAL))?,
             recent: HashMap::try_from(take(ebpf, RECENT)?).map_err(map_err("opening", RECENT))?,
+            snapshot: Mutex::new(None),
         };
         let events = RingBuf::try_from(take(ebpf, EVENTS)?).map_err(map_err("opening", EVENTS))?;
         let origins = Origins(
@@ -228,6 +233,8 @@ impl Maps {
     /// Remove the entries of every policy id not in `keep` (left behind by sandboxes a
     /// restarted daemon no longer has). Returns how many went.
     pub fn purge_policies(&mut self, keep: &std::collections::BTreeSet<u32>) -> Result<usize> {
+        // A purged id may be given out again: its snapshot would be stale.
+        self.drop_snapshot();
         let stale = |data: &[u8]| {
             let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) & !LISTEN_POLICY_BIT;
             !keep.contains(&id)
@@ -248,8 +255,41 @@ impl Maps {
         Ok(n)
     }
 
+    /// Read every policy id's entries at once; `entries_of` answers from it until
+    /// `drop_snapshot` (or the policy id's first write).
+    pub fn snapshot_entries(&self) -> Result<()> {
+        let mut all: std::collections::HashMap<u32, Entries> = std::collections::HashMap::new();
+        for kv in self.allow_v4.iter() {
+            let (k, v) = kv.map_err(map_err("reading", abi::map::ALLOW_V4))?;
+            let data = k.data();
+            let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            let len = (k.prefix_len() - POLICY_ID_BITS) as u8;
+            all.entry(id).or_default().v4.insert((len, [data[4], data[5], data[6], data[7]]), v);
+        }
+        for kv in self.allow_v6.iter() {
+            let (k, v) = kv.map_err(map_err("reading", abi::map::ALLOW_V6))?;
+            let data = k.data();
+            let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            let mut addr = [0u8; 16];
+            addr.copy_from_slice(&data[4..]);
+            all.entry(id)
+                .or_default()
+                .v6
+                .insert(((k.prefix_len() - POLICY_ID_BITS) as u8, addr), v);
+        }
+        *lock(&self.snapshot) = Some(all);
+        Ok(())
+    }
+
+    pub fn drop_snapshot(&self) {
+        *lock(&self.snapshot) = None;
+    }
+
     /// The entries of one policy as they are in the tries now.
     pub fn entries_of(&self, policy_id: u32) -> Result<Entries> {
+        if let Some(all) = lock(&self.snapshot).as_ref() {
+            return Ok(all.get(&policy_id).cloned().unwrap_or_default());
+        }
         let mut e = Entries::default();
         let id = policy_id.to_be_bytes();
         for kv in self.allow_v4.iter() {
@@ -279,6 +319,9 @@ impl Maps {
     /// Move a policy's entries from `old` to `new`: first insert and update, then delete what
     /// is gone, so that traffic both allow is never interrupted.
     pub fn apply_entries(&mut self, policy_id: u32, old: &Entries, new: &Entries) -> Result<()> {
+        if let Some(all) = lock(&self.snapshot).as_mut() {
+            all.remove(&policy_id);
+        }
         for (&(len, addr), v) in &new.v4 {
             if old.v4.get(&(len, addr)) != Some(v) {
                 let key = Key::new(POLICY_ID_BITS + u32::from(len), v4_key(policy_id, addr));

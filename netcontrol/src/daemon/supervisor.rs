@@ -186,6 +186,10 @@ impl Supervisor {
         }
         self.attached = runtime::load(&self.runtime_file);
         self.drop_shadowed_attaches();
+        // What the pinned maps hold, read once for every sandbox re-adopted now.
+        if let Err(e) = self.dp.maps_ref().snapshot_entries() {
+            tracing::warn!("{e}");
+        }
         self.converge().await;
         // The containers running now, before anything pinned is judged unwanted.
         if let Some(rx) = docker {
@@ -204,6 +208,7 @@ impl Supervisor {
                 ),
             }
         }
+        self.dp.maps_ref().drop_snapshot();
         // Ours are attached: now the links of other versions go (make before break).
         self.retire_other_versions();
         self.collect_garbage();
