@@ -124,6 +124,7 @@ impl Supervisor {
 
     /// Hand metrics what changed.
     pub fn publish(&self) {
+        self.published.set(self.signature());
         let sandboxes = self.gauges();
         self.shared.publish(Snapshot {
             waiting: self.slots.len() - sandboxes.len(),
@@ -133,5 +134,33 @@ impl Supervisor {
             tamper: self.tamper.clone(),
             not_enforcing: self.not_enforcing(),
         });
+    }
+
+    /// Publish only if what metrics show may have changed since the last snapshot: a tick of
+    /// thousands of sandboxes that changed nothing builds no new one.
+    pub(super) fn publish_if_changed(&self) {
+        if self.signature() != self.published.get() {
+            self.publish();
+        }
+    }
+
+    /// A digest of what a snapshot shows (states, entry counts, problems, counters), cheap to
+    /// compute: no allocation per sandbox.
+    fn signature(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (name, slot) in &self.slots {
+            name.hash(&mut h);
+            match &slot.state {
+                State::Enforcing(s) => {
+                    (1u8, s.enforcer().sandbox_id(), s.enforcer().entry_counts()).hash(&mut h);
+                    s.problem().hash(&mut h);
+                }
+                State::Waiting { why, failed, .. } => (2u8, why, failed).hash(&mut h),
+            }
+            (slot.standin.is_some(), &slot.policy_missing).hash(&mut h);
+        }
+        (&self.attach_errors, &self.tamper, self.reload_failures).hash(&mut h);
+        h.finish()
     }
 }

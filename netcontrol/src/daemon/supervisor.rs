@@ -75,6 +75,8 @@ pub struct Supervisor {
     pub(super) attached: Vec<Attached>,
     /// Files held back so that a stand-in can attach when the limit is reached.
     pub(super) reserve: super::closed::Reserve,
+    /// The signature of the last snapshot published (report.rs).
+    pub(super) published: std::cell::Cell<u64>,
 }
 
 pub(super) struct Slot {
@@ -160,6 +162,7 @@ impl Supervisor {
             kept_by_other_versions: BTreeSet::new(),
             attached: Vec::new(),
             reserve: super::closed::Reserve::new(),
+            published: std::cell::Cell::new(0),
         })
     }
 
@@ -447,7 +450,7 @@ impl Supervisor {
                 }
             }
         }
-        self.publish();
+        self.publish_if_changed();
     }
 
     /// Wait for DNS to change what one of the sandboxes allows. Cancel-safe.
@@ -456,10 +459,12 @@ impl Supervisor {
             .slots
             .iter_mut()
             .filter_map(|(name, slot)| match &mut slot.state {
-                State::Enforcing(s) => {
+                // Only resolver-mode sandboxes bring changes here (the others' learners apply
+                // their own): a wait over thousands of idle futures is built on every turn.
+                State::Enforcing(s) if s.follows_names() => {
                     Some(Box::pin(async move { (name.clone(), s.next_change().await) }))
                 }
-                State::Waiting { .. } => None,
+                State::Enforcing(_) | State::Waiting { .. } => None,
             })
             .collect();
         if waits.is_empty() {

@@ -372,6 +372,12 @@ impl Sandbox {
         counts
     }
 
+    /// Whether `next_change` can return anything but sweeps: resolver mode follows names.
+    pub fn follows_names(&self) -> bool {
+        matches!(self.dns, Dns::Resolver(_))
+            || matches!(&self.dns, Dns::Proxy(p) if !p.external_sweep)
+    }
+
     /// Wait until DNS changes what the policy allows. Cancel-safe: nothing is lost when the
     /// future is dropped, so it can sit in a `select!` with other work.
     pub async fn next_change(&mut self) -> Change {
