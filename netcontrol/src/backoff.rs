@@ -33,6 +33,25 @@ impl Backoff {
     }
 }
 
+impl Backoff {
+    /// What an accept (or receive) loop does with one result: the connection, or None after a
+    /// transient error (at once) or another one (after the backoff, so that EMFILE does not
+    /// spin).
+    pub async fn accepted<T>(&mut self, result: std::io::Result<T>) -> Option<T> {
+        match result {
+            Ok(t) => {
+                self.ok();
+                Some(t)
+            }
+            Err(e) if transient(&e) => None,
+            Err(e) => {
+                self.failed(&e).await;
+                None
+            }
+        }
+    }
+}
+
 /// Errors that say a connection failed, not the socket: take the next one at once.
 pub fn transient(e: &std::io::Error) -> bool {
     matches!(

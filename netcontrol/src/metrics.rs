@@ -518,17 +518,7 @@ async fn accept_http(
 ) {
     let mut backoff = crate::backoff::Backoff::new("metrics server: accepting");
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff.ok();
-                stream
-            }
-            Err(e) if crate::backoff::transient(&e) => continue,
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
-        };
+        let Some((stream, _)) = backoff.accepted(listener.accept().await).await else { continue };
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             drop(stream);
             continue;

@@ -906,6 +906,22 @@ fn an_edited_policy_file_is_applied_without_a_signal() {
     assert!(tcp_in(&cg.path, &ten).ok);
 }
 
+/// A daemon (not started) whose open-files limit is `files`, with `n` sandboxes "s<i>" on
+/// cgroups of their own, each DNS-aware with a domain rule (so each needs a DNS proxy).
+fn proxied_daemon(n: usize, files: usize) -> (Daemon, Vec<TestCgroup>) {
+    let cgroups: Vec<TestCgroup> = (0..n).map(|_| TestCgroup::new()).collect();
+    let sandboxes: String = cgroups
+        .iter()
+        .enumerate()
+        .map(|(i, cg)| sandbox_yaml(&format!("s{i}"), &cg.path, "api"))
+        .collect();
+    let mut d = Daemon::new(&format!(
+        "policies:\n  api:\n    allow: [\"api.test:443\"]\n    dns: {{servers: [127.0.0.53]}}\nsandboxes:\n{sandboxes}"
+    ));
+    d.wrapper = vec!["prlimit".into(), format!("--nofile={files}:{files}").into(), "--".into()];
+    (d, cgroups)
+}
+
 /// Out of file descriptors is never unenforced: under a low open-files limit, sandboxes whose
 /// DNS proxy gets no sockets are denied everything instead (a stand-in that needs no fd of
 /// its own), and the daemon says it is not ready.
@@ -916,17 +932,8 @@ fn running_out_of_file_descriptors_leaves_no_sandbox_open() {
     }
     isolate_network(&[]);
     let denied = netcontrol_tests::Server::start("127.0.0.10");
-    let cgroups: Vec<TestCgroup> = (0..60).map(|_| TestCgroup::new()).collect();
-    let sandboxes: String = cgroups
-        .iter()
-        .enumerate()
-        .map(|(i, cg)| sandbox_yaml(&format!("s{i}"), &cg.path, "api"))
-        .collect();
-    let mut d = Daemon::new(&format!(
-        "policies:\n  api:\n    allow: [\"api.test:443\"]\n    dns: {{servers: [127.0.0.53]}}\nsandboxes:\n{sandboxes}"
-    ));
     // Enough for the daemon itself and some sandboxes' DNS proxies, not for all 60.
-    d.wrapper = vec!["prlimit".into(), "--nofile=160:160".into(), "--".into()];
+    let (mut d, cgroups) = proxied_daemon(60, 160);
     d.start();
     let status = d.status();
     let all = status["sandboxes"].as_array().expect("sandboxes");
@@ -1060,16 +1067,7 @@ fn two_thousand_sandboxes_under_1024_files_leave_none_open() {
     }
     isolate_network(&[]);
     let denied = netcontrol_tests::Server::start("127.0.0.10");
-    let cgroups: Vec<TestCgroup> = (0..2000).map(|_| TestCgroup::new()).collect();
-    let sandboxes: String = cgroups
-        .iter()
-        .enumerate()
-        .map(|(i, cg)| sandbox_yaml(&format!("s{i}"), &cg.path, "api"))
-        .collect();
-    let mut d = Daemon::new(&format!(
-        "policies:\n  api:\n    allow: [\"api.test:443\"]\n    dns: {{servers: [127.0.0.53]}}\nsandboxes:\n{sandboxes}"
-    ));
-    d.wrapper = vec!["prlimit".into(), "--nofile=1024:1024".into(), "--".into()];
+    let (mut d, cgroups) = proxied_daemon(2000, 1024);
     d.ready_timeout = Duration::from_secs(180);
     d.start();
     let status = d.status();

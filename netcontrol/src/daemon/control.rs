@@ -180,17 +180,7 @@ async fn accept(listener: Arc<UnixListener>, calls: mpsc::Sender<Call>, open: Ar
     let mut backoff = crate::backoff::Backoff::new("control socket: accepting");
     loop {
         let Ok(permit) = Arc::clone(&open).acquire_owned().await else { return };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff.ok();
-                stream
-            }
-            Err(e) if crate::backoff::transient(&e) => continue,
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
-        };
+        let Some((stream, _)) = backoff.accepted(listener.accept().await).await else { continue };
         let calls = calls.clone();
         tokio::spawn(async move {
             if let Err(e) = serve(stream, calls).await {

@@ -292,16 +292,8 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     let mut buf = vec![0u8; 65_535];
     let mut backoff = Backoff::new("DNS proxy: receiving a query");
     loop {
-        let (n, client) = match sock.recv_from(&mut buf).await {
-            Ok(got) => {
-                backoff.ok();
-                got
-            }
-            Err(e) if crate::backoff::transient(&e) => continue,
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
+        let Some((n, client)) = backoff.accepted(sock.recv_from(&mut buf).await).await else {
+            continue;
         };
         let query = buf[..n].to_vec();
         let Ok(permit) = ctx.in_flight.clone().try_acquire_owned() else {
@@ -325,16 +317,8 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
 async fn serve_tcp(listener: Arc<TcpListener>, ctx: Arc<Ctx>) {
     let mut backoff = Backoff::new("DNS proxy: accepting a TCP connection");
     loop {
-        let (stream, client) = match listener.accept().await {
-            Ok(got) => {
-                backoff.ok();
-                got
-            }
-            Err(e) if crate::backoff::transient(&e) => continue,
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
+        let Some((stream, client)) = backoff.accepted(listener.accept().await).await else {
+            continue;
         };
         // Beyond the sandbox's share the connection is closed at once (the client retries
         // over UDP or later); nothing is held for it.
