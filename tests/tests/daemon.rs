@@ -1097,3 +1097,24 @@ fn two_thousand_sandboxes_under_1024_files_leave_none_open() {
     }
     assert_eq!(d.get("/readyz").0, 503);
 }
+
+/// `--max-open-files` raises the hard limit where the agent may (CAP_SYS_RESOURCE), and says
+/// so where it may not, starting anyway with what it has.
+#[test]
+fn the_open_files_limit_is_raised_or_the_daemon_says_why_not() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let cg = TestCgroup::new();
+    let mut d = job_daemon(&cg.path, "127.0.0.1:1");
+    d.wrapper = vec!["prlimit".into(), "--nofile=512:512".into(), "--".into()];
+    d.start_with(&["--max-open-files", "4096"]);
+    let log = d.log();
+    assert!(
+        log.contains("open files limit: 4096")
+            || log.contains("raising the open-files limit to 4096: Operation not permitted"),
+        "{log}"
+    );
+    assert_eq!(d.sandbox("job")["state"], "enforcing");
+}

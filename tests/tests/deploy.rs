@@ -101,6 +101,14 @@ fn the_daemonset_asks_for_what_the_agent_needs_and_no_more() {
     let ds = find("DaemonSet");
     let spec = &ds["spec"]["template"]["spec"];
     let c = &spec["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        args.windows(2).any(|w| w[0] == "--max-open-files"),
+        "pods cannot set limits: the agent raises its own ({args:?})"
+    );
     assert_eq!(c["securityContext"]["privileged"], false, "explicit capabilities, not privileged");
     let caps: Vec<&str> = c["securityContext"]["capabilities"]["add"]
         .as_array()

@@ -35,6 +35,7 @@ pub async fn main(args: DaemonArgs) -> Result<i32> {
         metrics_addr: args.metrics_addr.map(|m| m.0),
         control_socket: args.socket,
         events: args.events,
+        max_open_files: args.max_open_files,
         load: args.load.options(),
     })
     .await

@@ -44,6 +44,8 @@ pub struct Options {
     pub metrics_addr: Option<Option<SocketAddr>>,
     pub control_socket: Option<PathBuf>,
     pub events: Option<PathBuf>,
+    /// Raise the hard open-files limit to this (`--max-open-files`).
+    pub max_open_files: Option<u64>,
     pub load: LoadOptions,
 }
 
@@ -52,7 +54,7 @@ pub struct Options {
 pub async fn run(opts: Options) -> Result<i32> {
     let config = config::load(&opts.config).map_err(crate::policy::PolicyError::from)?;
     crate::privileges::check()?;
-    raise_fd_limit();
+    raise_fd_limit(opts.max_open_files);
     let s = |k| signal(k).map_err(|e| Error::io("installing signal handlers", e));
     let (mut int, mut term, mut hup) =
         (s(SignalKind::interrupt())?, s(SignalKind::terminate())?, s(SignalKind::hangup())?);
@@ -153,18 +155,39 @@ fn rewatch(sup: &Supervisor, watched: &mut Vec<PathBuf>, watch: &mut FileWatch) 
 /// pins alone), and every DNS query in flight a socket more. The soft limit (often 1024)
 /// would stop the daemon at a few hundred sandboxes; the hard one is the operator's to set.
 /// (Where fds run out anyway, a sandbox is denied everything instead: see daemon/closed.rs.)
-fn raise_fd_limit() {
+fn raise_fd_limit(max: Option<u64>) {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    // SAFETY: plain getrlimit/setrlimit on local structs.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) != 0 {
+            return;
+        }
+        // The kernel allows no more than fs.nr_open.
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        if let Some(want) = max.map(|w| w.min(nr_open)).filter(|w| *w > lim.rlim_max) {
+            let raised = libc::rlimit { rlim_cur: want, rlim_max: want };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
+                lim = raised;
+            } else {
+                tracing::warn!(
+                    "raising the open-files limit to {want}: {} (CAP_SYS_RESOURCE, and \
+                     fs.nr_open at least that); keeping {}",
+                    std::io::Error::last_os_error(),
+                    lim.rlim_max
+                );
+            }
+        }
+        if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) != 0 {
                 tracing::warn!("raising the open files limit: {}", std::io::Error::last_os_error());
             }
         }
     }
-    tracing::debug!("open files limit: {}", lim.rlim_cur);
+    tracing::info!("open files limit: {}", lim.rlim_cur);
 }
 
 /// The next message of a source the configuration may not use.
