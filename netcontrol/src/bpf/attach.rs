@@ -246,16 +246,22 @@ impl Attachment {
                     continue;
                 }
             };
-            let result = match what {
-                _ if gone => self.fresh_link(loaded, hook, &dir),
-                TamperKind::Detached => self.fresh_link(loaded, hook, &dir),
-                TamperKind::Replaced => restore(loaded, hook, held.id)
+            let result = if gone || what == TamperKind::Detached {
+                let fresh = self.fresh_link(loaded, hook, &dir);
+                if fresh.is_err() {
+                    // Still looked after: the next check tries again.
+                    self.links.push(held);
+                }
+                fresh
+            } else if what == TamperKind::Replaced {
+                restore(loaded, hook, held.id)
                     .and_then(|()| {
                         // Pinned too? (Both may have been done.)
                         if unpinned { self.repin(held.link) } else { Ok(held.link) }
                     })
-                    .map(|link| (link, held.id)),
-                TamperKind::Unpinned => self.repin(held.link).map(|link| (link, held.id)),
+                    .map(|link| (link, held.id))
+            } else {
+                self.repin(held.link).map(|link| (link, held.id))
             };
             match result {
                 Ok((link, id)) => {
