@@ -670,3 +670,23 @@ impl Drop for HttpServer {
         let _ = self.0.wait();
     }
 }
+
+/// How many files process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Start `cmd` (an nc-probe in a sandbox) holding `n` TCP connections to `target` open until
+/// its stdin closes; returns once they are open.
+pub fn hold_connections(mut cmd: Command, n: usize, target: &str) -> Child {
+    let mut hog = cmd
+        .args([format!("hold:{n}").as_str(), target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn nc-probe hold");
+    let mut line = String::new();
+    BufRead::read_line(&mut BufReader::new(hog.stdout.take().expect("stdout")), &mut line)
+        .expect("the hold's line");
+    hog
+}

@@ -394,23 +394,13 @@ fn a_dns_flood_over_tcp_takes_only_its_share() {
         "allow: [api.test]\ndns:\n  servers: [127.0.0.53]\n  rebinding: allow\n",
     );
     let mut sb = Attached::start(&["--policy", policy.to_str().expect("utf8")]);
-    let fds =
-        |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let fds = netcontrol_tests::open_fds;
     let before = fds(sb.pid());
-    let mut hog = sb
-        .cgroup
-        .command(netcontrol_tests::probe_bin())
-        .args(["hold:2000", "127.0.0.53:53"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("hog");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(hog.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("hog line");
+    let mut hog = netcontrol_tests::hold_connections(
+        sb.cgroup.command(netcontrol_tests::probe_bin()),
+        2000,
+        "127.0.0.53:53",
+    );
     // The proxy answers still, over UDP, with its upstream.
     let p = sb.probe(&[("dns", "127.0.0.53:53/api.test")]).remove(0);
     assert_eq!(p.json["answers"], json!(["127.0.0.20"]), "{p:?}");

@@ -1012,7 +1012,7 @@ fn a_sandbox_flooding_its_dns_proxy_leaves_other_tenants_their_dns() {
         sandbox_yaml("quiet", &quiet.path, "api")
     ));
     d.start();
-    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let fds = netcontrol_tests::open_fds;
     let rss_kib = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
@@ -1024,18 +1024,11 @@ fn a_sandbox_flooding_its_dns_proxy_leaves_other_tenants_their_dns() {
             .unwrap_or(0)
     };
     let (fds_before, rss_before) = (fds(d.pid()), rss_kib(d.pid()));
-    let mut flood = in_cgroup(&hog.path, probe_bin())
-        .args(["hold:2000", "127.0.0.53:53"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("flood");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(flood.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("the flood's line");
+    let mut flood = netcontrol_tests::hold_connections(
+        in_cgroup(&hog.path, probe_bin()),
+        2000,
+        "127.0.0.53:53",
+    );
     let lookups = probe_in(
         &quiet.path,
         &[("dns", "127.0.0.53:53/api.test"), ("dns-tcp", "127.0.0.53:53/api.test")],

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netcontrol_tests::{TestCgroup, daemon::Daemon, parse_probes, probe_bin};
+use netcontrol_tests::{TestCgroup, daemon::Daemon, open_fds, parse_probes, probe_bin};
 
 use crate::{
     Goal, Opts, Section,
@@ -60,10 +60,6 @@ fn daemon_of(n: usize) -> (Daemon, Vec<TestCgroup>) {
     let mut d = Daemon::new(&config);
     d.ready_timeout = Duration::from_secs(600);
     (d, cgroups)
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 /// The open files limit the daemon inherits (it raises its soft limit to this).
