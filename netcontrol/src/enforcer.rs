@@ -278,9 +278,14 @@ impl Enforcer {
         Ok(counts)
     }
 
-    /// The kernel's ids of the sandbox's cgroup links.
-    pub fn link_ids(&self) -> Vec<u32> {
-        self.attachment.as_ref().map(Attachment::cgroup_link_ids).unwrap_or_default()
+    /// Whether it has cgroup links of its own.
+    pub fn has_links(&self) -> bool {
+        self.attachment.as_ref().is_some_and(Attachment::has_cgroup_links)
+    }
+
+    /// How to ask the kernel whether the sandbox's cgroup links still enforce.
+    pub fn link_check(&self) -> crate::bpf::attach::LinkCheck {
+        self.attachment.as_ref().map(Attachment::link_check).unwrap_or_default()
     }
 
     /// Look for tampering with the sandbox's links and put it right.

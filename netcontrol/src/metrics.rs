@@ -99,7 +99,7 @@ pub struct SandboxGauges {
     pub entries_v6: usize,
     pub dns: Option<Arc<dnsproxy::Stats>>,
     /// Its cgroup links, which a scrape checks are still attached.
-    pub link_ids: Vec<u32>,
+    pub links: crate::bpf::attach::LinkCheck,
 }
 
 impl SandboxGauges {
@@ -359,12 +359,7 @@ impl Collector for KernelCollector {
             MetricType::Gauge,
         );
         for s in &snap.sandboxes {
-            let n = s
-                .link_ids
-                .iter()
-                .filter(|id| crate::bpf::sys::link_cgroup(**id) == Some(0))
-                .count();
-            detached.add(s.labels(), n as f64);
+            detached.add(s.labels(), s.links.detached() as f64);
         }
         let mut summarized = Family::new(
             "netcontrol_events_summarized",
@@ -486,6 +481,11 @@ pub async fn serve(
 ) -> Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(collector));
+    registry.register(
+        "netcontrol_dns_hold_seconds",
+        "How long the DNS proxy held answers until their addresses were allowed (at most 0.1 s; then it releases them and counts a hold_timeout)",
+        dnsproxy::HOLD_TIMES.clone(),
+    );
     let state = Arc::new(Server { registry, shared });
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -542,14 +542,24 @@ async fn metrics(State(s): State<Arc<Server>>, headers: HeaderMap) -> impl IntoR
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) if openmetrics => (
+    // Collecting reads the kernel's maps and asks it about every sandbox's links: blocking
+    // syscalls, off the async threads.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &s.registry).map(|()| body)
+    })
+    .await;
+    let encoded = match encoded {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match encoded {
+        Ok(body) if openmetrics => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             body,
         ),
-        Ok(()) => (
+        Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             classic_text(&body),

@@ -30,6 +30,13 @@ impl Netns {
         Ok(Some(Self { file: File::open(&path)?, path }))
     }
 
+    /// Which namespace this is (device and inode of its file): two handles on one namespace
+    /// have the same.
+    pub fn id(&self) -> io::Result<(u64, u64)> {
+        let m = self.file.metadata()?;
+        Ok((m.dev(), m.ino()))
+    }
+
     /// Run `f` on a thread inside this namespace.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
         std::thread::scope(|s| {

@@ -57,6 +57,8 @@ struct Held {
     link: HeldLink,
     /// The kernel's id of the link, to ask it whether the link still enforces.
     id: Option<u32>,
+    /// The id of the program it should run (what the cgroup's query must show).
+    prog: Option<u32>,
 }
 
 enum HeldLink {
@@ -155,7 +157,10 @@ impl Attachment {
             HOOKS.iter().filter(|h| scope.wants(h) && loaded.available(h)).collect();
         for hook in hooks {
             match this.attach_hook(loaded, hook, &dir) {
-                Ok((link, id)) => this.links.push(Held { hook, link, id }),
+                Ok((link, id)) => {
+                    let prog = loaded.program_id(hook);
+                    this.links.push(Held { hook, link, id, prog });
+                }
                 Err(e) => {
                     // Adopted links were enforcing before we came, and the daemon's may have
                     // replaced some that were: they all stay (fail closed; the next attempt
@@ -225,15 +230,33 @@ impl Attachment {
     pub fn check(&mut self, loaded: &mut Loaded) -> Vec<Tampering> {
         let mut found = Vec::new();
         let Ok(dir) = cgroup::open(&self.cgroup) else { return found };
+        // `status` checks every link of thousands of sandboxes: one read of the pin directory
+        // (not a walk of the whole path per pin), and one query of the cgroup's programs per
+        // attach type. Only a link whose program is missing there (detached, or given another
+        // program) is looked at by id, which costs a file and three syscalls.
+        let pinned = self.pin_dir.as_deref().and_then(pinned_names);
+        let is_pinned = |p: &Path| match &pinned {
+            Some(names) => p.file_name().is_some_and(|n| names.contains(n)),
+            None => p.exists(),
+        };
         for held in std::mem::take(&mut self.links) {
             let hook = held.hook;
+            let in_place = !hook.is_global()
+                && matches!(&held.link, HeldLink::Pinned(_, p) | HeldLink::PinOnly(p) if is_pinned(p))
+                && hook.attach_type().zip(held.prog).is_some_and(|(at, ours)| {
+                    sys::cgroup_program_ids(dir.as_fd(), at).is_ok_and(|ids| ids.contains(&ours))
+                });
+            if in_place {
+                self.links.push(held);
+                continue;
+            }
             let state = held.id.and_then(sys::link_state);
             let detached = !hook.is_global()
                 && state.is_some_and(|s| s.type_ == sys::BPF_LINK_TYPE_CGROUP && s.cgroup_id == 0);
             let ours = loaded.program_id(hook);
             let replaced = !detached && state.zip(ours).is_some_and(|(s, ours)| s.prog_id != ours);
             let unpinned = matches!(&held.link,
-                HeldLink::Pinned(_, p) | HeldLink::PinOnly(p) if !p.exists());
+                HeldLink::Pinned(_, p) | HeldLink::PinOnly(p) if !is_pinned(p));
             // Held by its pin alone, a link whose pin went is gone (or soon will be).
             let pin_only = matches!(held.link, HeldLink::PinOnly(_));
             let gone = pin_only && (unpinned || state.is_none());
@@ -265,7 +288,7 @@ impl Attachment {
             };
             match result {
                 Ok((link, id)) => {
-                    self.links.push(Held { hook, link, id });
+                    self.links.push(Held { hook, link, id, prog: loaded.program_id(hook) });
                     found.push(Tampering { hook: hook.name, what, repaired: true });
                 }
                 Err(e) => {
@@ -323,9 +346,16 @@ impl Attachment {
         self.links.iter().map(|h| h.hook.name)
     }
 
-    /// The kernel's ids of the cgroup links (to ask whether they still enforce).
-    pub fn cgroup_link_ids(&self) -> Vec<u32> {
-        self.links.iter().filter(|h| !h.hook.is_global()).filter_map(|h| h.id).collect()
+    /// Whether it has cgroup links (a child of a cgroup sandbox has none).
+    pub fn has_cgroup_links(&self) -> bool {
+        self.links.iter().any(|h| !h.hook.is_global())
+    }
+
+    /// What to ask the kernel to learn whether its cgroup links still enforce.
+    pub fn link_check(&self) -> LinkCheck {
+        let expected =
+            self.links.iter().filter_map(|h| Some((h.hook.attach_type()?, h.prog?))).collect();
+        LinkCheck { cgroup: self.cgroup.clone(), expected }
     }
 
     fn keep_pins(&mut self) {
@@ -372,15 +402,13 @@ impl Drop for Attachment {
     }
 }
 
-/// Which of netcontrol's programs run for `cgroup` itself, as the kernel shows it now: all of
-/// its cgroup attach types (`enum bpf_attach_type`: skb ingress/egress, sock_create, bind,
-/// connect, sendmsg, recvmsg, setsockopt, getpeername), programs named `nc_*`.
+/// Which of netcontrol's programs run for `cgroup` itself, as the kernel shows it now: at all
+/// of its hooks' attach types, programs named `nc_*`.
 fn ours_here(cgroup_path: &Path) -> Result<Vec<String>> {
-    const CGROUP_ATTACH_TYPES: &[u32] = &[0, 1, 2, 8, 9, 10, 11, 14, 15, 19, 20, 22, 29, 30];
     let dir = cgroup::open(cgroup_path)?;
     let mut ours = Vec::new();
-    for t in CGROUP_ATTACH_TYPES {
-        let names = sys::cgroup_programs(dir.as_fd(), *t).map_err(|e| {
+    for t in HOOKS.iter().filter_map(Hook::attach_type) {
+        let names = sys::cgroup_programs(dir.as_fd(), t).map_err(|e| {
             Error::io(format!("asking the kernel about {}", cgroup_path.display()), e)
         })?;
         ours.extend(names.into_iter().filter(|n| n.starts_with("nc_")));
@@ -505,4 +533,38 @@ fn attach_error(hook: &Hook, cgroup: &Path, source: io::Error) -> Error {
         _ => "",
     };
     Error::Attach { program: hook.program, cgroup: cgroup.to_owned(), source, hint }
+}
+
+/// A cgroup and the program each of its links should run, by attach type.
+#[derive(Debug, Clone, Default)]
+pub struct LinkCheck {
+    cgroup: PathBuf,
+    expected: Vec<(u32, u32)>,
+}
+
+impl LinkCheck {
+    /// How many of the programs the kernel does not show attached to the cgroup now (one
+    /// query per attach type: no file per link). A cgroup that cannot be opened has none.
+    pub fn detached(&self) -> usize {
+        if self.expected.is_empty() {
+            return 0;
+        }
+        let Ok(dir) = cgroup::open(&self.cgroup) else { return self.expected.len() };
+        self.expected
+            .iter()
+            .filter(|(at, prog)| {
+                !sys::cgroup_program_ids(dir.as_fd(), *at).is_ok_and(|ids| ids.contains(prog))
+            })
+            .count()
+    }
+}
+
+/// The names in a pin directory: none if it is gone; None if it could not be read (then each
+/// pin is looked at by itself).
+fn pinned_names(dir: &Path) -> Option<std::collections::HashSet<std::ffi::OsString>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Some(entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Default::default()),
+        Err(_) => None,
+    }
 }

@@ -40,6 +40,34 @@ impl Hook {
         matches!(self.kind, HookKind::Lsm(_))
     }
 
+    /// Its `enum bpf_attach_type` (what BPF_PROG_QUERY asks by); None for the global hooks.
+    pub fn attach_type(&self) -> Option<u32> {
+        use CgroupSockAddrAttachType as A;
+        Some(match self.kind {
+            HookKind::Skb(CgroupSkbAttachType::Ingress) => 0,
+            HookKind::Skb(CgroupSkbAttachType::Egress) => 1,
+            HookKind::Sock(CgroupSockAttachType::SockCreate) => 2,
+            HookKind::Sock(CgroupSockAttachType::PostBind4) => 12,
+            HookKind::Sock(CgroupSockAttachType::PostBind6) => 13,
+            HookKind::Sock(CgroupSockAttachType::SockRelease) => 34,
+            HookKind::SockAddr(A::Bind4) => 8,
+            HookKind::SockAddr(A::Bind6) => 9,
+            HookKind::SockAddr(A::Connect4) => 10,
+            HookKind::SockAddr(A::Connect6) => 11,
+            HookKind::SockAddr(A::UDPSendMsg4) => 14,
+            HookKind::SockAddr(A::UDPSendMsg6) => 15,
+            HookKind::SockAddr(A::UDPRecvMsg4) => 19,
+            HookKind::SockAddr(A::UDPRecvMsg6) => 20,
+            HookKind::SockAddr(A::GetPeerName4) => 29,
+            HookKind::SockAddr(A::GetPeerName6) => 30,
+            HookKind::SockAddr(A::GetSockName4) => 31,
+            HookKind::SockAddr(A::GetSockName6) => 32,
+            HookKind::Sockopt(CgroupSockoptAttachType::Get) => 21,
+            HookKind::Sockopt(CgroupSockoptAttachType::Set) => 22,
+            HookKind::Lsm(_) => return None,
+        })
+    }
+
     /// The kind of program, as the kernel documentation names it.
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
@@ -175,6 +203,18 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_cgroup_hook_has_an_attach_type_of_its_own() {
+        let types: Vec<u32> = HOOKS.iter().filter_map(Hook::attach_type).collect();
+        assert_eq!(types.len(), HOOKS.iter().filter(|h| !h.is_global()).count());
+        let mut unique = types.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), types.len(), "{types:?}");
+        let connect4 = HOOKS.iter().find(|h| h.name == "connect4").expect("connect4");
+        assert_eq!(connect4.attach_type(), Some(crate::bpf::sys::BPF_CGROUP_INET4_CONNECT));
+    }
 
     #[test]
     fn program_names_fit_the_kernel_and_hooks_are_unique() {

@@ -175,9 +175,9 @@ pub fn link_cgroup(id: u32) -> Option<u64> {
     (info.type_ == BPF_LINK_TYPE_CGROUP).then_some(info.cgroup_id)
 }
 
-/// The names of the programs attached to the cgroup `cgroup` itself (not its ancestors) at
-/// `attach_type` (BPF_PROG_QUERY, then each program's info).
-pub fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<String>> {
+/// The ids of the programs attached to the cgroup `cgroup` itself (not its ancestors) at
+/// `attach_type` (BPF_PROG_QUERY; at most 64).
+pub fn cgroup_program_ids(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
     #[repr(C)]
     struct Query {
         target_fd: u32,
@@ -200,8 +200,15 @@ pub fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<V
     };
     bpf(BPF_PROG_QUERY, &mut q)?;
     let n = (q.prog_cnt as usize).min(ids.len());
-    let mut names = Vec::with_capacity(n);
-    for id in &ids[..n] {
+    Ok(ids[..n].to_vec())
+}
+
+/// The names of the programs attached to the cgroup `cgroup` itself (not its ancestors) at
+/// `attach_type` (BPF_PROG_QUERY, then each program's info).
+pub fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<String>> {
+    let ids = cgroup_program_ids(cgroup, attach_type)?;
+    let mut names = Vec::with_capacity(ids.len());
+    for id in &ids {
         #[repr(C)]
         struct ById {
             id: u32,

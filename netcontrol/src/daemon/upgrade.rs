@@ -20,7 +20,7 @@ impl Supervisor {
         // Cgroups whose links are ours now (children have none: their parent's are).
         let ours: BTreeSet<u64> = self
             .enforcing()
-            .filter(|(_, s)| !s.enforcer().link_ids().is_empty())
+            .filter(|(_, s)| s.enforcer().has_links())
             .map(|(_, s)| s.enforcer().sandbox_id())
             .collect();
         for dir in self.root.other_versions() {

@@ -5,7 +5,7 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
 };
 
 use netcontrol_common::abi::DnsOrigin;
@@ -21,23 +21,39 @@ use super::upstream::Transport;
 use crate::{bpf::maps::Origins, netns::Netns};
 
 pub struct Asker {
-    /// A sock_diag socket in the sandbox's network namespace.
-    diag: Mutex<Socket>,
+    /// A sock_diag socket in the sandbox's network namespace, shared by every sandbox in it.
+    diag: Arc<Mutex<Socket>>,
     origins: Arc<Origins>,
 }
 
 /// "Do not check the cookie" in an exact lookup.
 const NO_COOKIE: [u8; 8] = [0xff; 8];
 
+/// The sock_diag socket of each namespace (None: netcontrol's own) while any proxy there uses
+/// it. A socket per sandbox would cost a file each: thousands of sandboxes in the host's
+/// namespace share one. Lookups are short (one request, one reply) and made only for refused
+/// queries, which each sandbox's query limit caps.
+type Shared = std::collections::HashMap<Option<(u64, u64)>, Weak<Mutex<Socket>>>;
+static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+
 impl Asker {
     pub fn new(ns: Option<&Netns>, origins: Arc<Origins>) -> io::Result<Self> {
+        let key = ns.map(Netns::id).transpose()?;
+        let mut shared = SHARED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let shared = shared.get_or_insert_default();
+        if let Some(diag) = shared.get(&key).and_then(Weak::upgrade) {
+            return Ok(Self { diag, origins });
+        }
         let diag = crate::netns::within(ns, || {
             let mut s = Socket::new(NETLINK_SOCK_DIAG)?;
             s.bind_auto()?;
             s.connect(&NlAddr::new(0, 0))?;
             Ok(s)
         })?;
-        Ok(Self { diag: Mutex::new(diag), origins })
+        let diag = Arc::new(Mutex::new(diag));
+        shared.retain(|_, w| w.strong_count() > 0);
+        shared.insert(key, Arc::downgrade(&diag));
+        Ok(Self { diag, origins })
     }
 
     /// What the kernel recorded about the socket at `client` that sent to the proxy at `proxy`.

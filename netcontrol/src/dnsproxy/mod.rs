@@ -51,6 +51,15 @@ use crate::{
 /// The longest a DNS answer waits for its addresses to be allowed.
 pub const HOLD: Duration = Duration::from_millis(100);
 
+/// How long answers with addresses were held until the maps allowed them, in seconds (all
+/// sandboxes: one series, whatever their number). Buckets up to `HOLD`.
+pub static HOLD_TIMES: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    std::sync::LazyLock::new(|| {
+        prometheus_client::metrics::histogram::Histogram::new([
+            0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+        ])
+    });
+
 /// TCP connections one sandbox may hold open to its proxy; more are closed at once (one
 /// sandbox must not take the fds every other sandbox's DNS needs).
 pub const MAX_TCP_SESSIONS: usize = 32;
@@ -193,6 +202,8 @@ struct Ctx {
     bucket: Mutex<Bucket>,
     /// Rate-limited queries are counted, not looked up one by one: one event per second.
     limited: Mutex<LimitedReport>,
+    /// A second of rate-limited queries started (its summary is due at its end).
+    limited_started: tokio::sync::Notify,
     in_flight: Arc<Semaphore>,
     tcp_sessions: Arc<Semaphore>,
 }
@@ -226,6 +237,7 @@ impl Proxy {
             stats: stats.clone(),
             bucket: Mutex::new(Bucket::new(qps)),
             limited: Mutex::new(LimitedReport::default()),
+            limited_started: tokio::sync::Notify::new(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tcp_sessions: Arc::new(Semaphore::new(MAX_TCP_SESSIONS)),
         });
@@ -289,13 +301,12 @@ fn bind_pair(ip: IpAddr) -> std::io::Result<Pair> {
 
 async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     let local = sock.local_addr().ok();
-    let mut buf = vec![0u8; 65_535];
     let mut backoff = Backoff::new("DNS proxy: receiving a query");
     loop {
-        let Some((n, client)) = backoff.accepted(sock.recv_from(&mut buf).await).await else {
+        let received = upstream::receive(&sock, |b| sock.try_recv_from(b)).await;
+        let Some((query, client)) = backoff.accepted(received).await else {
             continue;
         };
-        let query = buf[..n].to_vec();
         let Ok(permit) = ctx.in_flight.clone().try_acquire_owned() else {
             Stats::bump(&ctx.stats.overloaded);
             if let Some(answer) = message::reply(&query, ResponseCode::ServFail) {
@@ -453,6 +464,7 @@ async fn handle(
         report_rebinding(ctx, &q, &released.refused, rules, client, proxy, transport).await;
     }
     if !released.addresses.is_empty() {
+        let held = Instant::now();
         let (done, allowed) = oneshot::channel();
         let learned = Learned { name: q.name.clone(), ips: released.addresses, done };
         if ctx.learn.send(learned).await.is_ok()
@@ -464,6 +476,7 @@ async fn handle(
                 q.name
             );
         }
+        HOLD_TIMES.observe(held.elapsed().as_secs_f64());
     }
     Some(released.bytes)
 }
@@ -528,6 +541,7 @@ async fn report_limited_one(
             _ => {
                 flush_limited(ctx, &mut r);
                 r.since = Some(now);
+                ctx.limited_started.notify_one();
                 true
             }
         }
@@ -563,15 +577,20 @@ fn flush_limited(ctx: &Ctx, r: &mut LimitedReport) {
     *r = LimitedReport::default();
 }
 
-/// Once a second: the summary of the second that ended.
+/// The summary of each second of rate-limited queries, once it is over. Asleep until one
+/// starts: thousands of quiet proxies wake for nothing.
 async fn report_limited(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let mut r = ctx.limited.lock().unwrap_or_else(|e| e.into_inner());
-        if r.since.is_some_and(|s| s.elapsed() >= Duration::from_secs(1)) {
-            flush_limited(&ctx, &mut r);
+        ctx.limited_started.notified().await;
+        loop {
+            let since = ctx.limited.lock().unwrap_or_else(|e| e.into_inner()).since;
+            let Some(since) = since else { break };
+            tokio::time::sleep_until((since + Duration::from_secs(1)).into()).await;
+            let mut r = ctx.limited.lock().unwrap_or_else(|e| e.into_inner());
+            // A query may have started a new second meanwhile: then wait for its end.
+            if r.since.is_some_and(|s| s.elapsed() >= Duration::from_secs(1)) {
+                flush_limited(&ctx, &mut r);
+            }
         }
     }
 }

@@ -47,20 +47,35 @@ async fn udp(server: SocketAddr, query: &[u8], id: &[u8]) -> io::Result<Vec<u8>>
     sock.connect(server).await?;
     sock.send(query).await?;
     loop {
-        // The buffer exists only once a datagram is there: hundreds of queries waiting on a
-        // slow server hold no memory for answers that have not come.
-        sock.readable().await?;
-        let mut buf = vec![0u8; 65_535];
-        let n = match sock.try_recv(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
+        let (answer, _) = receive(&sock, |b| sock.try_recv(b).map(|n| (n, server))).await?;
         // A stray datagram with another ID (a late answer to a retry) is not ours.
-        if n >= 2 && &buf[..2] == id {
-            buf.truncate(n);
-            buf.shrink_to_fit();
-            return Ok(buf);
+        if answer.get(..2) == Some(id) {
+            return Ok(answer);
+        }
+    }
+}
+
+thread_local! {
+    /// The one receive buffer of each thread. A buffer per socket would cost every idle proxy
+    /// (thousands of sandboxes) and every query waiting on a slow server 64 KiB.
+    static DATAGRAM: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; 65_535].into_boxed_slice());
+}
+
+/// The next datagram on `sock` (read by `recv` into the thread's buffer) and its sender,
+/// copied out at its own length.
+pub async fn receive(
+    sock: &UdpSocket,
+    recv: impl Fn(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
+) -> io::Result<(Vec<u8>, SocketAddr)> {
+    loop {
+        sock.readable().await?;
+        // No await while the buffer is borrowed: another task on this thread may need it.
+        let got =
+            DATAGRAM.with_borrow_mut(|buf| recv(buf).map(|(n, from)| (buf[..n].to_vec(), from)));
+        match got {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
         }
     }
 }
