@@ -18,6 +18,8 @@ use std::{
 
 use crate::error::{Error, Result};
 
+pub mod watch;
+
 /// Name prefix of the cgroups `netcontrol run` creates.
 pub const RUN_PREFIX: &str = "netcontrol-run-";
 

@@ -1,6 +1,7 @@
 //! `netcontrol daemon`: one set of programs serving many sandboxes, pinned so that
 //! enforcement outlives the process.
 
+mod cgroups;
 mod closed;
 pub mod config;
 pub mod containers;
@@ -26,6 +27,7 @@ use tokio::{
 use self::supervisor::Supervisor;
 use crate::{
     bpf::{LoadOptions, PinRoot},
+    cgroup::watch::CgroupWatch,
     datapath::Datapath,
     docker,
     error::{Error, Result},
@@ -102,6 +104,12 @@ pub async fn run(opts: Options) -> Result<i32> {
         metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
     );
 
+    // Without inotify (out of instances, say) every cgroup is looked at each tick.
+    let mut cgroups = CgroupWatch::new().unwrap_or_else(|e| {
+        tracing::warn!("watching cgroups: {e}; looking at them each second instead");
+        CgroupWatch::none()
+    });
+    sup.sync_watches(&mut cgroups);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -122,7 +130,15 @@ pub async fn run(opts: Options) -> Result<i32> {
                 let _ = reply.send(sup.handle(request).await);
                 rewatch(&sup, &mut watched, &mut watch);
             }
-            _ = tick.tick() => sup.tick().await,
+            _ = tick.tick() => sup.tick(&mut cgroups).await,
+            seen = cgroups.next() => match seen {
+                Ok(seen) => sup.cgroups_changed(seen, &mut cgroups).await,
+                Err(e) => {
+                    // Unreadable: every cgroup is looked at each tick instead.
+                    tracing::warn!("reading cgroup events: {e}; looking at cgroups each second");
+                    cgroups = CgroupWatch::none();
+                }
+            },
             Some(event) = next(&mut containers) => sup.docker_event(event).await,
             Some(event) = next(&mut pods) => sup.pod_event(event).await,
             (name, change) = sup.next_change() => {

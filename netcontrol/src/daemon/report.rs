@@ -7,7 +7,10 @@ use super::{
     control::{MapUsage, SandboxStatus, Status},
     supervisor::{Origin, State, Supervisor},
 };
-use crate::metrics::{SandboxGauges, Snapshot};
+use crate::{
+    cgroup::watch::CgroupWatch,
+    metrics::{SandboxGauges, Snapshot},
+};
 
 impl Supervisor {
     pub fn status(&self) -> Status {
@@ -94,7 +97,7 @@ impl Supervisor {
                 entries_v4: s.enforcer().entry_counts().0,
                 entries_v6: s.enforcer().entry_counts().1,
                 dns: s.dns_stats().cloned(),
-                link_ids: s.enforcer().link_ids(),
+                links: s.enforcer().link_check(),
             })
             .collect()
     }
@@ -137,9 +140,15 @@ impl Supervisor {
     }
 
     /// Publish only if what metrics show may have changed since the last snapshot: a tick of
-    /// thousands of sandboxes that changed nothing builds no new one.
-    pub(super) fn publish_if_changed(&self) {
-        if self.signature() != self.published.get() {
+    /// thousands of sandboxes that changed nothing builds no new one. Watch the cgroups anew
+    /// likewise (or while some cgroup could not be watched yet).
+    pub(super) fn publish_and_watch_if_changed(&mut self, cgroups: &mut CgroupWatch) {
+        let sig = self.signature();
+        if sig != self.watched.get() || !self.polled.is_empty() {
+            self.sync_watches(cgroups);
+            self.watched.set(sig);
+        }
+        if sig != self.published.get() {
             self.publish();
         }
     }
@@ -154,6 +163,8 @@ impl Supervisor {
             match &slot.state {
                 State::Enforcing(s) => {
                     (1u8, s.enforcer().sandbox_id(), s.enforcer().entry_counts()).hash(&mut h);
+                    // Not shown, but it decides which cgroups are watched (cgroups.rs).
+                    s.netns_pending().hash(&mut h);
                     s.problem().hash(&mut h);
                 }
                 State::Waiting { why, failed, .. } => (2u8, why, failed).hash(&mut h),

@@ -22,6 +22,7 @@ use super::{
 use crate::{
     bpf::{Attachment, PinRoot, hooks::Scope},
     cgroup,
+    cgroup::watch::CgroupWatch,
     datapath::Datapath,
     docker::{Container, Lifecycle},
     enforcer::LinkPins,
@@ -34,8 +35,9 @@ use crate::{
 };
 
 /// Sandboxes whose links the once-a-second tamper check looks at (all of them up to this
-/// many; beyond, each every `n / TAMPER_PER_TICK` seconds).
-const TAMPER_PER_TICK: usize = 250;
+/// many; beyond, each every `n / TAMPER_PER_TICK` seconds: 4000 every half minute). A few
+/// syscalls per link: this is most of an idle daemon's CPU. `status` checks all.
+const TAMPER_PER_TICK: usize = 128;
 /// How soon a sandbox whose cgroup is missing is looked for again.
 const MISSING_RETRY: Duration = Duration::from_secs(1);
 /// How long the start waits for Docker's list of running containers.
@@ -77,6 +79,12 @@ pub struct Supervisor {
     pub(super) reserve: super::closed::Reserve,
     /// The signature of the last snapshot published (report.rs).
     pub(super) published: std::cell::Cell<u64>,
+    /// The signature of the sandboxes when the cgroup watches were last set (report.rs).
+    pub(super) watched: std::cell::Cell<u64>,
+    /// Cgroups that are not watched: the tick looks at them (cgroups.rs).
+    pub(super) polled: std::collections::HashSet<PathBuf>,
+    /// Where the next backstop slice of cgroups starts (cgroups.rs).
+    pub(super) backstop_cursor: usize,
 }
 
 pub(super) struct Slot {
@@ -163,6 +171,9 @@ impl Supervisor {
             attached: Vec::new(),
             reserve: super::closed::Reserve::new(),
             published: std::cell::Cell::new(0),
+            watched: std::cell::Cell::new(0),
+            polled: std::collections::HashSet::new(),
+            backstop_cursor: 0,
         })
     }
 
@@ -390,52 +401,16 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Once a second: attach sandboxes whose cgroup appeared (or whose attach failed), and
-    /// let go of those whose cgroup went away.
-    pub async fn tick(&mut self) {
+    /// Once a second: look at the cgroups that are not watched (attach sandboxes whose
+    /// cgroup appeared, let go of those whose cgroup went; see cgroups.rs), retry what
+    /// failed, and expire learned addresses.
+    pub async fn tick(&mut self, cgroups: &mut CgroupWatch) {
         self.reserve.fill();
         self.check_tamper_of(TAMPER_PER_TICK);
-        let now = Instant::now();
-        let mut due = Vec::new();
-        let mut gone = Vec::new();
-        for (name, slot) in &self.slots {
-            match &slot.state {
-                State::Waiting { next_try, .. } if *next_try <= now => due.push(name.clone()),
-                State::Waiting { .. } => {}
-                State::Enforcing(s) => {
-                    let path = s.enforcer().cgroup();
-                    if cgroup::id(path).ok() != Some(s.enforcer().sandbox_id()) {
-                        gone.push(name.clone());
-                    }
-                }
-            }
-        }
-        for name in gone {
-            tracing::info!(sandbox = name.as_str(), "its cgroup is gone");
-            if let Err(e) = self.stop(&name) {
-                tracing::warn!(sandbox = name.as_str(), "{e}");
-            }
-            match self.slots.get(&name).map(|s| &s.origin) {
-                Some(Origin::Control(_)) => {
-                    self.slots.remove(&name);
-                    self.attached.retain(|a| a.name != name);
-                    self.save_runtime();
-                }
-                // A container's next start is a new sandbox (Docker says when).
-                Some(Origin::Container { .. } | Origin::Child { .. }) => {
-                    self.slots.remove(&name);
-                }
-                _ => {}
-            }
-        }
-        for name in due {
-            self.try_start(&name).await;
-        }
+        self.look_at_unwatched().await;
         self.retry_standins().await;
         // A sandbox another version still enforced may be ours now.
         self.retire_other_versions();
-        // Sandboxes attached before their first process (pods): their DNS proxy moves into
-        // the processes' network namespace once there are some.
         let dp = &mut self.dp;
         for (name, slot) in &mut self.slots {
             if let State::Enforcing(s) = &mut slot.state {
@@ -443,14 +418,9 @@ impl Supervisor {
                 if let Err(e) = s.sweep(dp) {
                     tracing::warn!(sandbox = name.as_str(), "{e}");
                 }
-                if s.netns_pending()
-                    && let Err(e) = s.settle_netns(dp)
-                {
-                    tracing::warn!(sandbox = name.as_str(), "{e}");
-                }
             }
         }
-        self.publish_if_changed();
+        self.publish_and_watch_if_changed(cgroups);
     }
 
     /// Wait for DNS to change what one of the sandboxes allows. Cancel-safe.

@@ -135,6 +135,11 @@ impl Learning {
         self.refresh(hosts, changed)
     }
 
+    /// Whether nothing learned is held (a sweep has nothing to expire).
+    pub fn idle(&self) -> bool {
+        self.learned.is_empty() && self.carried.is_empty()
+    }
+
     /// Write nothing more (the sandbox is detached, or left to its pins).
     pub fn close(&mut self) {
         self.closed = true;

@@ -254,6 +254,11 @@ impl Sandbox {
         self.netns_pending
     }
 
+    /// Whether placing its DNS proxy failed (`settle_netns` tries again when due).
+    pub fn placement_failed(&self) -> bool {
+        self.unplaced.is_some()
+    }
+
     /// What keeps it from enforcing its policy as written (its DNS proxy is not placed).
     pub fn problem(&self) -> Option<String> {
         self.unplaced.as_ref().map(|u| format!("its DNS proxy is not placed: {}", u.why))
@@ -410,6 +415,10 @@ impl Sandbox {
     pub fn sweep(&mut self, dp: &mut Datapath) -> Result<bool> {
         let Dns::Proxy(p) = &self.dns else { return Ok(false) };
         dp.host_addresses().refresh_if_older(HOST_ADDRESSES_EVERY);
+        // Most of thousands of sandboxes have learned nothing: nothing to look at.
+        if learning::lock(&p.learning).idle() {
+            return Ok(false);
+        }
         let before = self.enforcer.entry_counts();
         let grace = self.policy.dns.grace;
         let now_ns = crate::events::record::monotonic_ns();
