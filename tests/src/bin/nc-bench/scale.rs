@@ -9,7 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netcontrol_tests::{TestCgroup, daemon::Daemon, open_fds, parse_probes, probe_bin};
+use netcontrol_tests::{
+    TestCgroup,
+    daemon::{Daemon, METRICS_ADDR, http_get},
+    dns::Dnsmasq,
+    netcontrol_bin, open_fds, parse_probes, probe_bin,
+};
 
 use crate::{
     Goal, Opts, Section,
@@ -24,6 +29,11 @@ const STATUS_GOAL_MS: f64 = 200.0;
 const SCRAPE_GOAL_MS: f64 = 200.0;
 const IDLE_CPU_GOAL: f64 = 2.0;
 const READOPT_GOAL_S: f64 = 10.0;
+/// Sandboxes asking DNS during the storm, each one query after the other.
+const DNS_CLIENTS: usize = 8;
+/// The DNS proxy's hold (dnsproxy::HOLD): an answer held this long went out before its
+/// addresses were allowed.
+const HOLD_MS: f64 = 100.0;
 
 /// Wall time of `f`, in ms.
 fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
@@ -48,18 +58,166 @@ fn start_all(d: &mut Daemon, n: usize) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// A daemon with `n` sandboxes of their own cgroups (not started).
-fn daemon_of(n: usize) -> (Daemon, Vec<TestCgroup>) {
-    let cgroups: Vec<TestCgroup> = (0..n).map(|_| TestCgroup::new()).collect();
-    let mut config = String::from(
-        "policies:\n  web:\n    allow: [api.example.test:443, \"**.cdn.example.test:443\", 10.0.0.0/8]\n    dns: {servers: [127.0.0.53]}\nsandboxes:\n",
+/// The configuration of `cgroups` as sandboxes; `extra` is one more network their policy
+/// allows (what the storm's reload changes).
+fn config_of(cgroups: &[TestCgroup], extra: &str) -> String {
+    // Answers point at loopback (the test's own addresses): rebinding protection would take
+    // them out, and with them the hold this measures.
+    let mut config = format!(
+        "policies:\n  web:\n    allow: [api.example.test:443, \"**.cdn.example.test:443\", 10.0.0.0/8{extra}]\n    dns: {{servers: [127.0.0.53], rebinding: allow, max_queries_per_second: 1000000}}\nsandboxes:\n",
     );
     for (i, c) in cgroups.iter().enumerate() {
         let _ = writeln!(config, "  - {{name: s{i}, cgroup: {}, policy: web}}", c.path.display());
     }
-    let mut d = Daemon::new(&config);
+    config
+}
+
+/// A daemon with `n` sandboxes of their own cgroups (not started).
+fn daemon_of(n: usize) -> (Daemon, Vec<TestCgroup>) {
+    let cgroups: Vec<TestCgroup> = (0..n).map(|_| TestCgroup::new()).collect();
+    let mut d = Daemon::new(&config_of(&cgroups, ""));
     d.ready_timeout = Duration::from_secs(600);
     (d, cgroups)
+}
+
+/// The hold-time histogram (cumulative counts by upper bound, in ms) and the hold timeouts
+/// of all sandboxes, from a scrape.
+fn holds(d: &Daemon) -> (Vec<(f64, f64)>, f64) {
+    let (code, body) = d.get("/metrics");
+    assert_eq!(code, 200, "a scrape");
+    let mut buckets = Vec::new();
+    let mut timeouts = 0.0;
+    for line in body.lines() {
+        let value = || line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        if let Some(rest) = line.strip_prefix("netcontrol_dns_hold_seconds_bucket{le=\"") {
+            let le = rest.split('"').next().unwrap_or("+Inf");
+            let ms =
+                if le == "+Inf" { f64::INFINITY } else { le.parse::<f64>().unwrap_or(0.0) * 1e3 };
+            buckets.push((ms, value()));
+        } else if line.starts_with("netcontrol_dns_queries_total{")
+            && line.contains("verdict=\"hold_timeout\"")
+        {
+            timeouts += value();
+        }
+    }
+    (buckets, timeouts)
+}
+
+/// What the storm did to DNS: answers held, the bucket bound under which 99% of them were,
+/// hold timeouts, and the clients' own p99 and worst query (µs, the worst batch's).
+struct StormDns {
+    held: f64,
+    p99_ms: f64,
+    timeouts: f64,
+    client_p99_us: u64,
+    client_max_us: u64,
+    queries: u64,
+    reload_s: f64,
+    statuses: usize,
+    scrapes: usize,
+}
+
+/// The entry count of every sandbox, from `status`.
+fn entry_counts(d: &Daemon) -> Vec<u64> {
+    d.status()["sandboxes"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s["entries_v4"].as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default()
+}
+
+/// DNS from `DNS_CLIENTS` sandboxes while the daemon reloads a changed policy for every
+/// sandbox, and `status` and scrapes come one after the other from two more threads.
+fn storm(d: &Daemon, cgroups: &[TestCgroup], smoke: bool) -> StormDns {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (before, timeouts_before) = holds(d);
+    let entries_before = entry_counts(d);
+    let done = AtomicBool::new(false);
+    let (statuses, scrapes) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let batch = if smoke { 20 } else { 200 };
+    let clients = DNS_CLIENTS.min(cgroups.len());
+    // The daemon's handle stays on this thread; the storms need only its socket and address.
+    let socket = d.socket.clone();
+    let (reload_s, probes) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let out = Command::new(netcontrol_bin())
+                    .args(["status", "--json", "--socket"])
+                    .arg(&socket)
+                    .output()
+                    .expect("netcontrol status");
+                assert!(out.status.success(), "status failed during the storm");
+                statuses.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let _ = http_get(METRICS_ADDR, "/metrics");
+                scrapes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let askers: Vec<_> = cgroups[..clients]
+            .iter()
+            .map(|c| {
+                let done = &done;
+                scope.spawn(move || {
+                    let mut results = Vec::new();
+                    // At least one batch, whatever the reload's length.
+                    loop {
+                        let mut cmd = enter(Command::new(probe_bin()), None, Some(&c.path));
+                        cmd.args([&format!("dns-bench:{batch}"), "127.0.0.53:53/api.example.test"]);
+                        let out = cmd.output().expect("nc-probe");
+                        let p = parse_probes(&out.stdout).pop().expect("the batch's result");
+                        assert!(p.ok, "DNS from a sandbox failed during the storm: {p:?}");
+                        results.push(p);
+                        if done.load(Ordering::Relaxed) {
+                            return results;
+                        }
+                    }
+                })
+            })
+            .collect();
+        // The reload: every sandbox's policy gains a network. Done when `status` shows it in
+        // every sandbox's entries.
+        let t = Instant::now();
+        d.write_config(&config_of(cgroups, ", 192.0.2.0/24"));
+        loop {
+            let now = entry_counts(d);
+            if now.len() == entries_before.len()
+                && now.iter().zip(&entries_before).all(|(a, b)| *a > *b)
+            {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(300), "the reload was not applied");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let reload_s = t.elapsed().as_secs_f64();
+        // A second more of storm after it.
+        std::thread::sleep(Duration::from_secs(1));
+        done.store(true, Ordering::Relaxed);
+        let probes: Vec<_> =
+            askers.into_iter().flat_map(|h| h.join().expect("a DNS client")).collect();
+        (reload_s, probes)
+    });
+    let (after, timeouts_after) = holds(d);
+    // The storm's own counts: the histogram's growth.
+    let grown: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| (*le, n - before.iter().find(|(l, _)| l == le).map_or(0.0, |b| b.1)))
+        .collect();
+    let held = grown.iter().map(|b| b.1).fold(0.0, f64::max);
+    let p99_ms = grown.iter().find(|(_, n)| *n >= 0.99 * held).map_or(f64::INFINITY, |(le, _)| *le);
+    let of = |k: &str| probes.iter().filter_map(|p| p.json[k].as_u64()).max().unwrap_or(0);
+    StormDns {
+        held,
+        p99_ms,
+        timeouts: timeouts_after - timeouts_before,
+        client_p99_us: of("p99_us"),
+        client_max_us: of("max_us"),
+        queries: probes.len() as u64 * batch as u64,
+        reload_s,
+        statuses: statuses.load(Ordering::Relaxed),
+        scrapes: scrapes.load(Ordering::Relaxed),
+    }
 }
 
 /// The open files limit the daemon inherits (it raises its soft limit to this).
@@ -89,6 +247,8 @@ pub fn scale(opts: &Opts) -> Section {
     let limit = fd_limit();
     let fits = limit.saturating_sub(base + 512) / per_sandbox;
     let n = if opts.smoke { 20 } else { SANDBOXES.min(fits) };
+    let dns = Dnsmasq::start("127.0.0.53", 300);
+    dns.set("api.example.test", &["127.0.0.20"]);
     let (mut d, cgroups) = daemon_of(n);
     let start_s = start_all(&mut d, n);
     let pid = d.pid();
@@ -100,6 +260,7 @@ pub fn scale(opts: &Opts) -> Section {
     let cpu0 = cpu_seconds(pid);
     std::thread::sleep(Duration::from_secs(idle_secs));
     let idle_cpu = 100.0 * (cpu_seconds(pid) - cpu0) / idle_secs as f64;
+    let st = storm(&d, &cgroups[1..], opts.smoke);
 
     // A restart, while one sandbox keeps trying a denied destination.
     let loop_ms = 4000 + (start_s * 1000.0) as u64;
@@ -138,6 +299,27 @@ pub fn scale(opts: &Opts) -> Section {
          | {n} | {start_s:.1} s | {rss:.0} MiB | {status_ms:.0} ms | {scrape_ms:.0} ms | {idle_cpu:.2}% of a core | {readopt_s:.1} s | {adopted} | {} of {} refused |",
         p.json["failed"], p.json["ops"]
     );
+    let _ = writeln!(
+        body,
+        "\nDNS during a storm: {} sandboxes ask one query after the other ({} queries in all) \
+         while the daemon reloads a policy change for every sandbox ({:.1} s until `status` \
+         showed it everywhere), and `status` ({} times) and scrapes ({} times) come back to \
+         back. The hold is how long the proxy kept an answer until the maps allowed its \
+         addresses (netcontrol_dns_hold_seconds, the storm's share).\n\n\
+         | answers held | hold p99 | held to the {HOLD_MS:.0} ms limit | client p99 (worst batch) | slowest query |\n\
+         |---:|---:|---:|---:|---:|\n\
+         | {:.0} | ≤ {} ms | {:.0} | {:.1} ms | {:.1} ms |",
+        DNS_CLIENTS.min(cgroups.len().saturating_sub(1)),
+        st.queries,
+        st.reload_s,
+        st.statuses,
+        st.scrapes,
+        st.held,
+        st.p99_ms,
+        st.timeouts,
+        st.client_p99_us as f64 / 1000.0,
+        st.client_max_us as f64 / 1000.0,
+    );
     // Every goal is about SANDBOXES of them: fewer meet none, whatever the numbers.
     let all = n == SANDBOXES;
     let of = if all { String::new() } else { format!(" for {n} of {SANDBOXES}") };
@@ -175,6 +357,16 @@ pub fn scale(opts: &Opts) -> Section {
             what: format!("scale: idle agent CPU ≤ {IDLE_CPU_GOAL:.0}% of a core"),
             met: all && idle_cpu <= IDLE_CPU_GOAL,
             detail: format!("{idle_cpu:.2}%{of}"),
+        },
+        Goal {
+            what: format!(
+                "scale: no DNS answer held to the {HOLD_MS:.0} ms limit during a reload, a status storm and a scrape storm"
+            ),
+            met: all && st.held > 0.0 && st.timeouts == 0.0,
+            detail: format!(
+                "{:.0} answers held, p99 ≤ {} ms, {:.0} hold timeouts{of}",
+                st.held, st.p99_ms, st.timeouts
+            ),
         },
         Goal {
             what: format!(

@@ -15,7 +15,7 @@
 //! `dns` (UDP; the reply must come from SERVER, as resolvers check), `dns-tcp`, `dns-connected`
 //! (UDP on a connected socket, as glibc does), `dns-edns` (UDP, the marker payload in an EDNS
 //! option). Their result line adds "rcode" and "answers".
-//! `dns-bench:N` sends N queries one after the other and adds "p50_us", "p99_us".
+//! `dns-bench:N` sends N queries one after the other and adds "p50_us", "p99_us", "max_us".
 //!
 //! Benchmark loops, for MS milliseconds: `loop-tcp:MS` (socket, connect, close), `loop-udp:MS`
 //! (socket, connect, one 1-byte datagram, close). Their line adds "ops", "failed" (attempts
@@ -582,7 +582,8 @@ mod dns {
         }
         times.sort_unstable();
         let pct = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
-        (Ok(()), format!(",\"p50_us\":{},\"p99_us\":{}", pct(50), pct(99)))
+        let max = times.last().copied().unwrap_or(0);
+        (Ok(()), format!(",\"p50_us\":{},\"p99_us\":{},\"max_us\":{max}", pct(50), pct(99)))
     }
 }
 
