@@ -308,6 +308,77 @@ fn an_invalid_config_is_rejected_with_its_line_and_the_old_one_stays() {
     assert!(tcp_in(&cg.path, &eleven).is_eperm());
 }
 
+/// The kernel's ids of the cgroup links attached to `cgroup` itself.
+fn link_ids(cgroup: &TestCgroup) -> Vec<u64> {
+    let out = Command::new("bpftool").args(["-j", "link", "show"]).output().expect("bpftool");
+    assert!(out.status.success(), "bpftool: {}", show(&out));
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+    let mut ids: Vec<u64> = links
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|l| l["cgroup_id"].as_u64() == Some(cgroup.id()))
+                .filter_map(|l| l["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn entries_that_swap_or_rename_cgroups_keep_them_enforced_throughout() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&["127.0.0.10", "127.0.0.11"]);
+    let (_servers, port) = servers(&["127.0.0.10", "127.0.0.11"]);
+    let (denied, allowed) = (format!("127.0.0.10:{port}"), format!("127.0.0.11:{port}"));
+    let (one, two) = (TestCgroup::new(), TestCgroup::new());
+    let body = |a: (&str, &TestCgroup), b: (&str, &TestCgroup)| {
+        format!(
+            "policies:\n  web:\n    allow: [\"{allowed}\"]\nsandboxes:\n{}{}",
+            sandbox_yaml(a.0, &a.1.path, "web"),
+            sandbox_yaml(b.0, &b.1.path, "web")
+        )
+    };
+    let mut d = Daemon::new(&body(("alpha", &one), ("beta", &two)));
+    d.start();
+    let links = (link_ids(&one), link_ids(&two));
+    assert_eq!(links.0.len(), CGROUP_HOOKS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = (dir.path().join("one.log"), dir.path().join("two.log"));
+    let mut loops = [
+        keep_trying(&one.path, &[&denied, &allowed], &logs.0),
+        keep_trying(&two.path, &[&denied, &allowed], &logs.1),
+    ];
+    let cgroup_of = |d: &Daemon, name: &str| d.sandbox(name)["cgroup"].as_str().map(str::to_owned);
+    let on = |c: &TestCgroup| Some(c.path.display().to_string());
+
+    // The entries swap their cgroups, then one is renamed.
+    d.write_config(&body(("alpha", &two), ("beta", &one)));
+    let swapped = within(Duration::from_secs(20), || cgroup_of(&d, "alpha") == on(&two));
+    assert!(swapped.is_some(), "the swap was not applied: {}", d.status());
+    d.write_config(&body(("gamma", &two), ("beta", &one)));
+    let renamed = within(Duration::from_secs(20), || {
+        d.status()["sandboxes"].as_array().is_some_and(|a| a.iter().any(|s| s["name"] == "gamma"))
+    });
+    assert!(renamed.is_some(), "the rename was not applied: {}", d.status());
+    assert_eq!(cgroup_of(&d, "gamma"), on(&two));
+    for l in &mut loops {
+        let _ = l.kill();
+        let _ = l.wait();
+    }
+
+    // The same links throughout (never detached to be attached anew), and no denied attempt
+    // of either loop got through meanwhile.
+    assert_eq!((link_ids(&one), link_ids(&two)), links, "the links were replaced");
+    let n = never_open(&logs.0, &denied) + never_open(&logs.1, &denied);
+    assert!(n > 4, "the loops ran: {n} probes");
+    let log = d.stop();
+    assert!(log.contains("was beta: same cgroup, kept attached"), "{log}");
+}
+
 #[test]
 fn sandboxes_follow_their_cgroups_and_restarts_clean_up() {
     if !kernel_tests_enabled() {

@@ -154,7 +154,9 @@ impl Single {
             match action {
                 Action::Remove(name) => self.remove_child_named(&name),
                 Action::Add(w) => self.add_child(w).await,
-                Action::Replace(old, w) => {
+                // Children are enforced by the parent's links: starting one anew leaves no
+                // gap, a rename (a container renamed) included.
+                Action::Replace(old, w) | Action::Rename(old, w) => {
                     self.remove_child_named(&old);
                     self.add_child(w).await;
                 }

@@ -64,15 +64,28 @@ pub enum Action {
     /// Another cgroup or another kind of sandbox under the same key: the old one goes (its
     /// name is `.0`), the new one is started.
     Replace(String, Wanted),
+    /// Its cgroup is wanted under another key or name (a renamed entry, a cgroup moved from
+    /// one entry to another, a configured sandbox also attached through the control socket):
+    /// the sandbox named `.0` becomes this one, its links staying attached, and takes its
+    /// policy in place. Detaching and attaching anew would leave the cgroup open in between.
+    Rename(String, Wanted),
     /// Same sandbox, another policy: applied in place, without a gap.
     SetPolicy(Wanted),
     /// Same sandbox and policy; only what names it changed (a container's or pod's record).
     Refresh(Wanted),
 }
 
+/// Whether a sandbox of this origin has links of its own (a container under a cgroup sandbox
+/// is enforced by its parent's).
+fn has_links(o: &Origin) -> bool {
+    !matches!(o, Origin::Child { .. })
+}
+
 /// The actions that make `have` what `wanted` says: removals first (they free names and
-/// cgroups), then replacements and policy changes, then additions. Among wanted sandboxes of
-/// the same name the first wins (sources are given in order of precedence).
+/// cgroups), then renames, replacements and policy changes, then additions. Among wanted
+/// sandboxes of the same name or key the first wins (sources are given in order of
+/// precedence). A cgroup enforced now that stays wanted is never detached on the way: it is
+/// what enforcement is attached to, so it is matched first, whatever key wants it.
 pub fn reconcile(wanted: Vec<Wanted>, have: &[Have<'_>]) -> Vec<Action> {
     let mut by_key: BTreeMap<Key, Wanted> = BTreeMap::new();
     let mut names: BTreeMap<String, Key> = BTreeMap::new();
@@ -83,14 +96,53 @@ pub fn reconcile(wanted: Vec<Wanted>, have: &[Have<'_>]) -> Vec<Action> {
         names.insert(w.name.clone(), w.key.clone());
         by_key.insert(w.key.clone(), w);
     }
-    let (mut removals, mut changes, mut additions) = (Vec::new(), Vec::new(), Vec::new());
-    for h in have {
-        let Some(w) = by_key.remove(h.key) else {
-            removals.push(Action::Remove(h.name.to_owned()));
-            continue;
-        };
-        if w.cgroup != h.cgroup || w.origin != *h.origin || w.name != h.name {
-            changes.push(Action::Replace(h.name.to_owned(), w));
+    let have_by_key: BTreeMap<&Key, usize> =
+        have.iter().enumerate().map(|(i, h)| (h.key, i)).collect();
+    let mut have_on: BTreeMap<&std::path::Path, Vec<usize>> = BTreeMap::new();
+    for (i, h) in have.iter().enumerate() {
+        have_on.entry(h.cgroup).or_default().push(i);
+    }
+    let mut claimed = vec![false; have.len()];
+    let mut matched: Vec<(usize, Wanted)> = Vec::new();
+    // First each key's own sandbox, where it stays on its cgroup; then, for the rest, a
+    // sandbox of another key on the cgroup (with links as this one has, or none as it has
+    // none).
+    let mut rest: Vec<Wanted> = Vec::new();
+    for w in by_key.into_values() {
+        match have_by_key.get(&w.key).copied().filter(|&i| have[i].cgroup == w.cgroup) {
+            Some(i) => {
+                claimed[i] = true;
+                matched.push((i, w));
+            }
+            None => rest.push(w),
+        }
+    }
+    let mut unmatched: BTreeMap<Key, Wanted> = BTreeMap::new();
+    for w in rest {
+        let on = have_on.get(w.cgroup.as_path()).and_then(|on| {
+            on.iter()
+                .copied()
+                .find(|&i| !claimed[i] && has_links(have[i].origin) == has_links(&w.origin))
+        });
+        match on {
+            Some(i) => {
+                claimed[i] = true;
+                matched.push((i, w));
+            }
+            None => {
+                unmatched.insert(w.key.clone(), w);
+            }
+        }
+    }
+    let (mut removals, mut changes) = (Vec::new(), Vec::new());
+    for (i, w) in matched {
+        let h = &have[i];
+        if *h.key != w.key || h.name != w.name || *h.origin != w.origin {
+            if has_links(h.origin) == has_links(&w.origin) {
+                changes.push(Action::Rename(h.name.to_owned(), w));
+            } else {
+                changes.push(Action::Replace(h.name.to_owned(), w));
+            }
         } else if w.policy_name != h.policy_name
             || w.policy != *h.policy
             || w.policy_missing.as_deref() != h.policy_missing
@@ -100,17 +152,19 @@ pub fn reconcile(wanted: Vec<Wanted>, have: &[Have<'_>]) -> Vec<Action> {
             changes.push(Action::Refresh(w));
         }
     }
-    // What is left is wanted and not there. A name another sandbox still holds (one that is
-    // removed or renamed above frees it) would clash: it waits for the next step.
-    let taken: Vec<&str> = have.iter().map(|h| h.name).collect();
-    for w in by_key.into_values() {
-        let clash = taken.contains(&w.name.as_str())
-            && !removals.iter().any(|r| matches!(r, Action::Remove(n) if *n == w.name))
-            && !changes.iter().any(|c| matches!(c, Action::Replace(n, _) if *n == w.name));
-        if !clash {
-            additions.push(Action::Add(w));
+    for (i, h) in have.iter().enumerate() {
+        if claimed[i] {
+            continue;
+        }
+        match unmatched.remove(h.key) {
+            // Its key is wanted on another cgroup, which no sandbox holds.
+            Some(w) => changes.push(Action::Replace(h.name.to_owned(), w)),
+            None => removals.push(Action::Remove(h.name.to_owned())),
         }
     }
+    // Every sandbox there is was removed, replaced, renamed or kept under the name it is
+    // wanted by, and wanted names are unique: what is left can be added.
+    let additions = unmatched.into_values().map(Action::Add);
     removals.into_iter().chain(changes).chain(additions).collect()
 }
 
@@ -183,6 +237,46 @@ mod tests {
         assert_eq!(
             reconcile(vec![moved.clone()], &[have(&a)]),
             vec![Action::Replace("a".into(), moved)]
+        );
+    }
+
+    #[test]
+    fn a_cgroup_that_stays_wanted_is_never_detached_whoever_wants_it() {
+        // A renamed entry: the sandbox is renamed, its links stay.
+        let a = config("a", "ci/a", "10.0.0.1");
+        let b = config("b", "ci/a", "10.0.0.2");
+        assert_eq!(
+            reconcile(vec![b.clone()], &[have(&a)]),
+            vec![Action::Rename("a".into(), b)]
+        );
+        // Cgroups shifted along the entries: only the cgroup nobody wants is detached, the
+        // entry whose cgroup is new is added.
+        let (s0, s1) = (config("s0", "c0", "10.0.0.1"), config("s1", "c1", "10.0.0.1"));
+        let (s0_to_c1, s1_to_c2) = (config("s0", "c1", "10.0.0.1"), config("s1", "c2", "10.0.0.1"));
+        assert_eq!(
+            reconcile(vec![s0_to_c1.clone(), s1_to_c2.clone()], &[have(&s0), have(&s1)]),
+            vec![
+                Action::Remove("s0".into()),
+                Action::Rename("s1".into(), s0_to_c1),
+                Action::Add(s1_to_c2)
+            ]
+        );
+        // Two entries swap cgroups: both are renamed.
+        let (s0_to_c1, s1_to_c0) = (config("s0", "c1", "10.0.0.1"), config("s1", "c0", "10.0.0.1"));
+        assert_eq!(
+            reconcile(vec![s0_to_c1.clone(), s1_to_c0.clone()], &[have(&s0), have(&s1)]),
+            vec![Action::Rename("s1".into(), s0_to_c1), Action::Rename("s0".into(), s1_to_c0)]
+        );
+        // A configured sandbox dropped from the file while attached through the control
+        // socket: it moves to the other source.
+        let attached = Wanted {
+            key: Key::Control("a".into()),
+            origin: Origin::Control(super::super::control::PolicyRef::Named("p".into())),
+            ..a.clone()
+        };
+        assert_eq!(
+            reconcile(vec![attached.clone()], &[have(&a)]),
+            vec![Action::Rename("a".into(), attached)]
         );
     }
 

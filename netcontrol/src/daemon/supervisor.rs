@@ -100,7 +100,7 @@ pub(super) struct Slot {
     /// The Kubernetes pod it is.
     pub(super) pod: Option<Pod>,
     /// Create the cgroup if it is missing.
-    create: bool,
+    pub(super) create: bool,
     pub(super) state: State,
     /// The policy name it was given does not exist (where the name came from): it is
     /// given `Policy::deny_all` instead.

@@ -11,7 +11,7 @@ use super::{
     control::PolicyRef,
     reconcile::{Action, Have, Key, Wanted, reconcile},
     runtime::Attached,
-    supervisor::{Origin, Slot, Supervisor},
+    supervisor::{Origin, Slot, State, Supervisor},
 };
 use crate::{
     docker::{self, Container},
@@ -46,6 +46,31 @@ impl Supervisor {
             reconcile(wanted, &have)
         };
         let mut done = Converged::default();
+        // Renames swap and shift names among sandboxes: all are taken out before any is put
+        // back (after the removals, which free names, and before the additions).
+        let (renames, actions): (Vec<Action>, Vec<Action>) =
+            actions.into_iter().partition(|a| matches!(a, Action::Rename(..)));
+        let first_change =
+            actions.iter().position(|a| !matches!(a, Action::Remove(_))).unwrap_or(actions.len());
+        let mut actions = actions.into_iter();
+        for action in actions.by_ref().take(first_change) {
+            if let Action::Remove(name) = action {
+                self.remove_slot(&name);
+                done.removed += 1;
+            }
+        }
+        let renames: Vec<(String, Wanted)> = renames
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Rename(old, w) => Some((old, w)),
+                _ => None,
+            })
+            .collect();
+        let renamed = self.rename_slots(renames);
+        for w in renamed {
+            done.changed += 1;
+            self.apply_policy(w, &mut done).await;
+        }
         for action in actions {
             match action {
                 Action::Remove(name) => {
@@ -62,26 +87,68 @@ impl Supervisor {
                     done.changed += 1;
                 }
                 Action::SetPolicy(w) => {
-                    let newly_missing = w.policy_missing.is_some()
-                        && self.slots.get(&w.name).is_some_and(|s| s.policy_missing.is_none());
-                    if newly_missing {
-                        self.say_missing(&w);
-                    }
-                    let name = w.name.clone();
-                    self.refresh(&w);
-                    match self.set_policy(&name, w.policy_name, w.policy, w.policy_missing).await {
-                        Ok(true) => done.changed += 1,
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(sandbox = name.as_str(), "{e}");
-                            done.problems.push(format!("{name}: {e}; it keeps its previous policy"))
-                        }
+                    if self.apply_policy(w, &mut done).await {
+                        done.changed += 1;
                     }
                 }
                 Action::Refresh(w) => self.refresh(&w),
+                // Done above.
+                Action::Rename(..) => {}
             }
         }
         done
+    }
+
+    /// Give the sandbox `w` names its wanted policy, in place. Returns whether it changed.
+    async fn apply_policy(&mut self, w: Wanted, done: &mut Converged) -> bool {
+        let newly_missing = w.policy_missing.is_some()
+            && self.slots.get(&w.name).is_some_and(|s| s.policy_missing.is_none());
+        if newly_missing {
+            self.say_missing(&w);
+        }
+        let name = w.name.clone();
+        self.refresh(&w);
+        match self.set_policy(&name, w.policy_name, w.policy, w.policy_missing).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(sandbox = name.as_str(), "{e}");
+                done.problems.push(format!("{name}: {e}; it keeps its previous policy"));
+                false
+            }
+        }
+    }
+
+    /// The sandboxes named `old` become the wanted ones, their links staying attached: all
+    /// are taken out first, so that names may swap. Returns what to apply to each then.
+    fn rename_slots(&mut self, renames: Vec<(String, Wanted)>) -> Vec<Wanted> {
+        let taken: Vec<(Slot, Wanted, Option<u64>, Option<u64>)> = renames
+            .into_iter()
+            .filter_map(|(old, w)| {
+                let slot = self.slots.remove(&old)?;
+                let errors = self.attach_errors.remove(&old);
+                let tamper = self.tamper.remove(&old);
+                tracing::info!(sandbox = w.name.as_str(), "was {old}: same cgroup, kept attached");
+                Some((slot, w, errors, tamper))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(taken.len());
+        for (mut slot, w, errors, tamper) in taken {
+            slot.key = w.key.clone();
+            slot.origin = w.origin.clone();
+            slot.create = w.create;
+            if let State::Enforcing(s) = &mut slot.state {
+                s.rename(&mut self.dp, &w.name);
+            }
+            if let Some(n) = errors {
+                self.attach_errors.insert(w.name.clone(), n);
+            }
+            if let Some(n) = tamper {
+                self.tamper.insert(w.name.clone(), n);
+            }
+            self.slots.insert(w.name.clone(), slot);
+            out.push(w);
+        }
+        out
     }
 
     /// Control-socket attaches that a sandbox of the configuration now shadows are dropped

@@ -135,6 +135,11 @@ impl Learning {
         self.refresh(hosts, changed)
     }
 
+    /// The sandbox's name in log lines from now on.
+    pub fn rename(&mut self, name: &str) {
+        name.clone_into(&mut self.sandbox);
+    }
+
     /// Whether nothing learned is held (a sweep has nothing to expire).
     pub fn idle(&self) -> bool {
         self.learned.is_empty() && self.carried.is_empty()

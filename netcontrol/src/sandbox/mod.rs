@@ -342,6 +342,15 @@ impl Sandbox {
         &self.name
     }
 
+    /// Go by another name from now on (in logs, events and metrics); nothing else changes.
+    pub fn rename(&mut self, dp: &mut Datapath, name: &str) {
+        name.clone_into(&mut self.name);
+        dp.labels().set_sandbox(self.enforcer.sandbox_id(), name.to_owned());
+        if let Dns::Proxy(p) = &self.dns {
+            learning::lock(&p.learning).rename(name);
+        }
+    }
+
     /// Look for tampering with the sandbox's links, put it right, and report it: an error
     /// line, a `tamper` event. Returns how many things were found.
     pub fn check_tamper(&mut self, dp: &mut Datapath) -> usize {
