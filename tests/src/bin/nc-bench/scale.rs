@@ -10,7 +10,7 @@ use std::{
 };
 
 use netcontrol_tests::{
-    TestCgroup,
+    Server, TestCgroup,
     daemon::{Daemon, METRICS_ADDR, http_get},
     dns::Dnsmasq,
     netcontrol_bin, open_fds, parse_probes, probe_bin,
@@ -125,16 +125,26 @@ fn entry_counts(d: &Daemon) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// DNS from `DNS_CLIENTS` sandboxes while the daemon reloads a changed policy for every
-/// sandbox, and `status` and scrapes come one after the other from two more threads.
-fn storm(d: &Daemon, cgroups: &[TestCgroup], smoke: bool) -> StormDns {
+/// Sets the flag when dropped: the storm's threads end even if the main one panics.
+struct Raise<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Raise<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// DNS from `DNS_CLIENTS` sandboxes (of `clients`) while the daemon reloads a changed policy
+/// for every sandbox (those of `cgroups`), and `status` and scrapes come one after the other
+/// from two more threads.
+fn storm(d: &Daemon, cgroups: &[TestCgroup], clients: &[TestCgroup], smoke: bool) -> StormDns {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let (before, timeouts_before) = holds(d);
     let entries_before = entry_counts(d);
     let done = AtomicBool::new(false);
     let (statuses, scrapes) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let batch = if smoke { 20 } else { 200 };
-    let clients = DNS_CLIENTS.min(cgroups.len());
+    let clients = &clients[..DNS_CLIENTS.min(clients.len())];
     // The daemon's handle stays on this thread; the storms need only its socket and address.
     let socket = d.socket.clone();
     let (reload_s, probes) = std::thread::scope(|scope| {
@@ -155,7 +165,8 @@ fn storm(d: &Daemon, cgroups: &[TestCgroup], smoke: bool) -> StormDns {
                 scrapes.fetch_add(1, Ordering::Relaxed);
             }
         });
-        let askers: Vec<_> = cgroups[..clients]
+        let raise = Raise(&done);
+        let askers: Vec<_> = clients
             .iter()
             .map(|c| {
                 let done = &done;
@@ -193,7 +204,7 @@ fn storm(d: &Daemon, cgroups: &[TestCgroup], smoke: bool) -> StormDns {
         let reload_s = t.elapsed().as_secs_f64();
         // A second more of storm after it.
         std::thread::sleep(Duration::from_secs(1));
-        done.store(true, Ordering::Relaxed);
+        drop(raise);
         let probes: Vec<_> =
             askers.into_iter().flat_map(|h| h.join().expect("a DNS client")).collect();
         (reload_s, probes)
@@ -260,12 +271,14 @@ pub fn scale(opts: &Opts) -> Section {
     let cpu0 = cpu_seconds(pid);
     std::thread::sleep(Duration::from_secs(idle_secs));
     let idle_cpu = 100.0 * (cpu_seconds(pid) - cpu0) / idle_secs as f64;
-    let st = storm(&d, &cgroups[1..], opts.smoke);
+    let st = storm(&d, &cgroups, &cgroups[1..], opts.smoke);
 
-    // A restart, while one sandbox keeps trying a denied destination.
+    // A restart, while one sandbox keeps trying a denied destination: a server that counts
+    // what reaches it (a refused connection would look like a denied one).
+    let denied = Server::start("127.0.0.10");
     let loop_ms = 4000 + (start_s * 1000.0) as u64;
     let mut looper = enter(Command::new(probe_bin()), None, Some(&cgroups[0].path));
-    looper.args([&format!("loop-tcp:{loop_ms}"), "127.0.0.10:18080"]).stdout(Stdio::piped());
+    looper.args([&format!("loop-tcp:{loop_ms}"), &denied.target()]).stdout(Stdio::piped());
     let looper = looper.spawn().expect("nc-probe");
     d.stop();
     let readopt_s = start_all(&mut d, n);
@@ -274,7 +287,8 @@ pub fn scale(opts: &Opts) -> Section {
         .map_or(0, |a| a.iter().filter(|s| s["adopted"] == true).count());
     let out = looper.wait_with_output().expect("nc-probe");
     let p = parse_probes(&out.stdout).pop().expect("the loop's result");
-    let no_gap = p.json["ops"] == p.json["failed"];
+    let no_gap =
+        p.json["ops"] == p.json["failed"] && p.json["errno"] == 1 && denied.accepted() == 0;
     d.stop();
 
     let mut body = String::new();

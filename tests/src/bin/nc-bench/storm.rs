@@ -8,7 +8,8 @@ use std::{
 };
 
 use netcontrol_tests::{
-    Background, TestCgroup, daemon::Daemon, netcontrol_bin, parse_probes, probe_bin, read_events,
+    Background, Server, TestCgroup, daemon::Daemon, netcontrol_bin, parse_probes, probe_bin,
+    read_events,
 };
 
 use crate::{
@@ -45,12 +46,13 @@ pub fn storm(opts: &Opts) -> Section {
     agent.wait_for_line("netcontrol: enforcing on", Duration::from_secs(60));
     let pid = agent.pid();
     let cpu0 = cpu_seconds(pid);
+    // A server that counts what reaches it: a refused connection would look like a denied one.
+    let denied = Server::start("127.0.0.10");
     let started = Instant::now();
     let children: Vec<_> = (0..STORMERS)
         .map(|_| {
             let mut c = enter(Command::new(probe_bin()), None, Some(&cg.path));
-            c.args([&format!("loop-tcp:{}", secs * 1000), "127.0.0.10:18080"])
-                .stdout(Stdio::piped());
+            c.args([&format!("loop-tcp:{}", secs * 1000), &denied.target()]).stdout(Stdio::piped());
             c.spawn().expect("nc-probe")
         })
         .collect();
@@ -59,8 +61,10 @@ pub fn storm(opts: &Opts) -> Section {
         let out = c.wait_with_output().expect("nc-probe");
         let p = parse_probes(&out.stdout).pop().expect("result");
         assert_eq!(p.json["ops"], p.json["failed"], "a denied attempt got through: {p:?}");
+        assert_eq!(p.json["errno"], 1, "denied attempts fail with EPERM: {p:?}");
         attempts += p.json["ops"].as_u64().unwrap_or(0);
     }
+    assert_eq!(denied.accepted(), 0, "the denied server was reached");
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu0;
     let (_, peak) = memory_mib(pid);
