@@ -127,6 +127,7 @@ impl Single {
     /// reconcile step as the daemon's, with one source.
     pub async fn sync_children(&mut self, parent: &Path, running: &BTreeMap<String, Container>) {
         let origin = Origin::Child { parent: parent.display().to_string() };
+        let policy = std::sync::Arc::new(self.policy.clone());
         let wanted: Vec<Wanted> = running
             .values()
             .filter_map(|c| {
@@ -138,7 +139,7 @@ impl Single {
                     origin: origin.clone(),
                     create: false,
                     policy_name: String::new(),
-                    policy: self.policy.clone(),
+                    policy: policy.clone(),
                     policy_missing: None,
                     container: Some(c.clone()),
                     pod: None,

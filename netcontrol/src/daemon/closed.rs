@@ -7,6 +7,7 @@
 
 use std::{
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -145,12 +146,12 @@ impl Supervisor {
         &mut self,
         name: &str,
         policy_name: String,
-        policy: Policy,
+        policy: Arc<Policy>,
         missing: Option<String>,
     ) -> Result<bool> {
         let Some(slot) = self.slots.get_mut(name) else { return Ok(false) };
         if slot.policy_name == policy_name
-            && slot.policy == policy
+            && (Arc::ptr_eq(&slot.policy, &policy) || slot.policy == policy)
             && slot.policy_missing == missing
         {
             return Ok(false);
@@ -159,7 +160,7 @@ impl Supervisor {
         let restart = match &mut slot.state {
             State::Enforcing(sb) if sb.policy().dns.mode != policy.dns.mode => true,
             State::Enforcing(sb) if slot.standin.is_none() => {
-                sb.reload(&mut self.dp, policy.clone()).await?;
+                sb.reload(&mut self.dp, Policy::clone(&policy)).await?;
                 false
             }
             // A stand-in, or not started: the next start takes the new policy.
@@ -242,7 +243,7 @@ mod tests {
             origin: Origin::Config,
             create: false,
             policy_name: "web".into(),
-            policy: Policy::default(),
+            policy: Policy::default().into(),
             policy_missing: None,
             container: None,
             pod: None,

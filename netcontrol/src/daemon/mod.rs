@@ -8,6 +8,7 @@ pub mod containers;
 pub mod control;
 mod garbage;
 pub mod pods;
+pub mod policies;
 pub(crate) mod reconcile;
 mod report;
 mod requests;
@@ -110,6 +111,7 @@ pub async fn run(opts: Options) -> Result<i32> {
         CgroupWatch::none()
     });
     sup.sync_watches(&mut cgroups);
+    let mut policies = sup.policies.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -131,6 +133,7 @@ pub async fn run(opts: Options) -> Result<i32> {
                 rewatch(&sup, &mut watched, &mut watch);
             }
             _ = tick.tick() => sup.tick(&mut cgroups).await,
+            Ok(()) = policies.changed() => sup.policies_changed().await,
             seen = cgroups.next() => match seen {
                 Ok(seen) => sup.cgroups_changed(seen, &mut cgroups).await,
                 Err(e) => {

@@ -34,7 +34,7 @@ pub struct Wanted {
     /// Create the cgroup if it is missing.
     pub create: bool,
     pub policy_name: String,
-    pub policy: Policy,
+    pub policy: std::sync::Arc<Policy>,
     /// The policy name resolves to nothing (where it came from): `policy` is deny-all.
     pub policy_missing: Option<String>,
     pub container: Option<Container>,
@@ -144,7 +144,7 @@ pub fn reconcile(wanted: Vec<Wanted>, have: &[Have<'_>]) -> Vec<Action> {
                 changes.push(Action::Replace(h.name.to_owned(), w));
             }
         } else if w.policy_name != h.policy_name
-            || w.policy != *h.policy
+            || !(std::ptr::eq(&*w.policy, h.policy) || *w.policy == *h.policy)
             || w.policy_missing.as_deref() != h.policy_missing
         {
             changes.push(Action::SetPolicy(w));
@@ -185,7 +185,7 @@ mod tests {
             origin: Origin::Config,
             create: false,
             policy_name: "p".into(),
-            policy: policy(allow),
+            policy: policy(allow).into(),
             policy_missing: None,
             container: None,
             pod: None,
@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn another_policy_is_applied_in_place_another_cgroup_is_a_new_sandbox() {
         let a = config("a", "ci/a", "10.0.0.1");
-        let repolicied = Wanted { policy: policy("10.0.0.2"), ..a.clone() };
+        let repolicied = Wanted { policy: policy("10.0.0.2").into(), ..a.clone() };
         assert_eq!(
             reconcile(vec![repolicied.clone()], &[have(&a)]),
             vec![Action::SetPolicy(repolicied)]
@@ -245,10 +245,7 @@ mod tests {
         // A renamed entry: the sandbox is renamed, its links stay.
         let a = config("a", "ci/a", "10.0.0.1");
         let b = config("b", "ci/a", "10.0.0.2");
-        assert_eq!(
-            reconcile(vec![b.clone()], &[have(&a)]),
-            vec![Action::Rename("a".into(), b)]
-        );
+        assert_eq!(reconcile(vec![b.clone()], &[have(&a)]), vec![Action::Rename("a".into(), b)]);
         // Cgroups shifted along the entries: only the cgroup nobody wants is detached, the
         // entry whose cgroup is new is added.
         let (s0, s1) = (config("s0", "c0", "10.0.0.1"), config("s1", "c1", "10.0.0.1"));

@@ -48,6 +48,10 @@ pub struct Supervisor {
     pub(super) root: PinRoot,
     pub(super) mount: PathBuf,
     pub(super) config: Config,
+    /// The policies sandboxes name (taken out of `config`).
+    pub(super) policies: super::policies::Policies,
+    /// The store's generation the last converge saw.
+    pub(super) converged_at: u64,
     pub(super) slots: BTreeMap<String, Slot>,
     /// cgroup id -> policy id, for every cgroup that has (or may have) entries in the maps.
     pub(super) ids: BTreeMap<u64, u32>,
@@ -93,7 +97,7 @@ pub(super) struct Slot {
     /// As configured: absolute, or relative to the cgroup2 mount.
     pub(super) cgroup: PathBuf,
     pub(super) policy_name: String,
-    pub(super) policy: Policy,
+    pub(super) policy: Arc<Policy>,
     pub(super) origin: Origin,
     /// The Docker container it is.
     pub(super) container: Option<Container>,
@@ -140,7 +144,7 @@ impl Supervisor {
     pub fn new(
         dp: Datapath,
         root: PinRoot,
-        config: Config,
+        mut config: Config,
         shared: Arc<Shared>,
         runtime_file: PathBuf,
     ) -> Result<Self> {
@@ -153,6 +157,8 @@ impl Supervisor {
             dp,
             root,
             mount: cgroup::mount_point()?,
+            policies: super::policies::Policies::new(std::mem::take(&mut config.policies)),
+            converged_at: 0,
             config,
             slots: BTreeMap::new(),
             ids,
@@ -258,7 +264,7 @@ impl Supervisor {
                 Err(e) => tracing::warn!(sandbox = name, "{e}"),
             }
         }
-        let policy = slot.policy.clone();
+        let policy = Policy::clone(&slot.policy);
         let (link_pins, identity) = (self.link_pins(name), self.identity(name));
         let result = self.start_on(name, &path, policy, link_pins, identity).await;
         let state = match result {
@@ -480,7 +486,7 @@ impl Supervisor {
     }
 
     async fn reload_inner(&mut self) -> Result<String> {
-        let new = config::load(&self.config.path).map_err(crate::policy::PolicyError::from)?;
+        let mut new = config::load(&self.config.path).map_err(crate::policy::PolicyError::from)?;
         for (name, p) in &new.policies {
             p.compile(&Default::default(), &[])
                 .map_err(|e| Error::Reload(format!("policy {name:?}: {e}")))?;
@@ -494,6 +500,7 @@ impl Supervisor {
                 "pin_root, metrics_addr, control_socket and events take effect at the next start"
             );
         }
+        self.policies.replace(std::mem::take(&mut new.policies));
         let old = std::mem::replace(&mut self.config, new);
         self.drop_shadowed_attaches();
         let done = self.converge().await;
@@ -507,20 +514,20 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn resolve_policy(&self, r: &PolicyRef) -> Result<(String, Policy)> {
+    pub(super) fn resolve_policy(&self, r: &PolicyRef) -> Result<(String, Arc<Policy>)> {
         match r {
-            PolicyRef::Named(n) => match self.config.policies.get(n) {
+            PolicyRef::Named(n) => match self.policies.get(n) {
                 Some(p) => Ok((n.clone(), p.clone())),
                 None => Err(Error::Reload(format!(
                     "no policy named {n:?} in {} (defined: {})",
                     self.config.path.display(),
-                    self.config.policies.keys().cloned().collect::<Vec<_>>().join(", ")
+                    self.policies.names()
                 ))),
             },
             PolicyRef::Inline { yaml, source } => {
                 let p = crate::policy::file::parse(yaml, source)
                     .map_err(crate::policy::PolicyError::from)?;
-                Ok((source.display().to_string(), p))
+                Ok((source.display().to_string(), Arc::new(p)))
             }
         }
     }

@@ -4,11 +4,12 @@
 //! ([`Supervisor::converge`], through the pure [`reconcile`]). Every event (a reload, an
 //! attach, a container start, a pod change) updates its source's state and converges.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use super::{
     config::SandboxConfig,
     control::PolicyRef,
+    policies::Policies,
     reconcile::{Action, Have, Key, Wanted, reconcile},
     runtime::Attached,
     supervisor::{Origin, Slot, State, Supervisor},
@@ -34,12 +35,13 @@ struct Parent {
     name: String,
     cgroup: PathBuf,
     policy_name: String,
-    policy: Policy,
+    policy: Arc<Policy>,
 }
 
 impl Supervisor {
     /// Bring the sandboxes in line with what every source wants now.
     pub(super) async fn converge(&mut self) -> Converged {
+        self.converged_at = self.policies.generation();
         let wanted = self.wanted();
         let actions = {
             let have: Vec<Have<'_>> = self.slots.iter().map(|(name, s)| s.have(name)).collect();
@@ -151,6 +153,18 @@ impl Supervisor {
         out
     }
 
+    /// The policy store changed: the sandboxes naming a changed policy get it (a reload
+    /// converges by itself; this is for changes that come from elsewhere).
+    pub async fn policies_changed(&mut self) {
+        if self.converged_at != self.policies.generation() {
+            let done = self.converge().await;
+            for p in &done.problems {
+                tracing::warn!("{p}");
+            }
+            self.publish();
+        }
+    }
+
     /// Control-socket attaches that a sandbox of the configuration now shadows are dropped
     /// (the configuration's wins).
     pub(super) fn drop_shadowed_attaches(&mut self) {
@@ -235,7 +249,7 @@ impl Supervisor {
     }
 
     fn of_config(&self, s: &SandboxConfig) -> Wanted {
-        let policy = self.config.policies.get(&s.policy).cloned();
+        let policy = self.policies.get(&s.policy).cloned();
         Wanted {
             key: Key::Config(s.name.clone()),
             name: s.name.clone(),
@@ -243,7 +257,7 @@ impl Supervisor {
             origin: Origin::Config,
             create: s.create,
             policy_missing: policy.is_none().then(|| "the configuration".to_owned()),
-            policy: policy.unwrap_or_else(Policy::deny_all),
+            policy: policy.unwrap_or_else(Policies::deny_all),
             policy_name: s.policy.clone(),
             container: None,
             pod: None,
@@ -261,7 +275,7 @@ impl Supervisor {
                     PolicyRef::Inline { source, .. } => source.display().to_string(),
                 };
                 let source = "the daemon's record of control-socket attaches".to_owned();
-                (name, Policy::deny_all(), Some(source))
+                (name, Policies::deny_all(), Some(source))
             }
         };
         Wanted {
@@ -302,7 +316,7 @@ impl Supervisor {
             origin: Origin::Pod,
             create: false,
             policy_name: String::new(),
-            policy: Policy::deny_all(),
+            policy: Policies::deny_all(),
             policy_missing: None,
             container: Some(c.clone()),
             pod: None,
@@ -321,13 +335,13 @@ impl Supervisor {
                     .unwrap_or_default(),
             };
             // Selected, so meant to be a sandbox: a name that resolves to nothing gets deny-all.
-            let policy = self.config.policies.get(&policy_name).cloned();
+            let policy = self.policies.get(&policy_name).cloned();
             return Some(Wanted {
                 origin: Origin::Container { rule: rule.name.clone() },
                 policy_missing: policy
                     .is_none()
                     .then(|| format!("the label of container {} ({})", c.name, c.short_id())),
-                policy: policy.unwrap_or_else(Policy::deny_all),
+                policy: policy.unwrap_or_else(Policies::deny_all),
                 policy_name,
                 ..base
             });
@@ -360,7 +374,7 @@ impl Supervisor {
                 (n.clone(), format!("the configuration, for pod {}", pod.full_name()))
             }
         };
-        let policy = self.config.policies.get(&policy_name).cloned();
+        let policy = self.policies.get(&policy_name).cloned();
         let root = k.cgroup_root.clone().unwrap_or_else(|| self.mount.clone());
         Some(Wanted {
             key: Key::Pod(pod.uid.clone()),
@@ -369,7 +383,7 @@ impl Supervisor {
             origin: Origin::Pod,
             create: false,
             policy_missing: policy.is_none().then_some(source),
-            policy: policy.unwrap_or_else(Policy::deny_all),
+            policy: policy.unwrap_or_else(Policies::deny_all),
             policy_name,
             container: None,
             pod: Some(pod.clone()),
