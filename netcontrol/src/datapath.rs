@@ -243,6 +243,15 @@ impl Datapath {
         a.check(&mut self.loaded)
     }
 
+    /// `check`, given what `Attachment::look` saw.
+    pub fn check_looked(
+        &mut self,
+        a: &mut Attachment,
+        looked: crate::bpf::attach::Looked,
+    ) -> Vec<crate::bpf::attach::Tampering> {
+        a.check_looked(&mut self.loaded, looked)
+    }
+
     /// The optional hooks this kernel cannot run: what is not protected here, and why.
     pub fn missing(&self) -> &[Missing] {
         self.loaded.missing()

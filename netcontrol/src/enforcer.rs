@@ -296,6 +296,24 @@ impl Enforcer {
         }
     }
 
+    /// What the kernel shows of its links (reads only: see `Attachment::look`).
+    pub fn look(&self) -> Option<crate::bpf::attach::Looked> {
+        self.attachment.as_ref().map(Attachment::look)
+    }
+
+    /// `check`, given what `look` saw.
+    pub fn check_looked(
+        &mut self,
+        dp: &mut Datapath,
+        looked: Option<crate::bpf::attach::Looked>,
+    ) -> Vec<crate::bpf::attach::Tampering> {
+        match (&mut self.attachment, looked) {
+            (Some(a), Some(l)) => dp.check_looked(a, l),
+            (Some(a), None) => dp.check(a),
+            (None, _) => Vec::new(),
+        }
+    }
+
     /// Stop managing the sandbox but leave it enforced: pinned links and map entries stay for
     /// the next run to re-adopt.
     pub fn leave_pinned(mut self) {

@@ -294,3 +294,44 @@ fn the_daemon_puts_detached_links_back() {
     assert!(log.contains("tampering: the connect4 link was detached"), "{log}");
     assert!(log.contains("tampering: the connect4 link was unpinned"), "{log}");
 }
+
+/// `status` of hundreds of sandboxes looks at their links on several threads: a link
+/// detached and a pin removed in two of them are found and put right all the same.
+#[test]
+fn among_hundreds_of_sandboxes_status_finds_the_ones_tampered_with() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    isolate_network(&[]);
+    let denied = Server::start("127.0.0.10");
+    let cgroups: Vec<netcontrol_tests::TestCgroup> =
+        (0..300).map(|_| netcontrol_tests::TestCgroup::new()).collect();
+    let mut config = String::from("policies:\n  none:\n    allow: []\nsandboxes:\n");
+    for (i, c) in cgroups.iter().enumerate() {
+        config
+            .push_str(&format!("  - {{name: s{i}, cgroup: {}, policy: none}}\n", c.path.display()));
+    }
+    let mut d = netcontrol_tests::daemon::Daemon::new(&config);
+    d.ready_timeout = Duration::from_secs(120);
+    d.start();
+    let (detached, unpinned) = (&cgroups[200], &cgroups[299]);
+    let id = link_id(detached.id(), "cgroup_inet4_connect");
+    let out = Command::new("bpftool")
+        .args(["link", "detach", "id", &id.to_string()])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{}", show(&out));
+    let pin = netcontrol_tests::pin_abi_dir(&d.pin_root)
+        .join("daemon/links")
+        .join(unpinned.id().to_string())
+        .join("connect6");
+    fs::remove_file(&pin).unwrap_or_else(|e| panic!("removing {}: {e}", pin.display()));
+    // Found by this status (or by a tick just before it): either way, once.
+    assert_eq!(d.sandbox("s200")["tampered"], 1, "{}", d.sandbox("s200"));
+    assert_eq!(d.sandbox("s299")["tampered"], 1, "{}", d.sandbox("s299"));
+    assert_eq!(d.sandbox("s100")["tampered"], 0);
+    assert!(pin.exists(), "pinned again");
+    assert!(netcontrol_tests::probe_in(&detached.path, &[("tcp", &denied.target())])[0].is_eperm());
+    assert_eq!(denied.accepted(), 0);
+    d.stop();
+}

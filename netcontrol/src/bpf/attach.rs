@@ -228,24 +228,51 @@ impl Attachment {
     /// Look at every link: one detached behind netcontrol's back is attached again, a pin
     /// removed is pinned again. Returns what was found (nothing, normally).
     pub fn check(&mut self, loaded: &mut Loaded) -> Vec<Tampering> {
-        let mut found = Vec::new();
-        let Ok(dir) = cgroup::open(&self.cgroup) else { return found };
-        // `status` checks every link of thousands of sandboxes: one read of the pin directory
-        // (not a walk of the whole path per pin), and one query of the cgroup's programs per
-        // attach type. Only a link whose program is missing there (detached, or given another
-        // program) is looked at by id, which costs a file and three syscalls.
+        let looked = self.look();
+        self.check_looked(loaded, looked)
+    }
+
+    /// What the kernel shows of the links now: for each, whether it is pinned and its program
+    /// attached to the cgroup (None: the cgroup is gone). Reads only, so many attachments can
+    /// be looked at in parallel (`status` looks at every link of thousands of sandboxes).
+    ///
+    /// One read of the pin directory (not a walk of the whole path per pin), and one query of
+    /// the cgroup's programs per attach type: a link whose program is missing there (detached,
+    /// or given another program) is then looked at by id, which costs a file and three
+    /// syscalls.
+    pub fn look(&self) -> Looked {
+        let Ok(dir) = cgroup::open(&self.cgroup) else { return Looked(None) };
         let pinned = self.pin_dir.as_deref().and_then(pinned_names);
         let is_pinned = |p: &Path| match &pinned {
             Some(names) => p.file_name().is_some_and(|n| names.contains(n)),
             None => p.exists(),
         };
-        for held in std::mem::take(&mut self.links) {
+        let in_place = self
+            .links
+            .iter()
+            .map(|held| {
+                let hook = held.hook;
+                !hook.is_global()
+                    && matches!(&held.link, HeldLink::Pinned(_, p) | HeldLink::PinOnly(p) if is_pinned(p))
+                    && hook.attach_type().zip(held.prog).is_some_and(|(at, ours)| {
+                        sys::cgroup_program_ids(dir.as_fd(), at).is_ok_and(|ids| ids.contains(&ours))
+                    })
+            })
+            .collect();
+        Looked(Some(in_place))
+    }
+
+    /// `check`, given what `look` saw just before.
+    pub fn check_looked(&mut self, loaded: &mut Loaded, looked: Looked) -> Vec<Tampering> {
+        let mut found = Vec::new();
+        let Looked(Some(in_place)) = looked else { return found };
+        if in_place.len() != self.links.len() || in_place.iter().all(|ok| *ok) {
+            return found;
+        }
+        let Ok(dir) = cgroup::open(&self.cgroup) else { return found };
+        let is_pinned = |p: &Path| p.exists();
+        for (held, in_place) in std::mem::take(&mut self.links).into_iter().zip(in_place) {
             let hook = held.hook;
-            let in_place = !hook.is_global()
-                && matches!(&held.link, HeldLink::Pinned(_, p) | HeldLink::PinOnly(p) if is_pinned(p))
-                && hook.attach_type().zip(held.prog).is_some_and(|(at, ours)| {
-                    sys::cgroup_program_ids(dir.as_fd(), at).is_ok_and(|ids| ids.contains(&ours))
-                });
             if in_place {
                 self.links.push(held);
                 continue;
@@ -534,6 +561,9 @@ fn attach_error(hook: &Hook, cgroup: &Path, source: io::Error) -> Error {
     };
     Error::Attach { program: hook.program, cgroup: cgroup.to_owned(), source, hint }
 }
+
+/// What [`Attachment::look`] saw.
+pub struct Looked(Option<Vec<bool>>);
 
 /// A cgroup and the program each of its links should run, by attach type.
 #[derive(Debug, Clone, Default)]

@@ -359,6 +359,17 @@ impl Sandbox {
         found.len()
     }
 
+    /// `check_tamper`, given what `Enforcer::look` saw just before.
+    pub fn check_tamper_looked(
+        &mut self,
+        dp: &mut Datapath,
+        looked: Option<crate::bpf::attach::Looked>,
+    ) -> usize {
+        let found = self.enforcer.check_looked(dp, looked);
+        report_tampering(dp, &self.name, self.enforcer.sandbox_id(), &found);
+        found.len()
+    }
+
     pub fn enforcer(&self) -> &Enforcer {
         &self.enforcer
     }
