@@ -76,6 +76,27 @@ pub fn lsm_applies(attach_stderr: &str) -> bool {
     !missing
 }
 
+/// The running kernel's release as (major, minor).
+pub fn kernel_version() -> (u32, u32) {
+    let release = nix::sys::utsname::uname()
+        .map_or_else(|_| String::new(), |u| u.release().to_string_lossy().into_owned());
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Whether the running kernel is `major.minor` or newer. If not, the test says so (the kernel
+/// lane lists such lines per kernel) and should return: on this kernel it does not apply.
+pub fn kernel_at_least(major: u32, minor: u32, what: &str) -> bool {
+    let (have_major, have_minor) = kernel_version();
+    let ok = (have_major, have_minor) >= (major, minor);
+    if !ok {
+        eprintln!(
+            "NOT APPLICABLE on Linux {have_major}.{have_minor}: needs Linux {major}.{minor} ({what})"
+        );
+    }
+    ok
+}
+
 /// target/<profile>, the directory holding this test binary's `deps/`.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

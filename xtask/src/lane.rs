@@ -1,13 +1,18 @@
-//! The kernel lane: the tests that need a kernel feature this machine's kernel lacks (the BPF
-//! LSM, L2TP/IP), on Debian's 6.12 kernel under QEMU. KVM does not work here (a nested guest),
-//! so QEMU emulates the CPU (TCG): slow, but a real kernel with a real verifier. The guest
-//! shares the host's root read-only (9p, under an overlay) and has no network device; the
-//! test binaries and their results go through a second, writable share.
+//! The kernel lane: the privileged tests on other kernels than this machine's, under QEMU.
+//! KVM does not work here (a nested guest), so QEMU emulates the CPU (TCG): slow, but a real
+//! kernel with a real verifier. The guest shares the host's root read-only (9p, under an
+//! overlay) and has no network device; the test binaries and their results go through a
+//! second, writable share.
 //!
-//! `setup` installs QEMU (from bookworm-backports: bookworm's own would remove the image's
-//! qemu-utils) and unpacks the kernel; `test` runs the lane after the host's kernel tests.
+//! Kernels are Debian's, fetched by name with apt into a cache (`apt-get download` and
+//! `dpkg-deb -x`: nothing is installed): bullseye's 5.10, bookworm's 6.1 and 6.12 (whose
+//! kernels run the BPF LSM by default and have L2TP/IP as a module). `setup` installs QEMU
+//! (from bookworm-backports: bookworm's own would remove the image's qemu-utils) and 6.12;
+//! `test` runs the tests the host's kernel cannot show there; `cargo xtask kernels` runs the
+//! main suites on each kernel and says, per kernel, how many passed and failed.
 
 use std::{
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -18,35 +23,76 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{TOOLS_DIR, is_root, run};
 
-/// The kernel series: Debian 12's backported 6.12, whose kernels run the BPF LSM by default
-/// (`CONFIG_LSM` includes `bpf`) and have L2TP/IP as a module.
-const SERIES: &str = "6.12";
-/// Modules the guest loads, in dependency order: the 9p root and its overlay, then what the
-/// tests use.
-const MODULES: &[&str] = &[
-    "fs/netfs/netfs",
-    "net/9p/9pnet",
-    "net/9p/9pnet_virtio",
-    "fs/9p/9p",
-    "fs/overlayfs/overlay",
-    "drivers/net/veth",
-    "net/ipv4/udp_tunnel",
-    "net/ipv6/ip6_udp_tunnel",
-    "net/l2tp/l2tp_core",
-    "net/l2tp/l2tp_ip",
+/// A Debian kernel the lane can boot.
+pub struct Kernel {
+    /// What `cargo xtask kernels` is given ("6.1").
+    pub series: &'static str,
+    /// Where apt finds it.
+    sources: &'static str,
+    /// Its package names: `linux-image-<prefix><digits><suffix>` (the generic flavour: the
+    /// cloud one has no 9p).
+    prefix: &'static str,
+    suffix: &'static str,
+}
+
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        series: "5.10",
+        sources: "deb http://deb.debian.org/debian bullseye main\n\
+                  deb http://deb.debian.org/debian-security bullseye-security main\n",
+        prefix: "5.10.0-",
+        suffix: "-amd64",
+    },
+    Kernel {
+        series: "6.1",
+        sources: "deb http://deb.debian.org/debian bookworm main\n\
+                  deb http://deb.debian.org/debian-security bookworm-security main\n",
+        prefix: "6.1.0-",
+        suffix: "-amd64",
+    },
+    Kernel {
+        series: "6.12",
+        sources: "deb http://deb.debian.org/debian bookworm-backports main\n\
+                  deb http://deb.debian.org/debian-security bookworm-security main\n",
+        prefix: "6.12.",
+        suffix: "+deb12-amd64",
+    },
 ];
-/// The test binaries the lane runs (tests/tests/<name>.rs).
+
+/// The kernel of the lane `cargo xtask test` runs: 6.12, whose BPF LSM is on by default.
+const LANE_SERIES: &str = "6.12";
+
+/// Modules the guest loads if the kernel has them as modules (with what they need first, from
+/// `modules.dep`): the PCI transport of virtio, the 9p root and its overlay, then what the
+/// tests use (veth, L2TP/IP, the sock_diag families the DNS proxy asks).
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "veth",
+    "l2tp_ip",
+    "inet_diag",
+    "tcp_diag",
+    "udp_diag",
+];
+/// The test binaries the lane of `cargo xtask test` runs (tests/tests/<name>.rs).
 const TESTS: &[&str] = &["lsm"];
+/// What `cargo xtask kernels` runs on each kernel unless told otherwise.
+pub const KERNEL_SUITES: &[&str] = &["hooks", "run", "daemon", "dns_aware", "lsm"];
 /// How much slower than the host the guest is, for the tests' deadlines.
 const SLOWDOWN: &str = "20";
 /// The whole guest run, at most.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const GUEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 fn bpo_apt(dir: &Path) -> Vec<String> {
     let d = dir.display();
     vec![
         "-o".into(),
         format!("Dir::Etc::sourcelist={d}/sources.list"),
+        // Only these sources, not the machine's as well.
+        "-o".into(),
+        "Dir::Etc::sourceparts=-".into(),
         "-o".into(),
         format!("Dir::State::lists={d}/lists"),
         "-o".into(),
@@ -56,48 +102,89 @@ fn bpo_apt(dir: &Path) -> Vec<String> {
     ]
 }
 
-fn kernel_dir() -> PathBuf {
-    Path::new(TOOLS_DIR).join(format!("kernel-{SERIES}"))
+fn kernel_dir(series: &str) -> PathBuf {
+    Path::new(TOOLS_DIR).join(format!("kernel-{series}"))
 }
 
-/// Install QEMU and unpack the newest 6.12 kernel of bookworm-backports (idempotent).
+pub fn kernel(series: &str) -> Result<&'static Kernel> {
+    KERNELS.iter().find(|k| k.series == series).with_context(|| {
+        let known: Vec<&str> = KERNELS.iter().map(|k| k.series).collect();
+        format!("no kernel {series:?} in the lane (it has {})", known.join(", "))
+    })
+}
+
+/// The kernel and suites every `cargo xtask test` also runs (the rest: `cargo xtask kernels`).
+const CI_SERIES: &str = "6.1";
+const CI_SUITES: &[&str] = &["hooks"];
+
+/// Install QEMU and the kernels `cargo xtask test` boots (idempotent).
 pub fn setup() -> Result<()> {
-    let apt = Path::new(TOOLS_DIR).join("apt-bpo");
+    install_qemu()?;
+    fetch(kernel(LANE_SERIES)?)?;
+    fetch(kernel(CI_SERIES)?)
+}
+
+/// The part of `cargo xtask kernels` that every test run includes: the hook suite on 6.1
+/// (Debian 12's and GKE's kernel series).
+pub fn test_other_kernel() -> Result<()> {
+    let suites: Vec<String> = CI_SUITES.iter().map(|s| (*s).to_owned()).collect();
+    kernels(&[CI_SERIES.to_owned()], &suites)
+}
+
+fn install_qemu() -> Result<()> {
     let qemu = Path::new("/usr/bin/qemu-system-x86_64");
-    let kdir = kernel_dir();
-    if qemu.exists() && kdir.join("vmlinuz").exists() {
-        eprintln!("setup: QEMU and the {SERIES} kernel for the kernel lane are installed");
+    if qemu.exists() {
         return Ok(());
     }
-    ensure!(is_root(), "setup must install QEMU and a kernel for the kernel lane and needs root");
+    ensure!(is_root(), "setup must install QEMU for the kernel lane and needs root");
+    let apt = scratch_apt("qemu", "deb http://deb.debian.org/debian bookworm-backports main\n")?;
+    let o = bpo_apt(&apt);
+    run(Command::new("apt-get").args(&o).arg("update"))?;
+    run(Command::new("apt-get")
+        .args(&o)
+        .args(["install", "-y", "--no-install-recommends", "-t", "bookworm-backports"])
+        .args(["qemu-system-x86", "qemu-utils"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// An apt configuration of its own (lists, archives) for `sources`.
+fn scratch_apt(name: &str, sources: &str) -> Result<PathBuf> {
+    let apt = Path::new(TOOLS_DIR).join(format!("apt-{name}"));
     for sub in ["lists/partial", "archives/partial"] {
         fs::create_dir_all(apt.join(sub))?;
     }
-    fs::write(
-        apt.join("sources.list"),
-        "deb http://deb.debian.org/debian bookworm-backports main\n",
-    )?;
+    fs::write(apt.join("sources.list"), sources)?;
+    Ok(apt)
+}
+
+/// Unpack the newest kernel of the series and the modules the guest loads (idempotent).
+pub fn fetch(k: &Kernel) -> Result<()> {
+    let kdir = kernel_dir(k.series);
+    if kdir.join("vmlinuz").exists() && kdir.join("modules/order").exists() {
+        return Ok(());
+    }
+    ensure!(is_root(), "fetching a kernel for the lane needs root (apt)");
+    let apt = scratch_apt(&format!("kernel-{}", k.series), k.sources)?;
     let o = bpo_apt(&apt);
     run(Command::new("apt-get").args(&o).arg("update"))?;
-    if !qemu.exists() {
-        run(Command::new("apt-get")
-            .args(&o)
-            .args(["install", "-y", "--no-install-recommends", "-t", "bookworm-backports"])
-            .args(["qemu-system-x86", "qemu-utils"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    let pattern = format!(
+        "^linux-image-{}[0-9]+{}$",
+        k.prefix.replace('.', "\\."),
+        k.suffix.replace('.', "\\.").replace('+', "\\+")
+    );
     let search = Command::new("apt-cache")
         .args(&o)
-        .args(["search", "--names-only", &format!("^linux-image-{SERIES}\\.[0-9]+\\+deb12-amd64$")])
+        .args(["search", "--names-only", &pattern])
         .output()
         .context("apt-cache search")?;
     let mut names: Vec<String> = String::from_utf8_lossy(&search.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|n| n.starts_with(&format!("linux-image-{}", k.prefix)) && n.ends_with(k.suffix))
         .collect();
-    names.sort_by_key(|n| patch_level(n));
+    names.sort_by_key(|n| numbers(n));
     let Some(package) = names.pop() else {
-        bail!("bookworm-backports lists no linux-image-{SERIES}.*+deb12-amd64")
+        bail!("apt lists no linux-image-{}N{} ({})", k.prefix, k.suffix, k.sources.trim())
     };
     let work = apt.join("kernel");
     let _ = fs::remove_dir_all(&work);
@@ -119,28 +206,91 @@ pub fn setup() -> Result<()> {
         .context("vmlinuz in the kernel package")?;
     fs::copy(&boot, kdir.join("vmlinuz"))?;
     let version = boot.file_name().expect("name").to_string_lossy().replace("vmlinuz-", "");
-    let tree = unpacked.join("lib/modules").join(&version).join("kernel");
+    let tree = unpacked.join("lib/modules").join(&version);
+    // The package leaves modules.dep to depmod in its postinst (and this machine may have no
+    // depmod): each module's own `depends=` says what it needs.
+    let files = module_files(&tree.join("kernel"))?;
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
     for m in MODULES {
-        let name = Path::new(m).file_name().expect("name").to_string_lossy().into_owned();
-        let xz = tree.join(format!("{m}.ko.xz"));
-        let out = Command::new("xz").arg("-dc").arg(&xz).output().context("xz")?;
-        ensure!(out.status.success(), "decompressing {}", xz.display());
-        fs::write(kdir.join("modules").join(format!("{name}.ko")), out.stdout)?;
+        add_module(m, &files, &mut seen, &mut order, &kdir.join("modules"))?;
     }
+    fs::write(kdir.join("modules/order"), order.join(" "))?;
     fs::write(kdir.join("version"), &version)?;
     let _ = fs::remove_dir_all(&work);
-    eprintln!("setup: kernel lane: {version}");
+    eprintln!("kernel lane: {version} (modules: {})", order.join(" "));
     Ok(())
 }
 
-/// `linux-image-6.12.117+deb12-amd64` -> 117.
-fn patch_level(package: &str) -> u32 {
+/// Every module file under `dir`, by module name (`-` in file names is `_` in module names).
+fn module_files(dir: &Path) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Some(name) = path.file_name().and_then(|n| n.to_str())
+                && let Some(stem) = name.split(".ko").next().filter(|_| name.contains(".ko"))
+            {
+                out.insert(stem.replace('-', "_"), path.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Copy module `name` (decompressed) into `to`, after what it depends on; a module the kernel
+/// has built in (no file) is skipped.
+fn add_module(
+    name: &str,
+    files: &std::collections::BTreeMap<String, PathBuf>,
+    seen: &mut BTreeSet<String>,
+    order: &mut Vec<String>,
+    to: &Path,
+) -> Result<()> {
+    if !seen.insert(name.to_owned()) {
+        return Ok(());
+    }
+    let Some(path) = files.get(name) else { return Ok(()) };
+    let ko = if path.extension().is_some_and(|x| x == "xz") {
+        let out = Command::new("xz").arg("-dc").arg(path).output().context("xz")?;
+        ensure!(out.status.success(), "decompressing {}", path.display());
+        out.stdout
+    } else {
+        fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    for dep in depends(&ko) {
+        add_module(&dep, files, seen, order, to)?;
+    }
+    fs::write(to.join(format!("{name}.ko")), ko)?;
+    order.push(name.to_owned());
+    Ok(())
+}
+
+/// The `depends=` of a module's .modinfo (NUL-separated `key=value` strings).
+fn depends(ko: &[u8]) -> Vec<String> {
+    ko.split(|b| *b == 0)
+        .find_map(|field| field.strip_prefix(b"depends="))
+        .map(|list| {
+            String::from_utf8_lossy(list)
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The numbers in a package name, to order versions: `linux-image-5.10.0-46-amd64` ->
+/// [5, 10, 0, 46].
+fn numbers(package: &str) -> Vec<u32> {
     package
-        .split('.')
-        .nth(2)
-        .and_then(|p| p.split('+').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// The guest's /init: the 9p root under a tmpfs overlay, the results share, then the script.
@@ -160,7 +310,8 @@ $B umount /proc /sys /dev
 exec $B switch_root /newroot /bin/sh /lane-out/guest.sh
 "#;
 
-/// In the guest's root: the mounts the tests expect, then each test binary.
+/// In the guest's root: the mounts the tests expect, then each test binary, each with a log
+/// of its own.
 const GUEST: &str = r#"#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
@@ -169,45 +320,181 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /root
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t securityfs securityfs /sys/kernel/security
 ip link set lo up
 cd /lane-out
 echo "kernel $(uname -r), LSMs $(cat /sys/kernel/security/lsm)" > guest.log
+@REQUIRE@
 for t in @TESTS@; do
-  NETCONTROL_REQUIRE_KERNEL_TESTS=1 NETCONTROL_REQUIRE_LSM=1 NETCONTROL_REQUIRE_L2TP=1 \
-    NETCONTROL_TEST_SLOWDOWN=@SLOWDOWN@ @STAGE@/deps/$t --test-threads=1 >> guest.log 2>&1
+  NETCONTROL_REQUIRE_KERNEL_TESTS=1 NETCONTROL_TEST_SLOWDOWN=@SLOWDOWN@ \
+    @STAGE@/deps/$t --test-threads=1 > $t.log 2>&1
   echo "$t $?" >> results
 done
 sync
 echo o > /proc/sysrq-trigger
 "#;
 
+/// What the tests that need them require: set for the lane of `cargo xtask test` (whose
+/// kernel has both), found out in the guest for `cargo xtask kernels`.
+const REQUIRE_ALL: &str = "export NETCONTROL_REQUIRE_LSM=1 NETCONTROL_REQUIRE_L2TP=1";
+const REQUIRE_WHAT_IS_THERE: &str = "grep -q bpf /sys/kernel/security/lsm && export NETCONTROL_REQUIRE_LSM=1\n\
+[ -d /sys/module/l2tp_ip ] && export NETCONTROL_REQUIRE_L2TP=1";
+
+/// One test binary's outcome in the guest.
+pub struct Suite {
+    pub name: String,
+    pub exit: Option<i32>,
+    pub passed: u32,
+    pub failed: u32,
+    /// Tests that said they do not apply to this kernel (they pass, and are listed).
+    pub not_applicable: Vec<String>,
+    pub log: String,
+}
+
+/// What the guest ran.
+pub struct Outcome {
+    pub version: String,
+    pub kernel_line: String,
+    pub suites: Vec<Suite>,
+}
+
 /// Run the lane's tests in the guest; fail unless every one passed there.
 pub fn test() -> Result<()> {
     let started = Instant::now();
-    let kdir = kernel_dir();
+    let k = kernel(LANE_SERIES)?;
     ensure!(
-        kdir.join("vmlinuz").exists() && Path::new("/usr/bin/qemu-system-x86_64").exists(),
+        kernel_dir(k.series).join("vmlinuz").exists()
+            && Path::new("/usr/bin/qemu-system-x86_64").exists(),
         "the kernel lane is not installed: run `cargo xtask setup`"
     );
+    let out = run_on(k, TESTS, REQUIRE_ALL)?;
+    for s in &out.suites {
+        eprintln!("{}", s.log);
+    }
+    let failed: Vec<&Suite> = out.suites.iter().filter(|s| s.exit != Some(0)).collect();
+    ensure!(
+        out.suites.len() == TESTS.len() && failed.is_empty(),
+        "kernel lane ({}): {}",
+        out.version,
+        if out.suites.is_empty() { "the guest ran no test".to_owned() } else { summary(&out) }
+    );
+    eprintln!("test: kernel lane on {} passed in {:.0?}", out.version, started.elapsed());
+    Ok(())
+}
+
+/// `cargo xtask kernels`: the suites on each kernel; one closing line per kernel.
+pub fn kernels(series: &[String], suites: &[String]) -> Result<()> {
+    install_qemu()?;
+    let chosen: Vec<&Kernel> = if series.is_empty() {
+        KERNELS.iter().collect()
+    } else {
+        series.iter().map(|s| kernel(s)).collect::<Result<_>>()?
+    };
+    let suites: Vec<&str> = if suites.is_empty() {
+        KERNEL_SUITES.to_vec()
+    } else {
+        suites.iter().map(String::as_str).collect()
+    };
+    let root = super::workspace_root();
+    for s in &suites {
+        let file = root.join("tests/tests").join(format!("{s}.rs"));
+        ensure!(file.exists(), "no test suite {s:?} ({} does not exist)", file.display());
+    }
+    let mut lines = Vec::new();
+    let mut ok = true;
+    for k in chosen {
+        fetch(k)?;
+        let started = Instant::now();
+        let out = run_on(k, &suites, REQUIRE_WHAT_IS_THERE)?;
+        for s in &out.suites {
+            if s.exit != Some(0) {
+                eprintln!("---- {} on {} ----\n{}", s.name, out.version, tail(&s.log, 80));
+            }
+            for n in &s.not_applicable {
+                eprintln!("kernels: {} on {}: {n}", s.name, out.version);
+            }
+        }
+        ok &= out.suites.len() == suites.len() && out.suites.iter().all(|s| s.exit == Some(0));
+        lines.push(format!("{} ({:.0?}): {}", out.kernel_line, started.elapsed(), summary(&out)));
+    }
+    for l in &lines {
+        eprintln!("kernels: {l}");
+    }
+    ensure!(ok, "some kernel's tests failed (above)");
+    Ok(())
+}
+
+/// "N passed, M failed, K not applicable (suite: ...)".
+fn summary(out: &Outcome) -> String {
+    let passed: u32 = out.suites.iter().map(|s| s.passed).sum();
+    let failed: u32 = out.suites.iter().map(|s| s.failed).sum();
+    let na: usize = out.suites.iter().map(|s| s.not_applicable.len()).sum();
+    let bad: Vec<String> = out
+        .suites
+        .iter()
+        .filter(|s| s.exit != Some(0))
+        .map(|s| format!("{} exited {}", s.name, s.exit.map_or("?".into(), |c| c.to_string())))
+        .collect();
+    let mut line = format!("{passed} passed, {failed} failed, {na} not applicable");
+    if !bad.is_empty() {
+        line.push_str(&format!(" ({})", bad.join(", ")));
+    }
+    line
+}
+
+/// Boot `k` with `tests`; what each test binary did.
+fn run_on(k: &Kernel, tests: &[&str], require: &str) -> Result<Outcome> {
+    let kdir = kernel_dir(k.series);
     let version = fs::read_to_string(kdir.join("version")).unwrap_or_default();
     let work = tempfile_dir()?;
-    let result = run_guest(&kdir, &work);
-    let log = fs::read_to_string(work.join("out/guest.log")).unwrap_or_default();
+    let result = run_guest(&kdir, &work, tests, require);
     let results = fs::read_to_string(work.join("out/results")).unwrap_or_default();
+    let kernel_line = fs::read_to_string(work.join("out/guest.log"))
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("kernel ?")
+        .to_owned();
+    let suites = results
+        .lines()
+        .filter_map(|l| {
+            let (name, code) = l.split_once(' ')?;
+            let log = fs::read_to_string(work.join(format!("out/{name}.log"))).unwrap_or_default();
+            Some(suite(name, code.trim().parse().ok(), log))
+        })
+        .collect();
     let _ = fs::remove_dir_all(&work);
     result?;
-    eprintln!("{log}");
-    let failed: Vec<&str> = results.lines().filter(|l| !l.ends_with(" 0")).collect();
-    ensure!(
-        results.lines().count() == TESTS.len() && failed.is_empty(),
-        "kernel lane ({version}): {} (results: {results:?})",
-        if results.is_empty() { "the guest ran no test" } else { "tests failed" }
-    );
-    eprintln!("test: kernel lane on {version} passed in {:.0?}", started.elapsed());
-    Ok(())
+    Ok(Outcome { version, kernel_line, suites })
+}
+
+/// A test binary's log: libtest's `test result:` line, and the tests that said they do not
+/// apply (a line saying "not applicable", as `netcontrol_tests::kernel_at_least` writes).
+fn suite(name: &str, exit: Option<i32>, log: String) -> Suite {
+    let count = |line: &str, what: &str| {
+        line.split(';')
+            .find(|p| p.trim_end().ends_with(what))
+            .and_then(|p| p.split_whitespace().rev().nth(1))
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let result = log.lines().rev().find(|l| l.starts_with("test result:")).unwrap_or("");
+    let not_applicable = log
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("not applicable"))
+        .map(str::to_owned)
+        .collect();
+    Suite {
+        name: name.to_owned(),
+        exit,
+        passed: count(result, "passed"),
+        failed: count(result, "failed"),
+        not_applicable,
+        log,
+    }
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
@@ -219,7 +506,7 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn run_guest(kdir: &Path, work: &Path) -> Result<()> {
+fn run_guest(kdir: &Path, work: &Path, tests: &[&str], require: &str) -> Result<()> {
     // The binaries, without debug information (read over 9p, they would be hundreds of MB),
     // in the results share (the guest's /tmp is its own).
     let stage = work.join("out/stage");
@@ -227,7 +514,7 @@ fn run_guest(kdir: &Path, work: &Path) -> Result<()> {
     for bin in ["netcontrol", "nc-probe"] {
         strip(&target.join(bin), &stage.join(bin))?;
     }
-    for t in TESTS {
+    for t in tests {
         strip(&test_binary(t)?, &stage.join("deps").join(t))?;
     }
     // The initramfs: busybox, the modules, /init.
@@ -236,16 +523,14 @@ fn run_guest(kdir: &Path, work: &Path) -> Result<()> {
         fs::create_dir_all(ir.join(d))?;
     }
     fs::copy("/bin/busybox", ir.join("bin/busybox"))?;
-    let mut order = Vec::new();
-    for m in MODULES {
-        let name = Path::new(m).file_name().expect("name").to_string_lossy().into_owned();
+    let order = fs::read_to_string(kdir.join("modules/order")).unwrap_or_default();
+    for name in order.split_whitespace() {
         fs::copy(
             kdir.join("modules").join(format!("{name}.ko")),
             ir.join(format!("modules/{name}.ko")),
         )?;
-        order.push(name);
     }
-    write_exec(&ir.join("init"), &INIT.replace("@MODULES@", &order.join(" ")))?;
+    write_exec(&ir.join("init"), &INIT.replace("@MODULES@", order.trim()))?;
     let cpio = Command::new("sh")
         .arg("-c")
         .arg("find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > ../initrd.gz")
@@ -253,8 +538,9 @@ fn run_guest(kdir: &Path, work: &Path) -> Result<()> {
         .status()?;
     ensure!(cpio.success(), "building the initramfs");
     let guest = GUEST
-        .replace("@TESTS@", &TESTS.join(" "))
+        .replace("@TESTS@", &tests.join(" "))
         .replace("@SLOWDOWN@", SLOWDOWN)
+        .replace("@REQUIRE@", require)
         .replace("@STAGE@", "/lane-out/stage");
     write_exec(&work.join("out/guest.sh"), &guest)?;
     let mut qemu = Command::new("timeout");

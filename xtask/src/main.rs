@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | lane | kernels | image`.
 //!
 //! Every step prints the command it runs, so that what setup does to a machine is visible and
 //! can be repeated by hand (docs/toolchain.md explains why each piece is needed).
@@ -51,6 +51,17 @@ enum Task {
     /// Run the kernel lane alone: the tests this machine's kernel cannot show (BPF LSM,
     /// L2TP/IP), on Debian's 6.12 kernel under QEMU (root; `setup` installs it).
     Lane,
+    /// Run the privileged test suites on Debian's kernels under QEMU (root): each kernel is
+    /// fetched with apt into a cache on first use, and its result is one closing line
+    /// ("N passed, M failed, K not applicable"). Kernels: 5.10, 6.1, 6.12 (all by default).
+    Kernels {
+        /// Kernel series to run on (5.10, 6.1, 6.12); all of them if none.
+        versions: Vec<String>,
+        /// A test suite (tests/tests/<name>.rs) to run; repeatable. Default: hooks, run,
+        /// daemon, dns_aware, lsm.
+        #[arg(long = "suite")]
+        suites: Vec<String>,
+    },
     /// Run every test: formatting, clippy, unit tests, and the privileged kernel tests (root).
     Test {
         /// Leave out the kernel tests (they need root).
@@ -81,6 +92,13 @@ fn main() -> Result<()> {
                 .args(["build", "-p", "netcontrol", "-p", "netcontrol-tests", "--bins"])
                 .env("NETCONTROL_REQUIRE_EBPF", "1"))?;
             lane::test()
+        }
+        Task::Kernels { versions, suites } => {
+            ensure!(is_root(), "the kernel lane boots kernels under QEMU and needs root");
+            run(Command::new("cargo")
+                .args(["build", "-p", "netcontrol", "-p", "netcontrol-tests", "--bins"])
+                .env("NETCONTROL_REQUIRE_EBPF", "1"))?;
+            lane::kernels(&versions, &suites)
         }
         Task::Image { tag } => image(&tag),
     }
@@ -365,6 +383,7 @@ fn test(no_kernel: bool, filter: &[String]) -> Result<()> {
         if filter.is_empty() {
             // What this kernel cannot show (the BPF LSM, L2TP/IP), on Debian's 6.12 under QEMU.
             lane::test()?;
+            lane::test_other_kernel()?;
             // The benchmarks, briefly, so that they cannot rot.
             bench(true)?;
         } else {
