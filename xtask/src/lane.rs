@@ -137,7 +137,14 @@ fn install_qemu() -> Result<()> {
         return Ok(());
     }
     ensure!(is_root(), "setup must install QEMU for the kernel lane and needs root");
-    let apt = scratch_apt("qemu", "deb http://deb.debian.org/debian bookworm-backports main\n")?;
+    // Its dependencies come from bookworm itself: the scratch list sees only what it names.
+    let apt = scratch_apt(
+        "qemu",
+        "deb http://deb.debian.org/debian bookworm main\n\
+         deb http://deb.debian.org/debian bookworm-updates main\n\
+         deb http://deb.debian.org/debian-security bookworm-security main\n\
+         deb http://deb.debian.org/debian bookworm-backports main\n",
+    )?;
     let o = bpo_apt(&apt);
     run(Command::new("apt-get").args(&o).arg("update"))?;
     run(Command::new("apt-get")
