@@ -175,6 +175,14 @@ pub const IPV4_MAX_OPTIONS: usize = 40;
 /// parser that gives up must not let them through.
 #[inline(always)]
 pub fn ipv4_source_routed(opts: &[u8; IPV4_MAX_OPTIONS], len: usize) -> bool {
+    ipv4_source_routed_by(len, |i| opts.get(i).copied())
+}
+
+/// `ipv4_source_routed` over the option bytes as `byte(i)` reads them. The packet program
+/// reads each from the packet: Linux before 5.12 refuses a read from the stack at a variable
+/// offset, which indexing a copy on the stack is.
+#[inline(always)]
+pub fn ipv4_source_routed_by(len: usize, byte: impl Fn(usize) -> Option<u8>) -> bool {
     let len = if len > IPV4_MAX_OPTIONS { IPV4_MAX_OPTIONS } else { len };
     let mut i = 0;
     // Each step consumes at least one byte, so 40 steps cover every layout.
@@ -184,13 +192,16 @@ pub fn ipv4_source_routed(opts: &[u8; IPV4_MAX_OPTIONS], len: usize) -> bool {
         if i >= len {
             return false;
         }
-        let Some(&kind) = opts.get(i) else { return false };
+        let Some(kind) = byte(i) else { return true };
         match kind {
             IPOPT_END => return false,
             IPOPT_NOOP => i += 1,
             IPOPT_LSRR | IPOPT_SSRR => return true,
             _ => {
-                let Some(&olen) = opts.get(i + 1) else { return true };
+                if i + 1 >= len {
+                    return true;
+                }
+                let Some(olen) = byte(i + 1) else { return true };
                 if olen < 2 {
                     return true;
                 }
@@ -541,6 +552,15 @@ mod tests {
         let mut o = [0u8; IPV4_MAX_OPTIONS];
         o[..bytes.len()].copy_from_slice(bytes);
         (o, bytes.len())
+    }
+
+    #[test]
+    fn ipv4_options_that_cannot_be_read_count_as_a_source_route() {
+        assert!(ipv4_source_routed_by(8, |_| None));
+        // Readable up to the second option only.
+        let o = [1u8, 0x44, 4, 5];
+        assert!(ipv4_source_routed_by(8, |i| o.get(i).copied()));
+        assert!(!ipv4_source_routed_by(4, |i| [1u8, 1, 1, 1].get(i).copied()));
     }
 
     #[test]

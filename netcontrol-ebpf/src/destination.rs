@@ -156,7 +156,7 @@ pub fn judge_v6(ctx: &SockAddrContext, hook: u8, is_sendmsg: bool) -> i32 {
 
 /// The most specific allow entry of `policy_id` covering the address.
 #[inline(always)]
-fn lookup(policy_id: u32, family: u8, addr: &[u8; 16]) -> Option<&'static AllowValue> {
+pub fn lookup(policy_id: u32, family: u8, addr: &[u8; 16]) -> Option<&'static AllowValue> {
     if family == AF_INET {
         let mut ip = [0u8; 4];
         ip.copy_from_slice(&addr[..4]);

@@ -67,7 +67,13 @@ pub fn nc_bind6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sockopt(setsockopt)]
 pub fn nc_setsockopt(ctx: SockoptContext) -> i32 {
-    sockopt::judge(&ctx)
+    sockopt::judge(&ctx, &sandbox::Task)
+}
+
+/// nc_setsockopt where the kernel refuses it the cgroup ancestor helper (Linux 5.10).
+#[cgroup_sockopt(setsockopt)]
+pub fn nc_sockopt_flat(ctx: SockoptContext) -> i32 {
+    sockopt::judge(&ctx, &sandbox::TaskOnly)
 }
 
 #[cgroup_skb(egress)]

@@ -3,7 +3,9 @@
 //!
 //! - egress: drops packets that carry an IPv6 routing header or an IPv4 source-route option,
 //!   whichever way they were asked for (setsockopt is refused already; control messages on
-//!   sendmsg and RFC 2292 packet options are not visible to any other hook).
+//!   sendmsg and RFC 2292 packet options are not visible to any other hook). And it judges
+//!   the destination of every packet of an allowed ICMP ("ping") socket: no address hook sees
+//!   an unconnected sendto() on one, and before Linux 6.1 not even its connect().
 //! - ingress: a sandbox that shares the host's network namespace may listen on loopback and
 //!   on the ports of its listen rules only; a connection from elsewhere arriving at any other
 //!   listening socket is dropped. This covers listen() on an unbound socket and bind() to port
@@ -18,17 +20,18 @@ use aya_ebpf::{
 };
 use netcontrol_common::{
     abi::{
-        AF_INET, AF_INET6, HOOK_SKB_EGRESS, HOOK_SKB_INGRESS, PROTO_TCP, PROTO_UDP,
-        REASON_LOOPBACK_ELSEWHERE, REASON_NONE, REASON_SOURCE_ROUTE, SANDBOX_F_ALLOW_ROUTING,
+        AF_INET, AF_INET6, HOOK_SKB_EGRESS, HOOK_SKB_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+        PROTO_UDP, REASON_LOOPBACK_ELSEWHERE, REASON_NONE, REASON_SOURCE_ROUTE,
+        SANDBOX_F_ALLOW_ROUTING, SOCK_DGRAM,
     },
     verdict::{
-        IPV4_MAX_OPTIONS, NEXTHDR_ICMPV6, NEXTHDR_TCP, NEXTHDR_UDP, V6Step, ipv4_source_routed,
-        is_loopback_v4, is_loopback_v6, program_return, v6_step,
+        IPV4_MAX_OPTIONS, NEXTHDR_ICMPV6, NEXTHDR_TCP, NEXTHDR_UDP, V6Step, ipv4_source_routed_by,
+        is_loopback_v4, is_loopback_v6, judge_destination, program_return, v6_step,
     },
 };
 
 use crate::{
-    destination::listen_reason,
+    destination::{listen_reason, lookup},
     report::{Attempt, Decision, Who, record},
     sandbox::{self, SocketOf},
 };
@@ -63,6 +66,11 @@ fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
 
 enum Route {
     Clean,
+    /// An ICMP or ICMPv6 packet without routing options: judged if its socket is a ping socket.
+    Icmp {
+        family: u8,
+        protocol: u8,
+    },
     /// Source-routed (the first hop: the header's destination, and the L4 port if known), or
     /// to loopback on another interface (the destination).
     Routed {
@@ -79,27 +87,32 @@ const LOOPBACK_IFINDEX: u32 = 1;
 
 #[inline(always)]
 fn v4_route(ctx: &SkBuffContext) -> Route {
-    let Some([vihl]) = load::<1>(ctx, 0) else { return Route::Clean };
-    let ihl = u32::from(vihl & 0x0f);
+    // Version/IHL and the protocol in one load.
+    let Some(head) = load::<10>(ctx, 0) else { return Route::Clean };
+    let ihl = u32::from(head[0] & 0x0f);
+    let clean = if head[9] == PROTO_ICMP {
+        Route::Icmp { family: AF_INET, protocol: PROTO_ICMP }
+    } else {
+        Route::Clean
+    };
     if ihl <= 5 {
-        return Route::Clean;
+        return clean;
     }
-    let mut opts = [0u8; IPV4_MAX_OPTIONS];
     let n = (ihl * 4 - 20) & 0x3f;
     if n == 0 || n as usize > IPV4_MAX_OPTIONS {
-        return Route::Clean;
+        return clean;
     }
-    // SAFETY: as in `load`; n is in 4..=40, the buffer's size at most.
-    let r = unsafe { bpf_skb_load_bytes(skb(ctx).cast(), 20, opts.as_mut_ptr().cast(), n) };
-    // Unreadable options: fail closed, as if they routed.
-    if r == 0 && !ipv4_source_routed(&opts, n as usize) {
-        return Route::Clean;
+    // Byte by byte from the packet (not indexing a copy on the stack: see
+    // ipv4_source_routed_by). Unreadable options fail closed, as if they routed.
+    let byte = |i: usize| load::<1>(ctx, 20 + i as u32).map(|[b]| b);
+    if !ipv4_source_routed_by(n as usize, byte) {
+        return clean;
     }
     let mut addr = [0u8; 16];
     if let Some(d) = load::<4>(ctx, 16) {
         addr[..4].copy_from_slice(&d);
     }
-    let protocol = load::<1>(ctx, 9).map_or(0, |[p]| p);
+    let protocol = head[9];
     let port = if protocol == PROTO_TCP || protocol == PROTO_UDP {
         load::<2>(ctx, ihl * 4 + 2).map_or(0, u16::from_be_bytes)
     } else {
@@ -111,8 +124,11 @@ fn v4_route(ctx: &SkBuffContext) -> Route {
 #[inline(always)]
 fn v6_route(ctx: &SkBuffContext) -> Route {
     let Some([mut next]) = load::<1>(ctx, 6) else { return Route::Clean };
-    if next == NEXTHDR_TCP || next == NEXTHDR_UDP || next == NEXTHDR_ICMPV6 {
+    if next == NEXTHDR_TCP || next == NEXTHDR_UDP {
         return Route::Clean;
+    }
+    if next == NEXTHDR_ICMPV6 {
+        return Route::Icmp { family: AF_INET6, protocol: PROTO_ICMPV6 };
     }
     let mut offset = 40u32;
     let mut i = 0;
@@ -170,18 +186,26 @@ fn loopback_elsewhere(ctx: &SkBuffContext, v6: bool) -> Route {
 
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
-    let route = match ethertype(ctx) {
-        ETH_P_IP => match v4_route(ctx) {
-            Route::Clean => loopback_elsewhere(ctx, false),
-            routed => routed,
-        },
-        ETH_P_IPV6 => match v6_route(ctx) {
-            Route::Clean => loopback_elsewhere(ctx, true),
-            routed => routed,
-        },
-        _ => Route::Clean,
+    let (route, v6) = match ethertype(ctx) {
+        ETH_P_IP => (v4_route(ctx), false),
+        ETH_P_IPV6 => (v6_route(ctx), true),
+        _ => return 1,
     };
-    let Route::Routed { family, addr, protocol, port, reason } = route else { return 1 };
+    let route = match route {
+        Route::Clean => loopback_elsewhere(ctx, v6),
+        Route::Icmp { family, protocol } => match loopback_elsewhere(ctx, v6) {
+            Route::Clean => return ping(ctx, family, protocol),
+            routed => routed,
+        },
+        routed => routed,
+    };
+    let (family, addr, protocol, port, reason) = match route {
+        Route::Clean => return 1,
+        Route::Icmp { family, protocol } => return ping(ctx, family, protocol),
+        Route::Routed { family, addr, protocol, port, reason } => {
+            (family, addr, protocol, port, reason)
+        }
+    };
     let (cgroup_id, sandbox) = sandbox::find(&SocketOf(ctx));
     let a = Attempt {
         hook: HOOK_SKB_EGRESS,
@@ -197,6 +221,60 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         Some(sb) => {
             Decision::judged(cgroup_id, &sb, sb.denies_unless(SANDBOX_F_ALLOW_ROUTING, reason))
         }
+        None => Decision::unsandboxed(cgroup_id, true),
+    };
+    record(&a, &d, Who::Unknown);
+    program_return(d.verdict)
+}
+
+/// An ICMP packet leaving: if its socket is a ping socket (SOCK_DGRAM of ICMP or ICMPv6,
+/// which only `--allow-ping` lets a sandbox make), its destination is judged as connect()
+/// judges it. Raw sockets (trusted code only) and the kernel's own ICMP sockets (SOCK_RAW:
+/// echo replies, errors) are left alone.
+#[inline(always)]
+fn ping(ctx: &SkBuffContext, family: u8, protocol: u8) -> i32 {
+    // SAFETY: ctx field (8-byte load of a nullable socket pointer).
+    let sk = unsafe { read_volatile(&raw const (*skb(ctx)).__bindgen_anon_2.sk) };
+    if sk.is_null() {
+        return 1;
+    }
+    // SAFETY: a non-null socket of this context.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return 1;
+    }
+    // SAFETY: a full socket; 4-byte loads.
+    let (ty, proto) = unsafe {
+        (read_volatile(&raw const (*full).type_), read_volatile(&raw const (*full).protocol))
+    };
+    if ty != u32::from(SOCK_DGRAM) || proto != u32::from(protocol) {
+        return 1;
+    }
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        let Some(d) = load::<4>(ctx, 16) else { return 0 };
+        addr[..4].copy_from_slice(&d);
+    } else {
+        let Some(d) = load::<16>(ctx, 24) else { return 0 };
+        addr = d;
+    }
+    let (cgroup_id, sandbox) = sandbox::find(&SocketOf(ctx));
+    let a = Attempt {
+        hook: HOOK_SKB_EGRESS,
+        family,
+        protocol,
+        sock_type: SOCK_DGRAM,
+        addr,
+        port: 0,
+        flags: 0,
+        detail: 0,
+    };
+    let d = match sandbox {
+        Some(sb) => Decision::judged(
+            cgroup_id,
+            &sb,
+            judge_destination(lookup(sb.policy_id, family, &addr), protocol, 0),
+        ),
         None => Decision::unsandboxed(cgroup_id, true),
     };
     record(&a, &d, Who::Unknown);

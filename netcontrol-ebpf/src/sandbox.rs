@@ -69,6 +69,24 @@ impl Lineage for Task {
     }
 }
 
+/// The calling task's cgroup without its ancestors: for kernels that refuse the ancestor
+/// helper to a program type (sockopt before Linux 5.12), where a task below the sandbox's own
+/// cgroup then finds no sandbox, which every caller treats as denied.
+pub struct TaskOnly;
+
+impl Lineage for TaskOnly {
+    #[inline(always)]
+    fn cgroup(&self) -> u64 {
+        // SAFETY: helper without pointer arguments.
+        unsafe { bpf_get_current_cgroup_id() }
+    }
+
+    #[inline(always)]
+    fn ancestor(&self, _level: i32) -> u64 {
+        0
+    }
+}
+
 /// The cgroup of the socket a packet belongs to (packet hooks).
 pub struct SocketOf<'a>(pub &'a SkBuffContext);
 

@@ -16,7 +16,7 @@ use netcontrol_common::{
 
 use crate::{
     report::{Attempt, Decision, Who, record},
-    sandbox,
+    sandbox::{self, Lineage},
 };
 
 /// Beyond this the program sees a truncated copy of the value; optlen 0 tells the kernel to
@@ -24,7 +24,7 @@ use crate::{
 const PAGE: i32 = 4096;
 
 #[inline(always)]
-pub fn judge(ctx: &SockoptContext) -> i32 {
+pub fn judge<L: Lineage>(ctx: &SockoptContext, lineage: &L) -> i32 {
     let so = ctx.sockopt;
     // SAFETY: ctx fields, 4-byte loads.
     let (level, optname, optlen) = unsafe {
@@ -40,7 +40,7 @@ pub fn judge(ctx: &SockoptContext) -> i32 {
             let sk = read_volatile(&raw const (*so).__bindgen_anon_1.sk);
             read_volatile(&raw const (*sk).family) as u8
         };
-        judge_routing(family, level, optname)
+        judge_routing(lineage, family, level, optname)
     } else {
         1
     };
@@ -52,10 +52,10 @@ pub fn judge(ctx: &SockoptContext) -> i32 {
 }
 
 #[inline(always)]
-fn judge_routing(family: u8, level: i32, optname: i32) -> i32 {
+fn judge_routing<L: Lineage>(lineage: &L, family: u8, level: i32, optname: i32) -> i32 {
     let detail = ((level as u32) << 16) | (optname as u32 & 0xffff);
     let a = Attempt::bare(HOOK_SETSOCKOPT, family, 0, 0, detail);
-    let (cgroup_id, sandbox) = sandbox::current();
+    let (cgroup_id, sandbox) = sandbox::find(lineage);
     let d = match sandbox {
         Some(sb) => Decision::judged(
             cgroup_id,

@@ -235,24 +235,49 @@ fn ping_socket() {
     );
     sb.stop();
 
-    // Allowed ping sockets: connect() on them is still judged by the address rules.
+    // Allowed ping sockets: where they send is still judged by the address rules, sent
+    // unconnected (skb egress, on every kernel) or connected first.
     let mut sb = Attached::start(&["--allow-ping", "--allow", "127.0.0.11"]);
     let r = sb.probe(&[
         ("ping4", "-"),
         ("ping-connect", "127.0.0.11:0"),
-        ("ping-connect", "127.0.0.10:0"),
+        ("ping-sendto", "127.0.0.11:0"),
+        ("ping-sendto", "127.0.0.10:0"),
+        ("ping-sendto", "[::1]:0"),
     ]);
     assert_allowed(&r[0]);
     assert_allowed(&r[1]);
-    assert_denied(&r[2]);
-    find_event(
-        &sb.events_at_least(1),
-        &[
-            ("hook", json!("connect4")),
-            ("protocol", json!("icmp")),
-            ("dst_ip", json!("127.0.0.10")),
-        ],
-    );
+    // The allowed echo request got its reply; the denied ones never left (no reply).
+    assert_allowed(&r[2]);
+    assert_denied(&r[3]);
+    // An ICMPv6 ping socket's sendto() does not pass the drop on (ping_v6_sendmsg ignores
+    // what pushing the frame returned): it "succeeds", and no reply comes.
+    assert!(r[4].is_eperm() || r[4].errno == libc::EAGAIN, "{:?}", r[4]);
+    let events = sb.events_at_least(2);
+    for (family, protocol, dst) in [("ipv4", "icmp", "127.0.0.10"), ("ipv6", "icmpv6", "::1")] {
+        find_event(
+            &events,
+            &[
+                ("hook", json!("skb_egress")),
+                ("family", json!(family)),
+                ("protocol", json!(protocol)),
+                ("dst_ip", json!(dst)),
+                ("reason", json!("not_allowlisted")),
+            ],
+        );
+    }
+    // connect() is judged at once where the kernel runs the connect hooks for ping sockets.
+    if netcontrol_tests::kernel_at_least(6, 1, "connect() of ping sockets runs the connect hooks") {
+        assert_denied(&sb.probe(&[("ping-connect", "127.0.0.10:0")])[0]);
+        find_event(
+            &sb.events_at_least(3),
+            &[
+                ("hook", json!("connect4")),
+                ("protocol", json!("icmp")),
+                ("dst_ip", json!("127.0.0.10")),
+            ],
+        );
+    }
     sb.stop();
 }
 

@@ -24,6 +24,9 @@ pub enum HookKind {
 pub struct Hook {
     /// Program (function) name in the object.
     pub program: &'static str,
+    /// A program for the same hook to load where the kernel refuses `program` (it does
+    /// less, and refuses what it cannot judge).
+    pub fallback: Option<&'static str>,
     /// The attach point, as named in events, errors and pins.
     pub name: &'static str,
     /// First Linux release with this attach type.
@@ -87,7 +90,7 @@ const fn addr_hook(
     t: CgroupSockAddrAttachType,
     protects: Option<&'static str>,
 ) -> Hook {
-    Hook { program, name, since, kind: HookKind::SockAddr(t), protects }
+    Hook { program, fallback: None, name, since, kind: HookKind::SockAddr(t), protects }
 }
 
 const FAMILIES_AND_UNIX: &str =
@@ -96,6 +99,7 @@ const FAMILIES_AND_UNIX: &str =
 pub static HOOKS: &[Hook] = &[
     Hook {
         program: program::SOCK_CREATE,
+        fallback: None,
         name: "sock_create",
         since: "4.10",
         kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
@@ -123,6 +127,7 @@ pub static HOOKS: &[Hook] = &[
     ),
     Hook {
         program: program::SETSOCKOPT,
+        fallback: Some(program::SETSOCKOPT_FLAT),
         name: "setsockopt",
         since: "5.3",
         kind: HookKind::Sockopt(CgroupSockoptAttachType::Set),
@@ -130,13 +135,17 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         program: program::SKB_EGRESS,
+        fallback: None,
         name: "skb_egress",
         since: "4.10",
         kind: HookKind::Skb(CgroupSkbAttachType::Egress),
-        protects: Some("source-routed packets asked for in control messages"),
+        protects: Some(
+            "source-routed packets asked for in control messages, and where ping sockets send",
+        ),
     },
     Hook {
         program: program::SKB_INGRESS,
+        fallback: None,
         name: "skb_ingress",
         since: "4.10",
         kind: HookKind::Skb(CgroupSkbAttachType::Ingress),
@@ -158,6 +167,7 @@ pub static HOOKS: &[Hook] = &[
     ),
     Hook {
         program: program::LSM_SOCKET,
+        fallback: None,
         name: "lsm_socket_create",
         since: "5.7 with the BPF LSM",
         kind: HookKind::Lsm("socket_create"),
@@ -165,6 +175,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         program: program::LSM_CONNECT,
+        fallback: None,
         name: "lsm_socket_connect",
         since: "5.7 with the BPF LSM",
         kind: HookKind::Lsm("socket_connect"),
@@ -172,6 +183,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         program: program::LSM_SENDMSG,
+        fallback: None,
         name: "lsm_socket_sendmsg",
         since: "5.7 with the BPF LSM",
         kind: HookKind::Lsm("socket_sendmsg"),

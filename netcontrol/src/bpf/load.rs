@@ -51,6 +51,8 @@ pub struct Loaded {
     /// The kernel's id of each hook's program, once asked (they never change once loaded;
     /// the tamper check compares every link with them every second).
     prog_ids: std::collections::HashMap<&'static str, u32>,
+    /// The hooks whose fallback program was loaded instead (hook name -> program name).
+    fallbacks: std::collections::HashMap<&'static str, &'static str>,
 }
 
 /// An optional hook that is not there: what stays unprotected, and why.
@@ -115,26 +117,31 @@ impl Loaded {
                 logger,
                 missing,
                 prog_ids: Default::default(),
+                fallbacks: Default::default(),
             });
         }
         let lsm_inactive = bpf_lsm_inactive();
         // Only LSM programs need the kernel's BTF here.
         let btf = if lsm_inactive.is_none() { Btf::from_sys_fs().ok() } else { None };
         let mut missing = Vec::new();
+        let mut fallbacks = std::collections::HashMap::new();
         for hook in HOOKS {
             let why = match (&hook.kind, &lsm_inactive) {
                 (HookKind::Lsm(_), Some(why)) => why.clone(),
-                _ => match (load_program(&mut ebpf, hook, btf.as_ref()), hook.protects) {
-                    (Ok(()), _) => continue,
-                    (Err(e), None) => return Err(e),
-                    // Root was refused: not a missing privilege but a policy of this machine.
-                    (Err(Error::NotPrivileged { .. }), Some(_)) => format!(
-                        "the kernel refused to load the program (Operation not permitted: \
+                _ => {
+                    match (load_hook(&mut ebpf, hook, btf.as_ref(), &mut fallbacks), hook.protects)
+                    {
+                        (Ok(()), _) => continue,
+                        (Err(e), None) => return Err(e),
+                        // Root was refused: not a missing privilege but a policy of this machine.
+                        (Err(Error::NotPrivileged { .. }), Some(_)) => format!(
+                            "the kernel refused to load the program (Operation not permitted: \
                          lockdown or another security policy forbids {} programs here)",
-                        hook.kind_name()
-                    ),
-                    (Err(e), Some(_)) => e.to_string(),
-                },
+                            hook.kind_name()
+                        ),
+                        (Err(e), Some(_)) => one_line(e),
+                    }
+                }
             };
             if let Some(protects) = hook.protects {
                 missing.push(Missing { hook: hook.name, protects, why });
@@ -145,9 +152,9 @@ impl Loaded {
         if let Some(dir) = &pins {
             let loaded: Vec<&Hook> =
                 HOOKS.iter().filter(|h| !missing.iter().any(|m| m.hook == h.name)).collect();
-            pin_programs(&mut ebpf, dir, &loaded)?;
+            pin_programs(&mut ebpf, dir, &loaded, &fallbacks)?;
         }
-        Ok(Self { ebpf, adopted: None, logger, missing, prog_ids: Default::default() })
+        Ok(Self { ebpf, adopted: None, logger, missing, prog_ids: Default::default(), fallbacks })
     }
 
     /// The loaded program of a hook.
@@ -169,7 +176,7 @@ impl Loaded {
             Some(progs) => {
                 HOOKS.iter().position(|h| h.name == hook.name).and_then(|i| progs[i].as_mut())
             }
-            None => self.ebpf.program_mut(hook.program),
+            None => self.ebpf.program_mut(program_name(hook, &self.fallbacks)),
         }
     }
 
@@ -227,7 +234,12 @@ fn adopt_programs(dir: &Path) -> Option<Vec<Option<Program>>> {
 
 /// Pin the loaded programs in `dir`, and drop the pins of other builds' programs next to it
 /// (links that still run one keep it loaded).
-fn pin_programs(ebpf: &mut Ebpf, dir: &Path, hooks: &[&Hook]) -> Result<()> {
+fn pin_programs(
+    ebpf: &mut Ebpf,
+    dir: &Path,
+    hooks: &[&Hook],
+    fallbacks: &std::collections::HashMap<&'static str, &'static str>,
+) -> Result<()> {
     let pin_err = |op, path: &Path| {
         let path = path.to_owned();
         move |source| Error::Pin { op, path, source }
@@ -242,7 +254,8 @@ fn pin_programs(ebpf: &mut Ebpf, dir: &Path, hooks: &[&Hook]) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     super::pins::create_private_dir(dir)?;
     for hook in hooks {
-        let prog = ebpf.program_mut(hook.program).ok_or(Error::MissingProgram(hook.program))?;
+        let name = program_name(hook, fallbacks);
+        let prog = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
         let path = dir.join(hook.name);
         prog.pin(&path).map_err(super::pins::pin_io).map_err(pin_err("pinning program", &path))?;
     }
@@ -259,9 +272,46 @@ fn release_freed_memory() {
     }
 }
 
-fn load_program(ebpf: &mut Ebpf, hook: &Hook, btf: Option<&Btf>) -> Result<()> {
-    let prog = ebpf.program_mut(hook.program).ok_or(Error::MissingProgram(hook.program))?;
-    let wrong_type = |source| Error::Program { program: hook.program, source };
+/// The program that runs `hook`: its own, or the fallback loaded in its place.
+fn program_name(
+    hook: &Hook,
+    fallbacks: &std::collections::HashMap<&'static str, &'static str>,
+) -> &'static str {
+    fallbacks.get(hook.name).copied().unwrap_or(hook.program)
+}
+
+/// Load `hook`'s program, or where the verifier refuses it, its fallback (noted in
+/// `fallbacks`, and said once: the fallback refuses more).
+fn load_hook(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    btf: Option<&Btf>,
+    fallbacks: &mut std::collections::HashMap<&'static str, &'static str>,
+) -> Result<()> {
+    match (load_program(ebpf, hook, hook.program, btf), hook.fallback) {
+        (Err(Error::Verifier { program, log, .. }), Some(fallback)) => {
+            load_program(ebpf, hook, fallback, btf)?;
+            tracing::info!(
+                "{}: this kernel refused {program} ({}); loaded {fallback}, which refuses the \
+                 hook's risky operations to tasks in cgroups below a sandbox's own",
+                hook.name,
+                verifier_reason(&log).unwrap_or("no reason given")
+            );
+            fallbacks.insert(hook.name, fallback);
+            Ok(())
+        }
+        (result, _) => result,
+    }
+}
+
+fn load_program(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    program: &'static str,
+    btf: Option<&Btf>,
+) -> Result<()> {
+    let prog = ebpf.program_mut(program).ok_or(Error::MissingProgram(program))?;
+    let wrong_type = |source| Error::Program { program, source };
     let result = match hook.kind {
         HookKind::SockAddr(_) => {
             let p: &mut CgroupSockAddr = prog.try_into().map_err(wrong_type)?;
@@ -291,7 +341,7 @@ fn load_program(ebpf: &mut Ebpf, hook: &Hook, btf: Option<&Btf>) -> Result<()> {
             p.load(name, btf)
         }
     };
-    result.map_err(|e| program_error(hook, e))
+    result.map_err(|e| program_error(hook, program, e))
 }
 
 /// Why the kernel would not run BPF LSM programs even if they load (the BPF LSM is built in
@@ -320,25 +370,56 @@ fn bpf_lsm_inactive() -> Option<String> {
     }
 }
 
-fn program_error(hook: &Hook, e: ProgramError) -> Error {
+fn program_error(hook: &Hook, program: &'static str, e: ProgramError) -> Error {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
-            classify_load_failure(hook, io_error, verifier_log.to_string())
+            classify_load_failure(hook, program, io_error, verifier_log.to_string())
         }
-        source => Error::Program { program: hook.program, source },
+        source => Error::Program { program, source },
     }
 }
 
 /// BPF_PROG_LOAD failed: tell a missing privilege, a kernel without the hook and a verifier
 /// rejection apart.
-fn classify_load_failure(hook: &Hook, io_error: io::Error, log: String) -> Error {
+/// Why an optional program did not load, in one line: the start and end lines say what is
+/// missing, and a verifier log (thousands of lines) would drown them. The log goes to the
+/// debug log.
+fn one_line(e: Error) -> String {
+    match e {
+        Error::Verifier { program, source, log } => {
+            tracing::debug!("the verifier's log for {program}:\n{log}");
+            match verifier_reason(&log) {
+                Some(why) => format!("the kernel verifier rejected {program}: {why} ({source})"),
+                None => format!("the kernel verifier rejected {program}: {source}"),
+            }
+        }
+        e => e.to_string(),
+    }
+}
+
+/// The verifier's complaint: the last line of its log before its closing statistics.
+fn verifier_reason(log: &str) -> Option<&str> {
+    log.lines().map(str::trim).rev().find(|l| {
+        !l.is_empty()
+            && !l.starts_with("verification time")
+            && !l.starts_with("stack depth")
+            && !l.starts_with("processed ")
+    })
+}
+
+fn classify_load_failure(
+    hook: &Hook,
+    program: &'static str,
+    io_error: io::Error,
+    log: String,
+) -> Error {
     match io_error.raw_os_error() {
         Some(libc::EPERM | libc::EACCES) if log.trim().is_empty() => not_privileged(),
         // An unknown expected_attach_type is refused before the verifier runs, so no log.
         Some(libc::EINVAL) if log.trim().is_empty() => {
             Error::MissingHook { hook: hook.name, since: hook.since, source: io_error }
         }
-        _ => Error::Verifier { program: hook.program, source: io_error, log },
+        _ => Error::Verifier { program, source: io_error, log },
     }
 }
 
@@ -399,6 +480,7 @@ mod tests {
     fn a_kernel_without_the_hook_is_named() {
         let e = classify_load_failure(
             hook("sendmsg4"),
+            hook("sendmsg4").program,
             io::Error::from_raw_os_error(libc::EINVAL),
             String::new(),
         );
@@ -411,11 +493,32 @@ mod tests {
     }
 
     #[test]
+    fn an_optional_program_the_verifier_rejects_is_said_in_one_line() {
+        // The end of what Linux 5.10 said of nc_setsockopt.
+        let log = "56: (bf) r1 = r6\n57: (85) call bpf_get_current_ancestor_cgroup_id#123\n\
+                   unknown func bpf_get_current_ancestor_cgroup_id#123\n\
+                   verification time 7991 usec\nstack depth 280+0\n\
+                   processed 132 insns (limit 1000000) max_states_per_insn 1\n";
+        let e = Error::Verifier {
+            program: "nc_setsockopt",
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+            log: log.into(),
+        };
+        let line = one_line(e);
+        assert_eq!(
+            line,
+            "the kernel verifier rejected nc_setsockopt: unknown func \
+             bpf_get_current_ancestor_cgroup_id#123 (Invalid argument (os error 22))"
+        );
+    }
+
+    #[test]
     fn a_verifier_rejection_carries_the_whole_log() {
         let log = "0: (61) r2 = *(u32 *)(r1 +1000)\ninvalid bpf_context access off=1000 size=4\n"
             .to_owned();
         let e = classify_load_failure(
             hook("connect4"),
+            hook("connect4").program,
             io::Error::from_raw_os_error(libc::EACCES),
             log.clone(),
         );
@@ -428,6 +531,7 @@ mod tests {
     fn eperm_without_a_log_is_a_privilege_problem() {
         let e = classify_load_failure(
             hook("connect4"),
+            hook("connect4").program,
             io::Error::from_raw_os_error(libc::EPERM),
             String::new(),
         );

@@ -210,8 +210,8 @@ pub struct PolicyArgs {
     #[arg(long)]
     pub allow_raw_sockets: bool,
 
-    /// Allow ICMP "ping" sockets. connect() on them is judged by the rules; unconnected
-    /// sendto() on them cannot be (no cgroup hook sees it).
+    /// Allow ICMP "ping" sockets. Where they send is still judged by the rules: each echo
+    /// request as it leaves, and connect() on them too on Linux 6.1 and newer.
     #[arg(long)]
     pub allow_ping: bool,
 

@@ -9,7 +9,8 @@
 //! OPs: tcp, udp-connect, udp-sendto, udp-sendmmsg, udp-storm:N (N denied sends expected),
 //! udp-spray:N (one denied send to each of N ports from TARGET's), tfo-sendto (MSG_FASTOPEN), tfo-connect
 //! (TCP_FASTOPEN_CONNECT), raw4, raw6, ping4, ping6 (socket only), ping-connect (ICMP datagram
-//! socket connected to TARGET), serve (listen on TARGET for TCP and UDP until killed).
+//! socket connected to TARGET), ping-sendto (an echo request sent unconnected; ok when the
+//! reply came), serve (listen on TARGET for TCP and UDP until killed).
 //!
 //! DNS ops take TARGET = SERVER/NAME (SERVER as above, NAME with an optional `:TYPE`, default A):
 //! `dns` (UDP; the reply must come from SERVER, as resolvers check), `dns-tcp`, `dns-connected`
@@ -208,6 +209,7 @@ fn run(op: &str, target: &str) -> io::Result<()> {
             let s = socket(fam, libc::SOCK_DGRAM, proto)?;
             connect(s.as_raw_fd(), a)
         }
+        "ping-sendto" => ping_sendto(addr(target)?),
         other => escape::run(other, target).unwrap_or_else(|| {
             Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown op {other}")))
         }),
@@ -272,6 +274,48 @@ fn connect(fd: RawFd, a: SocketAddr) -> io::Result<()> {
     // SAFETY: valid sockaddr of `len` bytes.
     let r = unsafe { libc::connect(fd, (&raw const ss).cast(), len) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// An echo request from an unconnected ping socket (sendto), and its reply: ok only if the
+/// reply came, so a denied destination shows both the refused send and that nothing answered.
+fn ping_sendto(a: SocketAddr) -> io::Result<()> {
+    let (proto, echo) = match a {
+        SocketAddr::V4(_) => (libc::IPPROTO_ICMP, 8u8),
+        SocketAddr::V6(_) => (libc::IPPROTO_ICMPV6, 128u8),
+    };
+    let s = socket(family(a), libc::SOCK_DGRAM, proto)?;
+    let tv = libc::timeval { tv_sec: 3, tv_usec: 0 };
+    // SAFETY: a valid timeval of its size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    // Type, code, checksum and id (the kernel fills both), sequence 1, a payload.
+    let request = [echo, 0, 0, 0, 0, 0, 0, 1, b'N', b'C'];
+    let (ss, len) = sockaddr(a);
+    // SAFETY: a buffer and a sockaddr of their sizes.
+    let n = unsafe {
+        libc::sendto(
+            s.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+            (&raw const ss).cast(),
+            len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut reply = [0u8; 64];
+    // SAFETY: a buffer of its size.
+    let n = unsafe { libc::recv(s.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Three datagrams in one sendmmsg(2) call, unconnected.
