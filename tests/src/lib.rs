@@ -97,6 +97,51 @@ pub fn kernel_at_least(major: u32, minor: u32, what: &str) -> bool {
     ok
 }
 
+/// The ids of the programs attached to `cgroup` itself, at every attach type, as the kernel
+/// lists them (BPF_PROG_QUERY: bpftool's `cgroup show` lists nothing on 5.x kernels).
+pub fn cgroup_program_ids(cgroup: &Path) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let dir = fs::File::open(cgroup).expect("open the cgroup");
+    let mut all = Vec::new();
+    // Every attach type the kernels we run know; an unknown one is EINVAL.
+    for attach_type in 0..64u32 {
+        let mut ids = [0u32; 64];
+        let mut q = Query {
+            target_fd: dir.as_raw_fd() as u32,
+            attach_type,
+            query_flags: 0,
+            attach_flags: 0,
+            prog_ids: ids.as_mut_ptr() as u64,
+            prog_cnt: ids.len() as u32,
+            _pad: 0,
+        };
+        // SAFETY: bpf(2) with an attribute of its size and a buffer of 64 ids.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                (&raw mut q).cast::<libc::c_void>(),
+                size_of::<Query>() as u32,
+            )
+        };
+        if r == 0 {
+            all.extend_from_slice(&ids[..(q.prog_cnt as usize).min(ids.len())]);
+        }
+    }
+    all
+}
+
 /// target/<profile>, the directory holding this test binary's `deps/`.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

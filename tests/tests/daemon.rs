@@ -40,15 +40,8 @@ fn tcp_in(cgroup: &Path, target: &str) -> netcontrol_tests::Probe {
 }
 
 /// The ids of the programs attached to a cgroup, as the kernel lists them.
-fn program_ids(cgroup: &Path) -> Vec<u64> {
-    let out = Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .expect("bpftool");
-    assert!(out.status.success(), "bpftool: {}", show(&out));
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
-    list.as_array().map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect()).unwrap_or_default()
+fn program_ids(cgroup: &Path) -> Vec<u32> {
+    netcontrol_tests::cgroup_program_ids(cgroup)
 }
 
 fn attached_programs(cgroup: &Path) -> usize {
@@ -1014,11 +1007,10 @@ fn running_out_of_file_descriptors_leaves_no_sandbox_open() {
     for (i, cg) in cgroups.iter().enumerate() {
         let p = tcp_in(&cg.path, &denied.target());
         if !p.is_eperm() {
-            let progs = Command::new("bpftool").args(["cgroup", "show"]).arg(&cg.path).output();
             panic!(
-                "s{i} ({}) is open: {p:?}\n{:?}\n{}",
+                "s{i} ({}) is open: {p:?}\nprograms {:?}\n{}",
                 d.sandbox(&format!("s{i}"))["problem"],
-                progs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
+                program_ids(&cg.path),
                 d.log()
             );
         }
