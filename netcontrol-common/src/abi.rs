@@ -55,8 +55,9 @@ pub mod program {
     pub const BIND4: &str = "nc_bind4";
     pub const BIND6: &str = "nc_bind6";
     pub const SETSOCKOPT: &str = "nc_setsockopt";
-    /// SETSOCKOPT for kernels whose sockopt programs may not ask for cgroup ancestors: tasks
-    /// in cgroups below a sandbox's are refused the options (fail closed).
+    /// SETSOCKOPT for kernels whose sockopt programs may not ask for cgroup ancestors or the
+    /// task (5.10): tasks in cgroups below a sandbox's are refused the options (fail closed),
+    /// and its events name no process.
     pub const SETSOCKOPT_FLAT: &str = "nc_sockopt_flat";
     pub const SKB_EGRESS: &str = "nc_skb_egress";
     pub const SKB_INGRESS: &str = "nc_skb_ingress";

@@ -67,13 +67,14 @@ pub fn nc_bind6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sockopt(setsockopt)]
 pub fn nc_setsockopt(ctx: SockoptContext) -> i32 {
-    sockopt::judge(&ctx, &sandbox::Task)
+    sockopt::judge(&ctx, &sandbox::Task, report::Who::Task)
 }
 
-/// nc_setsockopt where the kernel refuses it the cgroup ancestor helper (Linux 5.10).
+/// nc_setsockopt where the kernel refuses sockopt programs the cgroup ancestor and task
+/// helpers (Linux 5.10): its events name no process.
 #[cgroup_sockopt(setsockopt)]
 pub fn nc_sockopt_flat(ctx: SockoptContext) -> i32 {
-    sockopt::judge(&ctx, &sandbox::TaskOnly)
+    sockopt::judge(&ctx, &sandbox::TaskOnly, report::Who::Unknown)
 }
 
 #[cgroup_skb(egress)]

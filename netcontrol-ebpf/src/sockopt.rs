@@ -24,7 +24,7 @@ use crate::{
 const PAGE: i32 = 4096;
 
 #[inline(always)]
-pub fn judge<L: Lineage>(ctx: &SockoptContext, lineage: &L) -> i32 {
+pub fn judge<L: Lineage>(ctx: &SockoptContext, lineage: &L, who: Who) -> i32 {
     let so = ctx.sockopt;
     // SAFETY: ctx fields, 4-byte loads.
     let (level, optname, optlen) = unsafe {
@@ -40,7 +40,7 @@ pub fn judge<L: Lineage>(ctx: &SockoptContext, lineage: &L) -> i32 {
             let sk = read_volatile(&raw const (*so).__bindgen_anon_1.sk);
             read_volatile(&raw const (*sk).family) as u8
         };
-        judge_routing(lineage, family, level, optname)
+        judge_routing(lineage, who, family, level, optname)
     } else {
         1
     };
@@ -52,7 +52,7 @@ pub fn judge<L: Lineage>(ctx: &SockoptContext, lineage: &L) -> i32 {
 }
 
 #[inline(always)]
-fn judge_routing<L: Lineage>(lineage: &L, family: u8, level: i32, optname: i32) -> i32 {
+fn judge_routing<L: Lineage>(lineage: &L, who: Who, family: u8, level: i32, optname: i32) -> i32 {
     let detail = ((level as u32) << 16) | (optname as u32 & 0xffff);
     let a = Attempt::bare(HOOK_SETSOCKOPT, family, 0, 0, detail);
     let (cgroup_id, sandbox) = sandbox::find(lineage);
@@ -64,6 +64,6 @@ fn judge_routing<L: Lineage>(lineage: &L, family: u8, level: i32, optname: i32) 
         ),
         None => Decision::unsandboxed(cgroup_id, true),
     };
-    record(&a, &d, Who::Task);
+    record(&a, &d, who);
     program_return(d.verdict)
 }
