@@ -61,6 +61,12 @@ fn routing_headers_and_source_routes_get_nothing_out() {
     let seen = capture.until("NCMARK:mark-udp:sentinel", ARRIVES);
     assert!(!seen.iter().any(|m| m.ends_with(":inside")), "the peer got {seen:?}");
     let events = sb.events_at_least(4);
+    // On 5.10 the fallback program judges setsockopt: it may not ask who the task is.
+    let who = if netcontrol_tests::kernel_at_least(6, 1, "setsockopt events name the process") {
+        json!("nc-probe")
+    } else {
+        json!("")
+    };
     for option in ["IPV6_RTHDR", "IP_OPTIONS"] {
         find_event(
             &events,
@@ -69,7 +75,7 @@ fn routing_headers_and_source_routes_get_nothing_out() {
                 ("hook", json!("setsockopt")),
                 ("reason", json!("socket_option")),
                 ("socket_option", json!(option)),
-                ("comm", json!("nc-probe")),
+                ("comm", who.clone()),
             ],
         );
     }
@@ -189,7 +195,10 @@ fn the_protocols_the_hooks_judge_keep_working_and_are_judged() {
     let script = format!(
         "import socket\n\
          def attempt(ty, proto, to):\n\
-         \x20   s = socket.socket(socket.AF_INET, ty, proto)\n\
+         \x20   try:\n\
+         \x20       s = socket.socket(socket.AF_INET, ty, proto)\n\
+         \x20   except OSError as e:\n\
+         \x20       return 'unsupported' if e.errno == 93 else str(e)\n\
          \x20   try:\n\
          \x20       s.connect(to) if ty == socket.SOCK_STREAM else s.sendto(b'x', to)\n\
          \x20       return 'ok'\n\
@@ -204,9 +213,19 @@ fn the_protocols_the_hooks_judge_keep_working_and_are_judged() {
     );
     let out = sb.cgroup.command("python3").args(["-c", &script]).output().expect("python3");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text, "ok eperm\nok eperm\n", "MPTCP, UDP-Lite: {}", netcontrol_tests::show(&out));
-    let events = sb.events_at_least(2);
-    find_event(&events, &[("hook", json!("connect4")), ("dst_ip", json!("127.0.0.10"))]);
+    // Debian's 5.10 is built without MPTCP (EPROTONOSUPPORT for anyone): nothing to judge.
+    let mptcp = text.lines().next() != Some("unsupported unsupported");
+    let expected = if mptcp {
+        "ok eperm\nok eperm\n"
+    } else {
+        eprintln!("NOT APPLICABLE (MPTCP only): this kernel has no MPTCP");
+        "unsupported unsupported\nok eperm\n"
+    };
+    assert_eq!(text, expected, "MPTCP, UDP-Lite: {}", netcontrol_tests::show(&out));
+    let events = sb.events_at_least(if mptcp { 2 } else { 1 });
+    if mptcp {
+        find_event(&events, &[("hook", json!("connect4")), ("dst_ip", json!("127.0.0.10"))]);
+    }
     find_event(&events, &[("hook", json!("sendmsg4")), ("dst_ip", json!("127.0.0.10"))]);
     sb.stop();
     assert_eq!(denied.accepted(), 0);
