@@ -57,10 +57,11 @@ enum Task {
     Kernels {
         /// Kernel series to run on (5.10, 6.1, 6.12); all of them if none.
         versions: Vec<String>,
-        /// A test suite (tests/tests/<name>.rs) to run; repeatable. Default: hooks, run,
-        /// daemon, dns_aware, lsm.
-        #[arg(long = "suite")]
-        suites: Vec<String>,
+        /// A test suite (tests/tests/<name>.rs) to run, all of it or only the tests whose names
+        /// contain one of the filters (`run:exit_status,curl`); repeatable. Default: hooks,
+        /// run, daemon, dns_aware, lsm.
+        #[arg(long = "suite", value_name = "NAME[:TEST,...]", value_parser = lane::Spec::parse)]
+        suites: Vec<lane::Spec>,
     },
     /// Run every test: formatting, clippy, unit tests, and the privileged kernel tests (root).
     Test {
@@ -383,7 +384,7 @@ fn test(no_kernel: bool, filter: &[String]) -> Result<()> {
         if filter.is_empty() {
             // What this kernel cannot show (the BPF LSM, L2TP/IP), on Debian's 6.12 under QEMU.
             lane::test()?;
-            lane::test_other_kernel()?;
+            lane::test_other_kernels()?;
             // The benchmarks, briefly, so that they cannot rot.
             bench(true)?;
         } else {
