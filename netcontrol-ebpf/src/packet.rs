@@ -149,7 +149,12 @@ fn v6_route(ctx: &SkBuffContext) -> Route {
         }
     }
     if !routed {
-        return Route::Clean;
+        // ICMPv6 behind hop-by-hop or destination options is a ping packet all the same.
+        return if next == NEXTHDR_ICMPV6 {
+            Route::Icmp { family: AF_INET6, protocol: PROTO_ICMPV6 }
+        } else {
+            Route::Clean
+        };
     }
     let addr = load::<16>(ctx, 24).unwrap_or([0; 16]);
     Route::Routed { family: AF_INET6, addr, protocol: 0, port: 0, reason: REASON_SOURCE_ROUTE }
@@ -219,12 +224,40 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     };
     let d = match sandbox {
         Some(sb) => {
-            Decision::judged(cgroup_id, &sb, sb.denies_unless(SANDBOX_F_ALLOW_ROUTING, reason))
+            let mut r = sb.denies_unless(SANDBOX_F_ALLOW_ROUTING, reason);
+            // A ping socket's route hides where the echo goes (in the option, not the header):
+            // nothing would judge it, so routing options never pass on ping sockets.
+            if r == REASON_NONE && ping_socket(ctx).is_some() {
+                r = reason;
+            }
+            Decision::judged(cgroup_id, &sb, r)
         }
         None => Decision::unsandboxed(cgroup_id, true),
     };
     record(&a, &d, Who::Unknown);
     program_return(d.verdict)
+}
+
+/// The ICMP protocol of the packet's socket if it is a ping socket (SOCK_DGRAM of ICMP or
+/// ICMPv6, which only `--allow-ping` lets a sandbox make).
+#[inline(always)]
+fn ping_socket(ctx: &SkBuffContext) -> Option<u8> {
+    // SAFETY: ctx field (8-byte load of a nullable socket pointer).
+    let sk = unsafe { read_volatile(&raw const (*skb(ctx)).__bindgen_anon_2.sk) };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null socket of this context.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return None;
+    }
+    // SAFETY: a full socket; 4-byte loads.
+    let (ty, proto) = unsafe {
+        (read_volatile(&raw const (*full).type_), read_volatile(&raw const (*full).protocol))
+    };
+    let icmp = proto == u32::from(PROTO_ICMP) || proto == u32::from(PROTO_ICMPV6);
+    (ty == u32::from(SOCK_DGRAM) && icmp).then_some(proto as u8)
 }
 
 /// An ICMP packet leaving: if its socket is a ping socket (SOCK_DGRAM of ICMP or ICMPv6,
@@ -233,21 +266,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 /// echo replies, errors) are left alone.
 #[inline(always)]
 fn ping(ctx: &SkBuffContext, family: u8, protocol: u8) -> i32 {
-    // SAFETY: ctx field (8-byte load of a nullable socket pointer).
-    let sk = unsafe { read_volatile(&raw const (*skb(ctx)).__bindgen_anon_2.sk) };
-    if sk.is_null() {
-        return 1;
-    }
-    // SAFETY: a non-null socket of this context.
-    let full = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        return 1;
-    }
-    // SAFETY: a full socket; 4-byte loads.
-    let (ty, proto) = unsafe {
-        (read_volatile(&raw const (*full).type_), read_volatile(&raw const (*full).protocol))
-    };
-    if ty != u32::from(SOCK_DGRAM) || proto != u32::from(protocol) {
+    if ping_socket(ctx) != Some(protocol) {
         return 1;
     }
     let mut addr = [0u8; 16];

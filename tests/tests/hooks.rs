@@ -266,6 +266,20 @@ fn ping_socket() {
             ],
         );
     }
+    sb.stop();
+
+    // Routing options allowed: still never on a ping socket, whose route would hide where
+    // the echo goes.
+    let mut sb =
+        Attached::start(&["--allow-ping", "--allow-routing-options", "--allow", "127.0.0.0/8"]);
+    assert_denied(&sb.probe(&[("lsrr-ping", "127.0.0.11:0/127.0.0.10")])[0]);
+    find_event(
+        &sb.events_at_least(1),
+        &[("hook", json!("skb_egress")), ("reason", json!("source_route"))],
+    );
+    sb.stop();
+
+    let mut sb = Attached::start(&["--allow-ping", "--allow", "127.0.0.11"]);
     // connect() is judged at once where the kernel runs the connect hooks for ping sockets.
     if netcontrol_tests::kernel_at_least(6, 1, "connect() of ping sockets runs the connect hooks") {
         assert_denied(&sb.probe(&[("ping-connect", "127.0.0.10:0")])[0]);

@@ -10,7 +10,7 @@
 //! udp-spray:N (one denied send to each of N ports from TARGET's), tfo-sendto (MSG_FASTOPEN), tfo-connect
 //! (TCP_FASTOPEN_CONNECT), raw4, raw6, ping4, ping6 (socket only), ping-connect (ICMP datagram
 //! socket connected to TARGET), ping-sendto (an echo request sent unconnected; ok when the
-//! reply came), serve (listen on TARGET for TCP and UDP until killed).
+//! reply came), lsrr-ping (TARGET = FINAL/VIA: the same with a loose source route), serve (listen on TARGET for TCP and UDP until killed).
 //!
 //! DNS ops take TARGET = SERVER/NAME (SERVER as above, NAME with an optional `:TYPE`, default A):
 //! `dns` (UDP; the reply must come from SERVER, as resolvers check), `dns-tcp`, `dns-connected`
@@ -209,7 +209,19 @@ fn run(op: &str, target: &str) -> io::Result<()> {
             let s = socket(fam, libc::SOCK_DGRAM, proto)?;
             connect(s.as_raw_fd(), a)
         }
-        "ping-sendto" => ping_sendto(addr(target)?),
+        "ping-sendto" => ping_sendto(addr(target)?, None),
+        // TARGET = FINAL/VIA: an echo request to FINAL with a loose source route via VIA.
+        "lsrr-ping" => {
+            let (fin, via) = target
+                .split_once('/')
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "want FINAL/VIA"))?;
+            let via: std::net::Ipv4Addr = via
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "VIA: an IPv4 address"))?;
+            let mut opts = vec![1u8, 0x83, 7, 4]; // NOP, LSRR, length 7, pointer 4
+            opts.extend_from_slice(&via.octets());
+            ping_sendto(addr(fin)?, Some(&opts))
+        }
         other => escape::run(other, target).unwrap_or_else(|| {
             Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown op {other}")))
         }),
@@ -278,7 +290,7 @@ fn connect(fd: RawFd, a: SocketAddr) -> io::Result<()> {
 
 /// An echo request from an unconnected ping socket (sendto), and its reply: ok only if the
 /// reply came, so a denied destination shows both the refused send and that nothing answered.
-fn ping_sendto(a: SocketAddr) -> io::Result<()> {
+fn ping_sendto(a: SocketAddr, ip_options: Option<&[u8]>) -> io::Result<()> {
     let (proto, echo) = match a {
         SocketAddr::V4(_) => (libc::IPPROTO_ICMP, 8u8),
         SocketAddr::V6(_) => (libc::IPPROTO_ICMPV6, 128u8),
@@ -295,6 +307,21 @@ fn ping_sendto(a: SocketAddr) -> io::Result<()> {
             size_of::<libc::timeval>() as libc::socklen_t,
         )
     };
+    if let Some(o) = ip_options {
+        // SAFETY: a buffer of its size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_OPTIONS,
+                o.as_ptr().cast(),
+                o.len() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     // Type, code, checksum and id (the kernel fills both), sequence 1, a payload.
     let request = [echo, 0, 0, 0, 0, 0, 0, 1, b'N', b'C'];
     let (ss, len) = sockaddr(a);
